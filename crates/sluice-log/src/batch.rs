@@ -1,0 +1,238 @@
+//! Record batches (format v2) as producers send them: header parsing,
+//! validation, and the two header fields the broker rewrites.
+//!
+//! Layout of the fixed 61-byte header:
+//! baseOffset i64 @0, batchLength i32 @8, partitionLeaderEpoch i32 @12,
+//! magic i8 @16, crc u32 @17 (CRC-32C of bytes 21..end), attributes i16 @21,
+//! lastOffsetDelta i32 @23, baseTimestamp i64 @27, maxTimestamp i64 @35,
+//! producerId i64 @43, producerEpoch i16 @51, baseSequence i32 @53,
+//! recordCount i32 @57.
+
+use bytes::Buf;
+
+use crate::LogError;
+
+pub const HEADER_LEN: usize = 61;
+/// batchLength counts from the partitionLeaderEpoch field onwards.
+const LENGTH_PREFIX: usize = 12;
+const CRC_START: usize = 21;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Byte position of the batch within the buffer it came from.
+    pub position: usize,
+    pub length: usize,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchInfo {
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & (1 << 4) != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes & (1 << 5) != 0
+    }
+    /// Sequence number of the batch's last record; sequences wrap at i32::MAX.
+    pub fn last_sequence(&self) -> i32 {
+        let last = self.base_sequence as i64 + self.last_offset_delta as i64;
+        if last > i32::MAX as i64 {
+            (last - i32::MAX as i64 - 1) as i32
+        } else {
+            last as i32
+        }
+    }
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    (&b[at..at + 2]).get_i16()
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    (&b[at..at + 4]).get_i32()
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    (&b[at..at + 8]).get_i64()
+}
+
+/// Parses the header of the batch starting at `pos` without checking its CRC.
+pub fn parse_header(buf: &[u8], pos: usize) -> Result<BatchInfo, LogError> {
+    let rest = &buf[pos..];
+    if rest.len() < HEADER_LEN {
+        return Err(LogError::CorruptMessage("truncated record batch header".into()));
+    }
+    let batch_length = be_i32(rest, 8);
+    if batch_length < (HEADER_LEN - LENGTH_PREFIX) as i32 {
+        return Err(LogError::CorruptMessage(format!("record batch length {batch_length} too small")));
+    }
+    let length = LENGTH_PREFIX + batch_length as usize;
+    if length > rest.len() {
+        return Err(LogError::CorruptMessage(format!(
+            "record batch of {length} bytes overruns the {} bytes sent",
+            rest.len()
+        )));
+    }
+    let magic = rest[16] as i8;
+    if magic != 2 {
+        return Err(LogError::CorruptMessage(format!(
+            "record batch magic {magic} unsupported (only v2 batches)"
+        )));
+    }
+    Ok(BatchInfo {
+        position: pos,
+        length,
+        attributes: be_i16(rest, 21),
+        last_offset_delta: be_i32(rest, 23),
+        base_timestamp: be_i64(rest, 27),
+        max_timestamp: be_i64(rest, 35),
+        producer_id: be_i64(rest, 43),
+        producer_epoch: be_i16(rest, 51),
+        base_sequence: be_i32(rest, 53),
+        record_count: be_i32(rest, 57),
+    })
+}
+
+/// Validates a producer's records field: one or more whole v2 batches with
+/// correct CRCs, consistent record counts and none over `max_batch_bytes`.
+pub fn validate_batches(buf: &[u8], max_batch_bytes: usize) -> Result<Vec<BatchInfo>, LogError> {
+    if buf.is_empty() {
+        return Err(LogError::CorruptMessage("empty records".into()));
+    }
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let info = parse_header(buf, pos)?;
+        if info.length > max_batch_bytes {
+            return Err(LogError::MessageTooLarge(format!(
+                "record batch of {} bytes exceeds max.message.bytes {max_batch_bytes}",
+                info.length
+            )));
+        }
+        let batch = &buf[pos..pos + info.length];
+        let stored = (&batch[17..21]).get_u32();
+        let actual = crc32c::crc32c(&batch[CRC_START..]);
+        if stored != actual {
+            return Err(LogError::CorruptMessage(format!(
+                "record batch CRC mismatch (stored {stored:#010x}, computed {actual:#010x})"
+            )));
+        }
+        if info.record_count <= 0 || info.last_offset_delta != info.record_count - 1 {
+            return Err(LogError::InvalidRecord(format!(
+                "record batch claims {} records but lastOffsetDelta {}",
+                info.record_count, info.last_offset_delta
+            )));
+        }
+        if info.is_control() {
+            return Err(LogError::InvalidRecord("producers may not send control batches".into()));
+        }
+        out.push(info);
+        pos += info.length;
+    }
+    Ok(out)
+}
+
+/// Rewrites baseOffset and partitionLeaderEpoch; both lie outside the CRC.
+pub fn patch_header(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// Checks the CRC of a stored batch (for object verification).
+pub fn crc_ok(batch: &[u8]) -> bool {
+    batch.len() >= HEADER_LEN && (&batch[17..21]).get_u32() == crc32c::crc32c(&batch[CRC_START..])
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    /// Builds a real batch with the protocol crate's encoder.
+    pub fn make_batch(n: usize, producer_id: i64, base_sequence: i32, ts: i64, compression: Compression) -> Bytes {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id,
+                producer_epoch: if producer_id >= 0 { 0 } else { -1 },
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder starts a new batch wherever offset - sequence changes.
+                sequence: base_sequence + i as i32,
+                timestamp: ts + i as i64,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("value-{i}"))),
+                headers: [(StrBytes::from_static_str("h"), Some(Bytes::from_static(b"v")))]
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
+            .unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn parses_encoder_output() {
+        let b = make_batch(5, 7, 10, 1000, Compression::None);
+        let infos = validate_batches(&b, 1 << 20).unwrap();
+        assert_eq!(infos.len(), 1);
+        let i = infos[0];
+        assert_eq!((i.record_count, i.last_offset_delta), (5, 4));
+        assert_eq!((i.producer_id, i.base_sequence, i.last_sequence()), (7, 10, 14));
+        assert_eq!((i.base_timestamp, i.max_timestamp), (1000, 1004));
+        assert_eq!(i.length, b.len());
+    }
+
+    #[test]
+    fn rejects_bad_crc_truncation_and_size() {
+        let b = make_batch(3, -1, 0, 0, Compression::Gzip);
+        let mut bad = BytesMut::from(&b[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(matches!(validate_batches(&bad, 1 << 20), Err(LogError::CorruptMessage(_))));
+        assert!(matches!(validate_batches(&b[..b.len() - 1], 1 << 20), Err(LogError::CorruptMessage(_))));
+        assert!(matches!(validate_batches(&b[..30], 1 << 20), Err(LogError::CorruptMessage(_))));
+        assert!(matches!(validate_batches(&b, 10), Err(LogError::MessageTooLarge(_))));
+    }
+
+    #[test]
+    fn patching_keeps_crc_valid() {
+        let b = make_batch(2, -1, 0, 0, Compression::Snappy);
+        let mut m = BytesMut::from(&b[..]);
+        patch_header(&mut m, 12345, 9);
+        assert!(crc_ok(&m));
+        let info = parse_header(&m, 0).unwrap();
+        assert_eq!(info.record_count, 2);
+        assert_eq!(be_i64(&m, 0), 12345);
+        assert_eq!(be_i32(&m, 12), 9);
+    }
+
+    #[test]
+    fn sequence_wraps() {
+        let b = make_batch(1, 1, 0, 0, Compression::None);
+        let mut i = parse_header(&b, 0).unwrap();
+        i.base_sequence = i32::MAX;
+        i.last_offset_delta = 2;
+        assert_eq!(i.last_sequence(), 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn validator_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = validate_batches(&data, 1 << 20);
+        }
+    }
+}

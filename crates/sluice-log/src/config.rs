@@ -1,0 +1,180 @@
+//! Topic configuration: the keys Sluice understands, their defaults, and
+//! validation. Unknown keys are refused, as Kafka refuses them.
+
+use std::collections::BTreeMap;
+
+use crate::LogError;
+
+/// Broker-wide defaults a topic inherits unless it overrides them.
+#[derive(Debug, Clone)]
+pub struct TopicDefaults {
+    pub partitions: i32,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i64,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self { partitions: 1, retention_ms: 604_800_000, retention_bytes: -1, max_message_bytes: 1_048_588 }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A long with a minimum value.
+    Long(i64),
+    /// One of a fixed set of strings.
+    OneOf(&'static [&'static str]),
+    /// Accepted for client compatibility; has no effect on object storage.
+    Inert,
+}
+
+/// Every topic config a client may set, with the Kafka default where the
+/// broker does not supply one.
+const KEYS: &[(&str, Kind, &str)] = &[
+    ("cleanup.policy", Kind::OneOf(&["delete"]), "delete"),
+    ("max.message.bytes", Kind::Long(0), ""),
+    ("message.timestamp.type", Kind::OneOf(&["CreateTime"]), "CreateTime"),
+    ("retention.bytes", Kind::Long(-1), ""),
+    ("retention.ms", Kind::Long(-1), ""),
+    ("compression.type", Kind::OneOf(&["producer"]), "producer"),
+    ("delete.retention.ms", Kind::Inert, "86400000"),
+    ("file.delete.delay.ms", Kind::Inert, "60000"),
+    ("flush.messages", Kind::Inert, "9223372036854775807"),
+    ("flush.ms", Kind::Inert, "9223372036854775807"),
+    ("index.interval.bytes", Kind::Inert, "4096"),
+    ("local.retention.bytes", Kind::Inert, "-2"),
+    ("local.retention.ms", Kind::Inert, "-2"),
+    ("max.compaction.lag.ms", Kind::Inert, "9223372036854775807"),
+    ("message.timestamp.after.max.ms", Kind::Inert, "9223372036854775807"),
+    ("message.timestamp.before.max.ms", Kind::Inert, "9223372036854775807"),
+    ("message.timestamp.difference.max.ms", Kind::Inert, "9223372036854775807"),
+    ("min.cleanable.dirty.ratio", Kind::Inert, "0.5"),
+    ("min.compaction.lag.ms", Kind::Inert, "0"),
+    ("min.insync.replicas", Kind::Inert, "1"),
+    ("preallocate", Kind::Inert, "false"),
+    ("remote.storage.enable", Kind::Inert, "false"),
+    ("segment.bytes", Kind::Inert, "1073741824"),
+    ("segment.index.bytes", Kind::Inert, "10485760"),
+    ("segment.jitter.ms", Kind::Inert, "0"),
+    ("segment.ms", Kind::Inert, "604800000"),
+    ("unclean.leader.election.enable", Kind::Inert, "false"),
+];
+
+/// The parsed settings the log acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i64,
+}
+
+/// One config as DescribeConfigs reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub name: &'static str,
+    pub value: String,
+    pub is_default: bool,
+}
+
+impl TopicDefaults {
+    fn default_value(&self, key: &str, fallback: &str) -> String {
+        match key {
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            _ => fallback.to_string(),
+        }
+    }
+
+    pub fn resolve(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
+        let long = |k: &str, d: i64| overrides.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        TopicConfig {
+            retention_ms: long("retention.ms", self.retention_ms),
+            retention_bytes: long("retention.bytes", self.retention_bytes),
+            max_message_bytes: long("max.message.bytes", self.max_message_bytes),
+        }
+    }
+
+    /// All configs of a topic, overrides marked as such.
+    pub fn describe(&self, overrides: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
+        KEYS.iter()
+            .map(|(name, _, fallback)| match overrides.get(*name) {
+                Some(v) => ConfigEntry { name, value: v.clone(), is_default: false },
+                None => ConfigEntry { name, value: self.default_value(name, fallback), is_default: true },
+            })
+            .collect()
+    }
+}
+
+/// Checks one key and value; the error message names what is wrong.
+pub fn validate(key: &str, value: &str) -> Result<(), LogError> {
+    let Some((_, kind, _)) = KEYS.iter().find(|(k, _, _)| *k == key) else {
+        return Err(LogError::InvalidConfig(format!("Unknown topic config name: {key}")));
+    };
+    match kind {
+        Kind::Long(min) => match value.trim().parse::<i64>() {
+            Ok(v) if v >= *min => Ok(()),
+            _ => Err(LogError::InvalidConfig(format!(
+                "Invalid value {value} for configuration {key}: must be an integer >= {min}"
+            ))),
+        },
+        Kind::OneOf(allowed) if allowed.contains(&value) => Ok(()),
+        Kind::OneOf(allowed) => Err(LogError::InvalidConfig(format!(
+            "Invalid value {value} for configuration {key}: supported values are {allowed:?}"
+        ))),
+        Kind::Inert => Ok(()),
+    }
+}
+
+pub fn validate_all(configs: &BTreeMap<String, String>) -> Result<(), LogError> {
+    configs.iter().try_for_each(|(k, v)| validate(k, v))
+}
+
+/// Kafka's legal topic names: 1-249 of [a-zA-Z0-9._-], not "." or "..".
+pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
+    let ok_chars = name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 249 || !ok_chars || name == "." || name == ".." {
+        return Err(LogError::InvalidTopic(format!(
+            "Topic name {name:?} is illegal: it must be 1-249 characters of [a-zA-Z0-9._-] and not '.' or '..'"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_keys_and_values() {
+        assert!(validate("retention.ms", "1000").is_ok());
+        assert!(validate("retention.ms", "-1").is_ok());
+        assert!(validate("retention.ms", "-2").is_err());
+        assert!(validate("retention.ms", "soon").is_err());
+        assert!(validate("segment.bytes", "1").is_ok());
+        assert!(matches!(validate("no.such.key", "1"), Err(LogError::InvalidConfig(_))));
+        assert!(validate("cleanup.policy", "compact").is_err());
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic_name("orders.v1_x-y").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn describe_marks_overrides() {
+        let d = TopicDefaults::default();
+        let o = BTreeMap::from([("retention.ms".to_string(), "5".to_string())]);
+        let all = d.describe(&o);
+        let r = all.iter().find(|e| e.name == "retention.ms").unwrap();
+        assert_eq!((r.value.as_str(), r.is_default), ("5", false));
+        let m = all.iter().find(|e| e.name == "max.message.bytes").unwrap();
+        assert_eq!((m.value.as_str(), m.is_default), ("1048588", true));
+        assert_eq!(d.resolve(&o).retention_ms, 5);
+    }
+}

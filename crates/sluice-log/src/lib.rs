@@ -1,0 +1,487 @@
+//! Partition logs on object storage.
+//!
+//! Producers' batches for every partition go to one flusher task, which
+//! assigns offsets, group-commits them into one data object per flush,
+//! records the index rows and new high watermarks in one metadata
+//! transaction, and only then acknowledges the appends and makes the data
+//! visible to readers. Recent batches stay in an in-memory tail cache; older
+//! ones are found through the index and read as object ranges.
+
+pub mod batch;
+pub mod config;
+mod flush;
+pub mod object;
+pub mod producer;
+mod read;
+mod retention;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
+use sluice_meta::{MetaStore, TopicRow};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+pub use config::{TopicConfig, TopicDefaults};
+pub use read::{ReadResult, TimestampOffset};
+pub use retention::{rebuild_index, RebuildReport};
+pub use store::DataStore;
+
+/// Errors the log reports; the protocol layer maps each to its Kafka code.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LogError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("topic already exists")]
+    TopicExists,
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("corrupt message: {0}")]
+    CorruptMessage(String),
+    #[error("message too large: {0}")]
+    MessageTooLarge(String),
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+    #[error("out of order sequence number: {0}")]
+    OutOfOrderSequence(String),
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
+    #[error("offset out of range")]
+    OffsetOutOfRange,
+    #[error("not the leader of this partition")]
+    NotLeader,
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<anyhow::Error> for LogError {
+    fn from(e: anyhow::Error) -> Self {
+        LogError::Storage(format!("{e:#}"))
+    }
+}
+
+pub(crate) struct Metrics {
+    pub flushes: IntCounter,
+    pub flush_bytes: IntCounter,
+    pub flush_seconds: Histogram,
+    pub batches_appended: IntCounter,
+    pub records_appended: IntCounter,
+    pub objects_deleted: IntCounter,
+    pub tail_reads: IntCounter,
+    pub object_reads: IntCounter,
+}
+
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    flushes: register_int_counter!("sluice_log_flushes_total", "Group-commit flushes").unwrap(),
+    flush_bytes: register_int_counter!("sluice_log_flush_bytes_total", "Bytes written in data objects").unwrap(),
+    flush_seconds: register_histogram!(
+        "sluice_log_flush_seconds",
+        "Time to write and commit one flush",
+        vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .unwrap(),
+    batches_appended: register_int_counter!("sluice_log_batches_appended_total", "Record batches committed").unwrap(),
+    records_appended: register_int_counter!("sluice_log_records_appended_total", "Records committed").unwrap(),
+    objects_deleted: register_int_counter!("sluice_log_objects_deleted_total", "Data objects garbage-collected").unwrap(),
+    tail_reads: register_int_counter!("sluice_log_tail_reads_total", "Partition reads served from the tail cache").unwrap(),
+    object_reads: register_int_counter!("sluice_log_object_reads_total", "Ranged reads from data objects").unwrap(),
+});
+
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub node_id: i32,
+    /// How long the flusher gathers batches before writing an object.
+    pub flush_interval: Duration,
+    /// Write sooner once this many bytes are pending.
+    pub flush_bytes: usize,
+    /// Memory for recently written batches, across all partitions.
+    pub tail_cache_bytes: usize,
+    pub retention_check_interval: Duration,
+    /// Age before an object unknown to the metadata store is deleted.
+    pub gc_orphan_grace: Duration,
+    pub defaults: TopicDefaults,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            flush_interval: Duration::from_millis(2),
+            flush_bytes: 4 << 20,
+            tail_cache_bytes: 256 << 20,
+            retention_check_interval: Duration::from_secs(30),
+            gc_orphan_grace: Duration::from_secs(600),
+            defaults: TopicDefaults::default(),
+        }
+    }
+}
+
+pub struct Topic {
+    pub id: Uuid,
+    pub name: String,
+    overrides: RwLock<BTreeMap<String, String>>,
+    config: RwLock<TopicConfig>,
+    partitions: RwLock<Vec<Arc<Partition>>>,
+}
+
+impl Topic {
+    pub fn config(&self) -> TopicConfig {
+        self.config.read().unwrap().clone()
+    }
+    pub fn overrides(&self) -> BTreeMap<String, String> {
+        self.overrides.read().unwrap().clone()
+    }
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.read().unwrap().len() as i32
+    }
+    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        self.partitions.read().unwrap().get(usize::try_from(index).ok()?).cloned()
+    }
+}
+
+pub(crate) struct TailBatch {
+    base_offset: i64,
+    last_offset: i64,
+    data: Bytes,
+}
+
+pub struct Partition {
+    pub topic_id: Uuid,
+    pub index: i32,
+    state: Mutex<PartitionState>,
+}
+
+pub(crate) struct PartitionState {
+    log_start: i64,
+    high_watermark: i64,
+    leader_epoch: i32,
+    tail: VecDeque<TailBatch>,
+}
+
+/// A partition's offsets as a reader sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    pub log_start: i64,
+    pub high_watermark: i64,
+    pub leader_epoch: i32,
+}
+
+impl Partition {
+    pub fn offsets(&self) -> Offsets {
+        let s = self.state.lock().unwrap();
+        Offsets { log_start: s.log_start, high_watermark: s.high_watermark, leader_epoch: s.leader_epoch }
+    }
+}
+
+/// The outcome of an acknowledged append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+pub(crate) struct AppendRequest {
+    topic: Arc<Topic>,
+    partition: Arc<Partition>,
+    data: Bytes,
+    batches: Vec<batch::BatchInfo>,
+    reply: oneshot::Sender<Result<Appended, LogError>>,
+}
+
+#[derive(Default)]
+struct Topics {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+pub(crate) struct Inner {
+    meta: MetaStore,
+    store: DataStore,
+    opts: LogOptions,
+    topics: RwLock<Topics>,
+    appends: mpsc::Sender<AppendRequest>,
+    /// Bumped after every commit, so that long-polling readers wake.
+    committed: watch::Sender<u64>,
+    /// Serialises topic creation and deletion.
+    admin: tokio::sync::Mutex<()>,
+}
+
+/// Handle to the partition logs. Cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+impl Log {
+    /// Loads topics, partitions and producer state, and starts the flusher
+    /// and the retention and garbage-collection loop.
+    pub async fn open(meta: MetaStore, store: DataStore, opts: LogOptions) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(4096);
+        let (committed, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            meta,
+            store,
+            opts,
+            topics: RwLock::new(Topics::default()),
+            appends: tx,
+            committed,
+            admin: tokio::sync::Mutex::new(()),
+        });
+        let parts = inner.meta.list_partitions().await?;
+        for row in inner.meta.list_topics().await? {
+            let topic = inner.topic_from_row(&row, &parts);
+            inner.register(topic);
+        }
+        let producers = inner.meta.load_producer_states().await?;
+        tokio::spawn(flush::run(inner.clone(), rx, producers));
+        tokio::spawn(retention::run(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.inner.meta
+    }
+
+    pub fn options(&self) -> &LogOptions {
+        &self.inner.opts
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.inner.topics.read().unwrap().by_name.get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.inner.topics.read().unwrap().by_id.get(&id).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self.inner.topics.read().unwrap().by_name.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Subscribes to commit notifications (for long-polling fetches).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.committed.subscribe()
+    }
+
+    /// Creates a topic; with `validate_only` checks everything but creates nothing.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<i32>,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, LogError> {
+        config::validate_topic_name(name)?;
+        config::validate_all(&configs)?;
+        let partitions = partitions.unwrap_or(self.inner.opts.defaults.partitions);
+        if partitions < 1 {
+            return Err(LogError::InvalidPartitions(format!("Number of partitions must be at least 1, got {partitions}")));
+        }
+        let _guard = self.inner.admin.lock().await;
+        if self.topic(name).is_some() {
+            return Err(LogError::TopicExists);
+        }
+        if validate_only {
+            let row = TopicRow { id: Uuid::nil(), name: name.into(), partitions, configs, created_ms: 0 };
+            return Ok(self.inner.topic_from_row(&row, &[]));
+        }
+        let row = self
+            .inner
+            .meta
+            .create_topic(name, partitions, &configs)
+            .await?
+            .ok_or(LogError::TopicExists)?;
+        let topic = self.inner.topic_from_row(&row, &[]);
+        self.inner.register(topic.clone());
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<Uuid, LogError> {
+        let _guard = self.inner.admin.lock().await;
+        let topic = self.topic(name).ok_or(LogError::UnknownTopicOrPartition)?;
+        self.inner.meta.delete_topic(topic.id).await?;
+        let mut topics = self.inner.topics.write().unwrap();
+        topics.by_name.remove(name);
+        topics.by_id.remove(&topic.id);
+        tracing::info!(topic = name, "deleted topic");
+        Ok(topic.id)
+    }
+
+    pub async fn add_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), LogError> {
+        let _guard = self.inner.admin.lock().await;
+        let topic = self.topic(name).ok_or(LogError::UnknownTopicOrPartition)?;
+        let current = topic.partition_count();
+        if count <= current {
+            return Err(LogError::InvalidPartitions(format!(
+                "Topic currently has {current} partitions, which is higher than or equal to the requested {count}"
+            )));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        self.inner.meta.add_partitions(topic.id, count).await?;
+        let mut parts = topic.partitions.write().unwrap();
+        for index in current..count {
+            parts.push(Arc::new(Partition::new(topic.id, index, 0, 0, 0)));
+        }
+        Ok(())
+    }
+
+    /// Replaces a topic's config overrides.
+    pub async fn set_topic_configs(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), LogError> {
+        let topic = self.topic(name).ok_or(LogError::UnknownTopicOrPartition)?;
+        config::validate_all(&overrides)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.inner.meta.set_topic_configs(topic.id, &overrides).await?;
+        *topic.config.write().unwrap() = self.inner.opts.defaults.resolve(&overrides);
+        *topic.overrides.write().unwrap() = overrides;
+        Ok(())
+    }
+
+    /// Validates `data` and queues it for the next flush; resolves once the
+    /// batches are durable, or with the reason they were refused.
+    pub async fn append(&self, topic: &Arc<Topic>, partition: i32, data: Bytes) -> Result<Appended, LogError> {
+        let rx = self.submit(topic, partition, data).await?;
+        rx.await.map_err(|_| LogError::Storage("log is shutting down".into()))?
+    }
+
+    /// Like [`Log::append`] but returns as soon as the batches are queued, so
+    /// that a connection can keep its requests in order while they commit.
+    pub async fn submit(
+        &self,
+        topic: &Arc<Topic>,
+        partition: i32,
+        data: Bytes,
+    ) -> Result<oneshot::Receiver<Result<Appended, LogError>>, LogError> {
+        let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        let max = topic.config().max_message_bytes.max(0) as usize;
+        let batches = batch::validate_batches(&data, max)?;
+        if batches.len() > 1 && batches.iter().any(|b| b.producer_id >= 0) {
+            return Err(LogError::InvalidRecord(
+                "idempotent producers must send exactly one batch per partition".into(),
+            ));
+        }
+        if batches.iter().any(|b| b.is_transactional()) {
+            return Err(LogError::InvalidRecord("transactions are not supported yet".into()));
+        }
+        let (reply, rx) = oneshot::channel();
+        let req = AppendRequest { topic: topic.clone(), partition: part, data, batches, reply };
+        // A full queue holds the caller back until the flusher catches up.
+        self.inner
+            .appends
+            .send(req)
+            .await
+            .map_err(|_| LogError::Storage("log is shutting down".into()))?;
+        Ok(rx)
+    }
+
+    /// Raises the log start offset to `offset` (-1: the high watermark).
+    /// Returns the new low watermark.
+    pub async fn delete_records(&self, topic: &Topic, partition: i32, offset: i64) -> Result<i64, LogError> {
+        let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        let o = part.offsets();
+        let target = if offset == -1 { o.high_watermark } else { offset };
+        if target < 0 || target > o.high_watermark {
+            return Err(LogError::OffsetOutOfRange);
+        }
+        retention::advance_log_start(&self.inner, &part, target).await?;
+        Ok(part.offsets().log_start)
+    }
+
+    /// Runs one retention and garbage-collection pass now.
+    pub async fn enforce_retention(&self) -> Result<()> {
+        retention::pass(&self.inner).await
+    }
+
+    /// Deletes objects that no commit recorded, older than `grace`.
+    pub async fn collect_orphans(&self, grace: Duration) -> Result<usize> {
+        retention::collect_orphans(&self.inner, grace).await
+    }
+
+    /// Stored bytes per partition of a topic.
+    pub async fn partition_sizes(&self, topic: &Topic) -> Result<BTreeMap<i32, i64>> {
+        self.inner.meta.partition_sizes(topic.id).await
+    }
+
+    /// End offset of `epoch` per the leader epoch history: (epoch, end offset),
+    /// or None if the epoch is unknown (newer than the current one).
+    pub async fn end_offset_for_epoch(&self, topic: &Topic, partition: i32, epoch: i32) -> Result<Option<(i32, i64)>, LogError> {
+        let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        let o = part.offsets();
+        if epoch > o.leader_epoch {
+            return Ok(None);
+        }
+        let history = self.inner.meta.epoch_history(topic.id, partition).await?;
+        let found = history.iter().rev().find(|(e, _)| *e <= epoch).copied();
+        let Some((e, _)) = found else {
+            return Ok(None);
+        };
+        let end = history
+            .iter()
+            .find(|(next, _)| *next > e)
+            .map(|(_, start)| *start)
+            .unwrap_or(o.high_watermark);
+        Ok(Some((e, end)))
+    }
+}
+
+impl Partition {
+    fn new(topic_id: Uuid, index: i32, log_start: i64, high_watermark: i64, leader_epoch: i32) -> Self {
+        Self {
+            topic_id,
+            index,
+            state: Mutex::new(PartitionState { log_start, high_watermark, leader_epoch, tail: VecDeque::new() }),
+        }
+    }
+}
+
+impl Inner {
+    fn topic_from_row(&self, row: &TopicRow, parts: &[sluice_meta::PartitionRow]) -> Arc<Topic> {
+        let partitions = (0..row.partitions)
+            .map(|i| {
+                let p = parts.iter().find(|p| p.topic_id == row.id && p.partition == i);
+                let (ls, hw, ep) = p.map(|p| (p.log_start_offset, p.high_watermark, p.leader_epoch)).unwrap_or((0, 0, 0));
+                Arc::new(Partition::new(row.id, i, ls, hw, ep))
+            })
+            .collect();
+        Arc::new(Topic {
+            id: row.id,
+            name: row.name.clone(),
+            config: RwLock::new(self.opts.defaults.resolve(&row.configs)),
+            overrides: RwLock::new(row.configs.clone()),
+            partitions: RwLock::new(partitions),
+        })
+    }
+
+    fn register(&self, topic: Arc<Topic>) {
+        let mut t = self.topics.write().unwrap();
+        t.by_id.insert(topic.id, topic.clone());
+        t.by_name.insert(topic.name.clone(), topic);
+    }
+
+    fn topic_alive(&self, id: Uuid) -> bool {
+        self.topics.read().unwrap().by_id.contains_key(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! The read path: the tail cache for recent batches, the offset index and
+//! ranged object reads for older ones, and offset lookups by timestamp.
+
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use sluice_meta::BatchRow;
+
+use crate::{Log, LogError, Offsets, Topic, METRICS};
+
+/// Batches read from a partition, with its offsets at the time of reading.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    pub log_start: i64,
+    pub high_watermark: i64,
+    /// Whole record batches, the first one holding the requested offset.
+    pub batches: Vec<Bytes>,
+}
+
+impl ReadResult {
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.len()).sum()
+    }
+}
+
+/// The first record at or after a timestamp: its offset and timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+/// Index rows fetched per round trip to the metadata store.
+const INDEX_PAGE: i64 = 256;
+
+impl Log {
+    /// Reads whole batches from `offset` on, up to about `max_bytes` (at least
+    /// one batch when any is available).
+    pub async fn read(&self, topic: &Topic, partition: i32, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        let (offsets, tail_start) = {
+            let s = part.state.lock().unwrap();
+            let o = Offsets { log_start: s.log_start, high_watermark: s.high_watermark, leader_epoch: s.leader_epoch };
+            (o, s.tail.front().map(|b| b.base_offset))
+        };
+        if offset < offsets.log_start || offset > offsets.high_watermark {
+            return Err(LogError::OffsetOutOfRange);
+        }
+        let mut out =
+            ReadResult { log_start: offsets.log_start, high_watermark: offsets.high_watermark, batches: Vec::new() };
+        let mut position = offset;
+        let mut budget = max_bytes;
+
+        // Older than the tail: index lookup and ranged reads of objects.
+        let cold_end = tail_start.unwrap_or(offsets.high_watermark).min(offsets.high_watermark);
+        while position < cold_end && (out.batches.is_empty() || budget > 0) {
+            let rows = self.inner.meta.batches_from(topic.id, partition, position, INDEX_PAGE).await?;
+            let rows: Vec<BatchRow> = rows.into_iter().take_while(|r| r.base_offset < cold_end).collect();
+            if rows.is_empty() {
+                break;
+            }
+            let mut chosen = Vec::new();
+            for r in rows {
+                if !chosen.is_empty() && r.length as usize > budget {
+                    budget = 0;
+                    break;
+                }
+                budget = budget.saturating_sub(r.length as usize);
+                position = r.last_offset + 1;
+                chosen.push(r);
+                if budget == 0 {
+                    break;
+                }
+            }
+            out.batches.extend(self.read_rows(&chosen).await?);
+        }
+
+        // The tail cache: batches still in memory since their flush.
+        if position < offsets.high_watermark && (out.batches.is_empty() || budget > 0) {
+            let s = part.state.lock().unwrap();
+            let start = s.tail.partition_point(|b| b.last_offset < position);
+            for b in s.tail.range(start..) {
+                if b.base_offset >= offsets.high_watermark || (!out.batches.is_empty() && b.data.len() > budget) {
+                    break;
+                }
+                budget = budget.saturating_sub(b.data.len());
+                out.batches.push(b.data.clone());
+            }
+            METRICS.tail_reads.inc();
+        }
+        Ok(out)
+    }
+
+    /// Reads the given index rows, one ranged GET per run of adjacent batches
+    /// in the same object.
+    async fn read_rows(&self, rows: &[BatchRow]) -> Result<Vec<Bytes>, LogError> {
+        let mut out = Vec::with_capacity(rows.len());
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len()
+                && rows[j].object_key == rows[i].object_key
+                && rows[j].position == rows[j - 1].position + rows[j - 1].length as i64
+            {
+                j += 1;
+            }
+            let start = rows[i].position as u64;
+            let end = (rows[j - 1].position + rows[j - 1].length as i64) as u64;
+            let data = self
+                .inner
+                .store
+                .get_range(&rows[i].object_key, start, end)
+                .await
+                .map_err(|e| LogError::Storage(format!("reading {}: {e:#}", rows[i].object_key)))?;
+            METRICS.object_reads.inc();
+            for r in &rows[i..j] {
+                let from = (r.position as u64 - start) as usize;
+                out.push(data.slice(from..from + r.length as usize));
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// The earliest offset whose record timestamp is >= `timestamp`; None if
+    /// no record is that recent.
+    pub async fn offset_for_timestamp(&self, topic: &Topic, partition: i32, timestamp: i64) -> Result<Option<TimestampOffset>, LogError> {
+        topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        let Some(row) = self.inner.meta.first_batch_at_or_after_time(topic.id, partition, timestamp).await? else {
+            return Ok(None);
+        };
+        self.find_in_batch(&row, |ts| ts >= timestamp).await
+    }
+
+    /// The offset and timestamp of the record with the largest timestamp.
+    pub async fn max_timestamp_offset(&self, topic: &Topic, partition: i32) -> Result<Option<TimestampOffset>, LogError> {
+        topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        let Some(row) = self.inner.meta.max_timestamp_batch(topic.id, partition).await? else {
+            return Ok(None);
+        };
+        let max = row.max_timestamp;
+        self.find_in_batch(&row, |ts| ts == max).await
+    }
+
+    /// Decodes one batch (decompressing it) to find its first record matching `pred`.
+    async fn find_in_batch(&self, row: &BatchRow, pred: impl Fn(i64) -> bool) -> Result<Option<TimestampOffset>, LogError> {
+        let data = self.read_rows(std::slice::from_ref(row)).await?.remove(0);
+        let mut buf = data;
+        let set = RecordBatchDecoder::decode(&mut buf)
+            .map_err(|e| LogError::Storage(format!("decoding stored batch: {e:#}")))?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| pred(r.timestamp))
+            .map(|r| TimestampOffset { offset: r.offset, timestamp: r.timestamp }))
+    }
+}

@@ -1,0 +1,171 @@
+//! Background upkeep: retention by time and size, deletion of objects no
+//! partition needs, collection of objects orphaned by a crash between write
+//! and commit, and rebuilding the index from object footers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sluice_meta::{now_ms, BatchRow, MetaStore};
+use uuid::Uuid;
+
+use crate::object;
+use crate::{DataStore, Inner, Partition, METRICS};
+
+const DATA_PREFIX: &str = "data";
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut since_orphan_sweep = Duration::ZERO;
+    loop {
+        tokio::time::sleep(inner.opts.retention_check_interval).await;
+        if let Err(e) = pass(&inner).await {
+            tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
+        }
+        since_orphan_sweep += inner.opts.retention_check_interval;
+        // Listing the store is costly: sweep for orphans at most every grace/4.
+        if since_orphan_sweep >= inner.opts.gc_orphan_grace / 4 {
+            since_orphan_sweep = Duration::ZERO;
+            if let Err(e) = collect_orphans(&inner, inner.opts.gc_orphan_grace).await {
+                tracing::warn!(error = %format!("{e:#}"), "orphan collection failed");
+            }
+        }
+    }
+}
+
+/// Applies every topic's retention, then deletes unreferenced objects.
+pub(crate) async fn pass(inner: &Inner) -> Result<()> {
+    let topics: Vec<_> = inner.topics.read().unwrap().by_id.values().cloned().collect();
+    let now = now_ms();
+    for topic in topics {
+        let cfg = topic.config();
+        if cfg.retention_ms < 0 && cfg.retention_bytes < 0 {
+            continue;
+        }
+        let parts: Vec<_> = topic.partitions.read().unwrap().clone();
+        for part in parts {
+            let o = part.offsets();
+            let extents = inner.meta.batch_extents(topic.id, part.index).await?;
+            let mut start = o.log_start;
+            if cfg.retention_ms >= 0 {
+                let cutoff = now.saturating_sub(cfg.retention_ms);
+                for (_, last, _, _) in extents.iter().take_while(|e| e.2 < cutoff) {
+                    start = start.max(last + 1);
+                }
+            }
+            if cfg.retention_bytes >= 0 {
+                let mut total: i64 = extents.iter().map(|e| e.3).sum();
+                for (_, last, _, len) in &extents {
+                    if total <= cfg.retention_bytes {
+                        break;
+                    }
+                    total -= len;
+                    start = start.max(last + 1);
+                }
+            }
+            let start = start.min(o.high_watermark);
+            if start > o.log_start {
+                advance_log_start(inner, &part, start).await?;
+                tracing::debug!(topic = %topic.name, partition = part.index, start, "retention advanced log start");
+            }
+        }
+    }
+    delete_unreferenced(inner).await
+}
+
+pub(crate) async fn advance_log_start(inner: &Inner, part: &Partition, offset: i64) -> Result<()> {
+    inner.meta.advance_log_start(part.topic_id, part.index, offset).await?;
+    let mut s = part.state.lock().unwrap();
+    if offset > s.log_start {
+        s.log_start = offset;
+    }
+    while s.tail.front().is_some_and(|b| b.last_offset < offset) {
+        s.tail.pop_front();
+    }
+    Ok(())
+}
+
+async fn delete_unreferenced(inner: &Inner) -> Result<()> {
+    for key in inner.meta.unreferenced_objects(now_ms()).await? {
+        inner.store.delete(&key).await?;
+        inner.meta.forget_object(&key).await?;
+        METRICS.objects_deleted.inc();
+        tracing::debug!(object = %key, "deleted unreferenced object");
+    }
+    Ok(())
+}
+
+/// Deletes data objects older than `grace` that the metadata store never
+/// recorded: left behind by a crash between object write and commit.
+pub(crate) async fn collect_orphans(inner: &Inner, grace: Duration) -> Result<usize> {
+    let cutoff = now_ms() - grace.as_millis() as i64;
+    let mut deleted = 0;
+    for obj in inner.store.list(DATA_PREFIX).await? {
+        if obj.last_modified_ms <= cutoff && !inner.meta.object_known(&obj.key).await? {
+            inner.store.delete(&obj.key).await?;
+            METRICS.objects_deleted.inc();
+            deleted += 1;
+            tracing::info!(object = %obj.key, "deleted orphaned object");
+        }
+    }
+    Ok(deleted)
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub objects: usize,
+    pub batches: usize,
+    pub topics: usize,
+    /// Objects whose footer or batches failed verification, left out.
+    pub damaged: Vec<String>,
+}
+
+/// Rebuilds the offset index, objects table and watermarks from the data
+/// objects' footers. Topics missing from the metadata store are recreated
+/// under their recorded ids. Producer state is not recoverable from data and
+/// is reset.
+pub async fn rebuild_index(meta: &MetaStore, store: &DataStore) -> Result<RebuildReport> {
+    let mut report = RebuildReport::default();
+    let mut topics: BTreeMap<Uuid, (String, i32)> = BTreeMap::new();
+    let mut objects = Vec::new();
+    let mut rows: Vec<BatchRow> = Vec::new();
+    for obj in store.list(DATA_PREFIX).await.context("listing data objects")? {
+        let data = store.get(&obj.key).await.with_context(|| format!("reading {}", obj.key))?;
+        let entries = match object::verify(&data) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(object = %obj.key, error = %e, "skipping damaged object");
+                report.damaged.push(obj.key);
+                continue;
+            }
+        };
+        for e in entries {
+            let t = topics.entry(e.topic_id).or_insert_with(|| (e.topic.clone(), 0));
+            t.1 = t.1.max(e.partition + 1);
+            rows.push(BatchRow {
+                topic_id: e.topic_id,
+                partition: e.partition,
+                base_offset: e.base_offset,
+                last_offset: e.last_offset,
+                max_timestamp: e.max_timestamp,
+                object_key: obj.key.clone(),
+                position: e.position as i64,
+                length: e.length as i32,
+            });
+        }
+        objects.push((obj.key, data.len() as i64));
+    }
+    // Keep only topics still known, or recreate those whose rows were lost entirely.
+    let known = meta.list_topics().await?;
+    let topic_list: Vec<(Uuid, String, i32)> = topics
+        .iter()
+        .filter(|(id, (name, _))| known.iter().any(|k| k.id == **id) || !known.iter().any(|k| &k.name == name))
+        .map(|(id, (name, n))| (*id, name.clone(), *n))
+        .collect();
+    rows.retain(|r| topic_list.iter().any(|t| t.0 == r.topic_id));
+    report.objects = objects.len();
+    report.batches = rows.len();
+    report.topics = topic_list.len();
+    meta.replace_index(&topic_list, &objects, &rows).await?;
+    Ok(report)
+}

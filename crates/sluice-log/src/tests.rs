@@ -1,0 +1,235 @@
+//! Log engine tests against a real SQLite store and a local object store.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use sluice_meta::MetaStore;
+
+use crate::batch::tests::make_batch;
+use crate::*;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+    fn meta_url(&self) -> String {
+        format!("sqlite://{}/meta.db", self.dir.path().display())
+    }
+    fn store(&self) -> DataStore {
+        DataStore::open(&format!("file://{}/objects", self.dir.path().display())).unwrap()
+    }
+    async fn open(&self, opts: LogOptions) -> Log {
+        let meta = MetaStore::open(&self.meta_url()).await.unwrap();
+        Log::open(meta, self.store(), opts).await.unwrap()
+    }
+}
+
+fn opts() -> LogOptions {
+    LogOptions { retention_check_interval: Duration::from_secs(3600), ..LogOptions::default() }
+}
+
+/// Decodes batches into (offset, value) pairs at or after `from`.
+fn values(batches: &[Bytes], from: i64) -> Vec<(i64, String)> {
+    let mut out = vec![];
+    for b in batches {
+        let mut buf = b.clone();
+        for set in RecordBatchDecoder::decode_all(&mut buf).unwrap() {
+            for r in set.records {
+                if r.offset >= from {
+                    out.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn append_assigns_offsets_and_survives_restart() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let t = log.create_topic("t", Some(2), BTreeMap::new(), false).await.unwrap();
+    let a = log.append(&t, 0, make_batch(3, -1, 0, 10, Compression::None)).await.unwrap();
+    let b = log.append(&t, 0, make_batch(2, -1, 0, 20, Compression::Zstd)).await.unwrap();
+    let c = log.append(&t, 1, make_batch(4, -1, 0, 30, Compression::Gzip)).await.unwrap();
+    assert_eq!((a.base_offset, b.base_offset, c.base_offset), (0, 3, 0));
+    assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 5);
+
+    let r = log.read(&t, 0, 4, 1 << 20).await.unwrap();
+    assert_eq!(values(&r.batches, 4), vec![(4, "value-1".to_string())]);
+    assert!(matches!(log.read(&t, 0, 6, 100).await, Err(LogError::OffsetOutOfRange)));
+    assert!(log.read(&t, 0, 5, 100).await.unwrap().batches.is_empty());
+    drop(log);
+
+    // A new broker process: everything comes from the index and objects.
+    let log = fx.open(opts()).await;
+    let t = log.topic("t").unwrap();
+    assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 5);
+    let r = log.read(&t, 0, 0, 1 << 20).await.unwrap();
+    let got: Vec<i64> = values(&r.batches, 0).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    let r = log.read(&t, 1, 0, 1 << 20).await.unwrap();
+    assert_eq!(values(&r.batches, 0).len(), 4);
+    // The next append continues the offsets.
+    let d = log.append(&t, 0, make_batch(1, -1, 0, 40, Compression::Lz4)).await.unwrap();
+    assert_eq!(d.base_offset, 5);
+}
+
+#[tokio::test]
+async fn read_respects_max_bytes_but_returns_one_batch() {
+    let fx = Fixture::new();
+    let log = fx.open(LogOptions { tail_cache_bytes: 0, ..opts() }).await;
+    let t = log.create_topic("t", None, BTreeMap::new(), false).await.unwrap();
+    for _ in 0..5 {
+        log.append(&t, 0, make_batch(10, -1, 0, 0, Compression::None)).await.unwrap();
+    }
+    let r = log.read(&t, 0, 0, 1).await.unwrap();
+    assert_eq!(r.batches.len(), 1);
+    let one = r.batches[0].len();
+    let r = log.read(&t, 0, 15, one * 2).await.unwrap();
+    assert_eq!(values(&r.batches, 15).first().unwrap().0, 15);
+    assert_eq!(r.batches.len(), 2);
+}
+
+#[tokio::test]
+async fn idempotent_producer_dedupes_and_fences() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let t = log.create_topic("idem", None, BTreeMap::new(), false).await.unwrap();
+    let first = make_batch(5, 42, 0, 0, Compression::None);
+    assert_eq!(log.append(&t, 0, first.clone()).await.unwrap().base_offset, 0);
+    log.append(&t, 0, make_batch(5, 42, 5, 0, Compression::None)).await.unwrap();
+    // A retry of the first batch gets its original offset and writes nothing.
+    assert_eq!(log.append(&t, 0, first.clone()).await.unwrap().base_offset, 0);
+    assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 10);
+    let gap = log.append(&t, 0, make_batch(1, 42, 20, 0, Compression::None)).await;
+    assert!(matches!(gap, Err(LogError::OutOfOrderSequence(_))));
+    drop(log);
+    // Producer state survives a restart.
+    let log = fx.open(opts()).await;
+    let t = log.topic("idem").unwrap();
+    assert_eq!(log.append(&t, 0, first).await.unwrap().base_offset, 0);
+    assert_eq!(log.append(&t, 0, make_batch(2, 42, 10, 0, Compression::None)).await.unwrap().base_offset, 10);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_without_effect() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let cfg = BTreeMap::from([("max.message.bytes".to_string(), "100".to_string())]);
+    let t = log.create_topic("small", None, cfg, false).await.unwrap();
+    let big = make_batch(20, -1, 0, 0, Compression::None);
+    assert!(matches!(log.append(&t, 0, big).await, Err(LogError::MessageTooLarge(_))));
+    assert!(matches!(log.append(&t, 3, make_batch(1, -1, 0, 0, Compression::None)).await, Err(LogError::UnknownTopicOrPartition)));
+    assert!(matches!(log.create_topic("small", None, BTreeMap::new(), false).await, Err(LogError::TopicExists)));
+    assert!(matches!(log.create_topic("bad name", None, BTreeMap::new(), false).await, Err(LogError::InvalidTopic(_))));
+    let bad_cfg = BTreeMap::from([("nope".to_string(), "1".to_string())]);
+    assert!(matches!(log.create_topic("x", None, bad_cfg, false).await, Err(LogError::InvalidConfig(_))));
+    assert!(log.create_topic("v", None, BTreeMap::new(), true).await.is_ok());
+    assert!(log.topic("v").is_none());
+    assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 0);
+}
+
+#[tokio::test]
+async fn retention_delete_records_and_gc() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let cfg = BTreeMap::from([("retention.ms".to_string(), "60000".to_string())]);
+    let t = log.create_topic("r", None, cfg, false).await.unwrap();
+    let now = sluice_meta::now_ms();
+    log.append(&t, 0, make_batch(3, -1, 0, now - 120_000, Compression::None)).await.unwrap();
+    log.append(&t, 0, make_batch(3, -1, 0, now, Compression::None)).await.unwrap();
+    log.enforce_retention().await.unwrap();
+    let o = t.partition(0).unwrap().offsets();
+    assert_eq!((o.log_start, o.high_watermark), (3, 6));
+    assert!(matches!(log.read(&t, 0, 0, 100).await, Err(LogError::OffsetOutOfRange)));
+
+    assert_eq!(log.delete_records(&t, 0, -1).await.unwrap(), 6);
+    assert!(matches!(log.delete_records(&t, 0, 7).await, Err(LogError::OffsetOutOfRange)));
+    log.enforce_retention().await.unwrap();
+    // Both objects are now unreferenced and gone.
+    assert!(fx.store().list("data").await.unwrap().is_empty());
+
+    // An object written but never committed is an orphan.
+    fx.store().put("data/stray.sobj", Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(log.collect_orphans(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(log.collect_orphans(Duration::ZERO).await.unwrap(), 1);
+    assert!(fx.store().list("data").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn retention_by_bytes() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let one = make_batch(5, -1, 0, 0, Compression::None);
+    let cfg = BTreeMap::from([
+        ("retention.bytes".to_string(), (one.len() * 2).to_string()),
+        ("retention.ms".to_string(), "-1".to_string()),
+    ]);
+    let t = log.create_topic("rb", None, cfg, false).await.unwrap();
+    for _ in 0..5 {
+        log.append(&t, 0, one.clone()).await.unwrap();
+    }
+    log.enforce_retention().await.unwrap();
+    assert_eq!(t.partition(0).unwrap().offsets().log_start, 15);
+}
+
+#[tokio::test]
+async fn timestamps_and_rebuild() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let t = log.create_topic("ts", Some(2), BTreeMap::new(), false).await.unwrap();
+    log.append(&t, 0, make_batch(5, -1, 0, 1000, Compression::Snappy)).await.unwrap();
+    log.append(&t, 0, make_batch(5, -1, 0, 2000, Compression::None)).await.unwrap();
+    log.append(&t, 1, make_batch(2, -1, 0, 3000, Compression::None)).await.unwrap();
+    let at = log.offset_for_timestamp(&t, 0, 1003).await.unwrap().unwrap();
+    assert_eq!((at.offset, at.timestamp), (3, 1003));
+    let at = log.offset_for_timestamp(&t, 0, 1500).await.unwrap().unwrap();
+    assert_eq!((at.offset, at.timestamp), (5, 2000));
+    assert!(log.offset_for_timestamp(&t, 0, 9999).await.unwrap().is_none());
+    let max = log.max_timestamp_offset(&t, 0).await.unwrap().unwrap();
+    assert_eq!((max.offset, max.timestamp), (9, 2004));
+    let id = t.id;
+    drop(log);
+
+    // Lose the metadata store entirely, then rebuild it from the objects.
+    for f in ["meta.db", "meta.db-wal", "meta.db-shm"] {
+        let _ = std::fs::remove_file(fx.dir.path().join(f));
+    }
+    let meta = MetaStore::open(&fx.meta_url()).await.unwrap();
+    let report = rebuild_index(&meta, &fx.store()).await.unwrap();
+    assert_eq!((report.objects, report.batches, report.topics), (3, 3, 1));
+    let log = Log::open(meta, fx.store(), opts()).await.unwrap();
+    let t = log.topic("ts").unwrap();
+    assert_eq!((t.id, t.partition_count()), (id, 2));
+    let r = log.read(&t, 0, 0, 1 << 20).await.unwrap();
+    assert_eq!(values(&r.batches, 0).len(), 10);
+    assert_eq!(t.partition(1).unwrap().offsets().high_watermark, 2);
+}
+
+#[tokio::test]
+async fn topic_deletion_and_partitions() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let t = log.create_topic("d", Some(1), BTreeMap::new(), false).await.unwrap();
+    log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None)).await.unwrap();
+    log.add_partitions("d", 3, false).await.unwrap();
+    assert_eq!(t.partition_count(), 3);
+    assert!(matches!(log.add_partitions("d", 2, false).await, Err(LogError::InvalidPartitions(_))));
+    log.append(&t, 2, make_batch(1, -1, 0, 0, Compression::None)).await.unwrap();
+    log.delete_topic("d").await.unwrap();
+    assert!(log.topic("d").is_none());
+    assert!(matches!(log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None)).await, Err(LogError::UnknownTopicOrPartition)));
+    log.enforce_retention().await.unwrap();
+    assert!(fx.store().list("data").await.unwrap().is_empty());
+    // The name can be reused; the new topic starts empty.
+    let t2 = log.create_topic("d", Some(1), BTreeMap::new(), false).await.unwrap();
+    assert_ne!(t2.id, t.id);
+    assert_eq!(t2.partition(0).unwrap().offsets().high_watermark, 0);
+}

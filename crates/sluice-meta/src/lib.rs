@@ -1,0 +1,708 @@
+//! The metadata store: topics, partitions (high watermarks, log start, leader
+//! epochs), the offset index of stored batches, data objects, and idempotent
+//! producer state.
+//!
+//! SQLite is the embedded default. Every statement is plain SQL shared by all
+//! backends; the few dialect differences (connection options, upserts) are kept
+//! in this file.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRow {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+    /// Per-topic overrides only; defaults live with the broker.
+    pub configs: BTreeMap<String, String>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRow {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub leader_epoch: i32,
+}
+
+/// One stored record batch: where it lives and which offsets it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRow {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub object_key: String,
+    pub position: i64,
+    pub length: i32,
+}
+
+/// A batch an idempotent producer wrote, kept to answer retries with the original offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqEntry {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerStateRow {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub recent: Vec<SeqEntry>,
+}
+
+/// A partition's new high watermark, fenced on the leader epoch that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkUpdate {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub high_watermark: i64,
+    pub leader_epoch: i32,
+}
+
+/// Everything one group-commit flush records, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct FlushCommit {
+    pub object_key: String,
+    pub object_size: i64,
+    pub batches: Vec<BatchRow>,
+    pub watermarks: Vec<WatermarkUpdate>,
+    pub producers: Vec<ProducerStateRow>,
+}
+
+#[derive(Clone)]
+pub struct MetaStore {
+    pool: SqlitePool,
+}
+
+impl MetaStore {
+    /// Opens (creating if needed) the store at `url` and applies migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        if !url.starts_with("sqlite:") {
+            bail!("unsupported metadata store URL {url:?}: expected sqlite://PATH");
+        }
+        let opts = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("bad sqlite URL {url:?}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit acknowledged to a producer survives power loss too.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("opening metadata store {url}"))?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .context("migrating metadata store")?;
+        Ok(Self { pool })
+    }
+
+    /// The cluster id, created on first use.
+    pub async fn cluster_id(&self) -> Result<String> {
+        let fresh = Uuid::new_v4().simple().to_string();
+        sqlx::query("INSERT INTO cluster (key, value) VALUES ('cluster_id', ?) ON CONFLICT (key) DO NOTHING")
+            .bind(&fresh)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT value FROM cluster WHERE key = 'cluster_id'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
+
+    // ---- topics ----
+
+    pub async fn list_topics(&self) -> Result<Vec<TopicRow>> {
+        let rows = sqlx::query("SELECT topic_id, name, partitions, configs, created_ms FROM topics ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(topic_from_row).collect()
+    }
+
+    /// Creates a topic with its partitions; `None` if the name is taken.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Option<TopicRow>> {
+        let topic = TopicRow {
+            id: Uuid::new_v4(),
+            name: name.to_string(),
+            partitions,
+            configs: configs.clone(),
+            created_ms: now_ms(),
+        };
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO topics (topic_id, name, partitions, configs, created_ms) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(topic.id.to_string())
+        .bind(name)
+        .bind(partitions)
+        .bind(serde_json::to_string(configs)?)
+        .bind(topic.created_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(None);
+        }
+        insert_partitions(&mut tx, topic.id, 0, partitions).await?;
+        tx.commit().await?;
+        Ok(Some(topic))
+    }
+
+    /// Deletes a topic and everything indexed under it. Its objects become
+    /// garbage once no other partition references them.
+    pub async fn delete_topic(&self, topic_id: Uuid) -> Result<bool> {
+        let id = topic_id.to_string();
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM topics WHERE topic_id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for table in ["partitions", "partition_epochs", "batches", "producer_state"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE topic_id = ?"))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Grows a topic to `new_count` partitions.
+    pub async fn add_partitions(&self, topic_id: Uuid, new_count: i32) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT partitions FROM topics WHERE topic_id = ?")
+            .bind(topic_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let old: i32 = row.get(0);
+        if new_count <= old {
+            bail!("topic already has {old} partitions");
+        }
+        sqlx::query("UPDATE topics SET partitions = ? WHERE topic_id = ?")
+            .bind(new_count)
+            .bind(topic_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        insert_partitions(&mut tx, topic_id, old, new_count).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_topic_configs(&self, topic_id: Uuid, configs: &BTreeMap<String, String>) -> Result<()> {
+        sqlx::query("UPDATE topics SET configs = ? WHERE topic_id = ?")
+            .bind(serde_json::to_string(configs)?)
+            .bind(topic_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- partitions and the offset index ----
+
+    pub async fn list_partitions(&self) -> Result<Vec<PartitionRow>> {
+        let rows = sqlx::query(
+            "SELECT topic_id, partition, log_start_offset, high_watermark, leader_epoch FROM partitions",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PartitionRow {
+                    topic_id: parse_uuid(r.get(0))?,
+                    partition: r.get(1),
+                    log_start_offset: r.get(2),
+                    high_watermark: r.get(3),
+                    leader_epoch: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    /// Commits one flush: the object, its batches, new high watermarks and
+    /// producer state. A watermark update only applies if the partition still
+    /// exists under the same leader epoch; the returned flags say which did,
+    /// and batches of partitions that did not are left out.
+    pub async fn commit_flush(&self, commit: &FlushCommit) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES (?, ?, ?)")
+            .bind(&commit.object_key)
+            .bind(commit.object_size)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let mut applied = Vec::with_capacity(commit.watermarks.len());
+        let mut fenced: Vec<(Uuid, i32)> = Vec::new();
+        for w in &commit.watermarks {
+            let n = sqlx::query(
+                "UPDATE partitions SET high_watermark = ?
+                 WHERE topic_id = ? AND partition = ? AND leader_epoch = ? AND high_watermark <= ?",
+            )
+            .bind(w.high_watermark)
+            .bind(w.topic_id.to_string())
+            .bind(w.partition)
+            .bind(w.leader_epoch)
+            .bind(w.high_watermark)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            applied.push(n == 1);
+            if n != 1 {
+                fenced.push((w.topic_id, w.partition));
+            }
+        }
+        for b in &commit.batches {
+            if fenced.contains(&(b.topic_id, b.partition)) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(b.topic_id.to_string())
+            .bind(b.partition)
+            .bind(b.base_offset)
+            .bind(b.last_offset)
+            .bind(b.max_timestamp)
+            .bind(&b.object_key)
+            .bind(b.position)
+            .bind(b.length)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for p in &commit.producers {
+            if fenced.contains(&(p.topic_id, p.partition)) {
+                continue;
+            }
+            upsert_producer(&mut tx, p).await?;
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Up to `limit` batches holding offsets at or after `offset`, in order.
+    pub async fn batches_from(&self, topic_id: Uuid, partition: i32, offset: i64, limit: i64) -> Result<Vec<BatchRow>> {
+        let rows = sqlx::query(
+            "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
+             FROM batches WHERE topic_id = ? AND partition = ? AND last_offset >= ?
+             ORDER BY base_offset LIMIT ?",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .bind(offset)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(batch_from_row).collect()
+    }
+
+    /// The first batch holding a record with timestamp >= `ts`.
+    pub async fn first_batch_at_or_after_time(&self, topic_id: Uuid, partition: i32, ts: i64) -> Result<Option<BatchRow>> {
+        let row = sqlx::query(
+            "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
+             FROM batches WHERE topic_id = ? AND partition = ? AND max_timestamp >= ?
+             ORDER BY base_offset LIMIT 1",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .bind(ts)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    /// The earliest batch holding the partition's largest timestamp.
+    pub async fn max_timestamp_batch(&self, topic_id: Uuid, partition: i32) -> Result<Option<BatchRow>> {
+        let row = sqlx::query(
+            "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
+             FROM batches WHERE topic_id = ? AND partition = ?
+             ORDER BY max_timestamp DESC, base_offset ASC LIMIT 1",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    /// (base_offset, last_offset, max_timestamp, length) of every batch of a
+    /// partition, oldest first: the input to retention.
+    pub async fn batch_extents(&self, topic_id: Uuid, partition: i32) -> Result<Vec<(i64, i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT base_offset, last_offset, max_timestamp, length FROM batches
+             WHERE topic_id = ? AND partition = ? ORDER BY base_offset",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<i64, _>(3)))
+            .collect())
+    }
+
+    /// Total stored bytes per partition of a topic.
+    pub async fn partition_sizes(&self, topic_id: Uuid) -> Result<BTreeMap<i32, i64>> {
+        let rows = sqlx::query(
+            "SELECT partition, COALESCE(SUM(length), 0) FROM batches WHERE topic_id = ? GROUP BY partition",
+        )
+        .bind(topic_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Raises the log start offset (never lowers it) and drops index rows
+    /// wholly below it.
+    pub async fn advance_log_start(&self, topic_id: Uuid, partition: i32, offset: i64) -> Result<()> {
+        let id = topic_id.to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE partitions SET log_start_offset = ?
+             WHERE topic_id = ? AND partition = ? AND log_start_offset < ?",
+        )
+        .bind(offset)
+        .bind(&id)
+        .bind(partition)
+        .bind(offset)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?")
+            .bind(&id)
+            .bind(partition)
+            .bind(offset)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Leader epoch history of a partition: (epoch, start offset), ascending.
+    pub async fn epoch_history(&self, topic_id: Uuid, partition: i32) -> Result<Vec<(i32, i64)>> {
+        let rows = sqlx::query(
+            "SELECT epoch, start_offset FROM partition_epochs WHERE topic_id = ? AND partition = ? ORDER BY epoch",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    // ---- objects ----
+
+    /// Objects that no batch references any more, created before `before_ms`.
+    pub async fn unreferenced_objects(&self, before_ms: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT object_key FROM objects o WHERE created_ms < ?
+             AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_key = o.object_key)",
+        )
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn forget_object(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM objects WHERE object_key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn object_known(&self, key: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM objects WHERE object_key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    // ---- producers ----
+
+    pub async fn next_producer_id(&self) -> Result<i64> {
+        let row = sqlx::query("INSERT INTO producer_ids (created_ms) VALUES (?) RETURNING id")
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub async fn load_producer_states(&self) -> Result<Vec<ProducerStateRow>> {
+        let rows = sqlx::query("SELECT topic_id, partition, producer_id, epoch, recent FROM producer_state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ProducerStateRow {
+                    topic_id: parse_uuid(r.get(0))?,
+                    partition: r.get(1),
+                    producer_id: r.get(2),
+                    epoch: r.get::<i32, _>(3) as i16,
+                    recent: serde_json::from_str(r.get(4))?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- index rebuild ----
+
+    /// Replaces the whole offset index with rows recovered from data objects.
+    /// Topics missing from the store are recreated under their recorded id.
+    pub async fn replace_index(&self, topics: &[(Uuid, String, i32)], objects: &[(String, i64)], batches: &[BatchRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["batches", "objects", "producer_state"] {
+            sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
+        }
+        for (id, name, partitions) in topics {
+            let exists = sqlx::query("SELECT partitions FROM topics WHERE topic_id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            match exists {
+                None => {
+                    sqlx::query("INSERT INTO topics (topic_id, name, partitions, configs, created_ms) VALUES (?, ?, ?, '{}', ?)")
+                        .bind(id.to_string())
+                        .bind(name)
+                        .bind(partitions)
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await?;
+                    insert_partitions(&mut tx, *id, 0, *partitions).await?;
+                }
+                Some(row) => {
+                    let old: i32 = row.get(0);
+                    if *partitions > old {
+                        sqlx::query("UPDATE topics SET partitions = ? WHERE topic_id = ?")
+                            .bind(partitions)
+                            .bind(id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        insert_partitions(&mut tx, *id, old, *partitions).await?;
+                    }
+                }
+            }
+        }
+        for (key, size) in objects {
+            sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES (?, ?, ?)")
+                .bind(key)
+                .bind(size)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for b in batches {
+            sqlx::query(
+                "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(b.topic_id.to_string())
+            .bind(b.partition)
+            .bind(b.base_offset)
+            .bind(b.last_offset)
+            .bind(b.max_timestamp)
+            .bind(&b.object_key)
+            .bind(b.position)
+            .bind(b.length)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Watermarks and log start follow what the objects hold.
+        sqlx::query(
+            "UPDATE partitions SET
+               high_watermark = COALESCE((SELECT MAX(last_offset) + 1 FROM batches b
+                   WHERE b.topic_id = partitions.topic_id AND b.partition = partitions.partition), 0),
+               log_start_offset = COALESCE((SELECT MIN(base_offset) FROM batches b
+                   WHERE b.topic_id = partitions.topic_id AND b.partition = partitions.partition), 0)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_partitions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    topic_id: Uuid,
+    from: i32,
+    to: i32,
+) -> Result<()> {
+    for p in from..to {
+        sqlx::query("INSERT INTO partitions (topic_id, partition) VALUES (?, ?)")
+            .bind(topic_id.to_string())
+            .bind(p)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO partition_epochs (topic_id, partition, epoch, start_offset) VALUES (?, ?, 0, 0)")
+            .bind(topic_id.to_string())
+            .bind(p)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn upsert_producer(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, p: &ProducerStateRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (topic_id, partition, producer_id)
+         DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms",
+    )
+    .bind(p.topic_id.to_string())
+    .bind(p.partition)
+    .bind(p.producer_id)
+    .bind(p.epoch as i32)
+    .bind(serde_json::to_string(&p.recent)?)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).with_context(|| format!("bad uuid {s:?} in metadata store"))
+}
+
+fn topic_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TopicRow> {
+    Ok(TopicRow {
+        id: parse_uuid(r.get(0))?,
+        name: r.get(1),
+        partitions: r.get(2),
+        configs: serde_json::from_str(r.get(3))?,
+        created_ms: r.get(4),
+    })
+}
+
+fn batch_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BatchRow> {
+    Ok(BatchRow {
+        topic_id: parse_uuid(r.get(0))?,
+        partition: r.get(1),
+        base_offset: r.get(2),
+        last_offset: r.get(3),
+        max_timestamp: r.get(4),
+        object_key: r.get(5),
+        position: r.get(6),
+        length: r.get(7),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, MetaStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/meta.db", dir.path().display());
+        let m = MetaStore::open(&url).await.unwrap();
+        (dir, m)
+    }
+
+    fn batch(t: Uuid, p: i32, base: i64, last: i64, key: &str) -> BatchRow {
+        BatchRow {
+            topic_id: t,
+            partition: p,
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: 1000 + base,
+            object_key: key.into(),
+            position: 0,
+            length: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn topic_lifecycle_and_index() {
+        let (_d, m) = store().await;
+        let t = m.create_topic("a", 2, &BTreeMap::new()).await.unwrap().unwrap();
+        assert!(m.create_topic("a", 1, &BTreeMap::new()).await.unwrap().is_none());
+        let commit = FlushCommit {
+            object_key: "o1".into(),
+            object_size: 200,
+            batches: vec![batch(t.id, 0, 0, 9, "o1"), batch(t.id, 1, 0, 4, "o1")],
+            watermarks: vec![
+                WatermarkUpdate { topic_id: t.id, partition: 0, high_watermark: 10, leader_epoch: 0 },
+                WatermarkUpdate { topic_id: t.id, partition: 1, high_watermark: 5, leader_epoch: 7 },
+            ],
+            producers: vec![],
+        };
+        // Partition 1 is fenced by its epoch: its batch must not be indexed.
+        assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true, false]);
+        assert_eq!(m.batches_from(t.id, 0, 5, 10).await.unwrap().len(), 1);
+        assert!(m.batches_from(t.id, 1, 0, 10).await.unwrap().is_empty());
+        let parts = m.list_partitions().await.unwrap();
+        let p0 = parts.iter().find(|p| p.partition == 0).unwrap();
+        assert_eq!(p0.high_watermark, 10);
+
+        m.advance_log_start(t.id, 0, 10).await.unwrap();
+        assert!(m.batches_from(t.id, 0, 0, 10).await.unwrap().is_empty());
+        assert_eq!(m.unreferenced_objects(now_ms() + 1).await.unwrap(), vec!["o1".to_string()]);
+
+        m.add_partitions(t.id, 4).await.unwrap();
+        assert_eq!(m.list_partitions().await.unwrap().len(), 4);
+        assert!(m.delete_topic(t.id).await.unwrap());
+        assert!(m.list_topics().await.unwrap().is_empty());
+        assert!(m.list_partitions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn producer_ids_are_unique_and_state_round_trips() {
+        let (_d, m) = store().await;
+        let a = m.next_producer_id().await.unwrap();
+        let b = m.next_producer_id().await.unwrap();
+        assert_ne!(a, b);
+        let t = m.create_topic("p", 1, &BTreeMap::new()).await.unwrap().unwrap();
+        let state = ProducerStateRow {
+            topic_id: t.id,
+            partition: 0,
+            producer_id: a,
+            epoch: 3,
+            recent: vec![SeqEntry { first_seq: 0, last_seq: 4, base_offset: 0, last_offset: 4 }],
+        };
+        let commit = FlushCommit {
+            object_key: "o".into(),
+            object_size: 1,
+            batches: vec![],
+            watermarks: vec![WatermarkUpdate { topic_id: t.id, partition: 0, high_watermark: 5, leader_epoch: 0 }],
+            producers: vec![state.clone()],
+        };
+        m.commit_flush(&commit).await.unwrap();
+        assert_eq!(m.load_producer_states().await.unwrap(), vec![state]);
+        assert!(!m.cluster_id().await.unwrap().is_empty());
+        assert_eq!(m.cluster_id().await.unwrap(), m.cluster_id().await.unwrap());
+    }
+}
