@@ -1,0 +1,145 @@
+//! Fetch: reads from each requested partition, long-polling until
+//! `min_bytes` are available or `max_wait_ms` passes. Fetch sessions
+//! (KIP-227) are declined with session id 0, so clients send full requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::*;
+use sluice_log::LogError;
+
+use crate::conn::Reply;
+use crate::{errors, Broker};
+
+/// Longest a fetch may wait, whatever the client asks for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub(crate) fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
+    let broker = broker.clone();
+    Reply::Later(Box::pin(async move { ResponseKind::Fetch(fetch(&broker, &req, version).await) }))
+}
+
+async fn fetch(broker: &Broker, req: &FetchRequest, version: i16) -> FetchResponse {
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut commits = broker.log.subscribe();
+    loop {
+        commits.borrow_and_update();
+        let (resp, bytes, errored) = read_all(broker, req, version).await;
+        if bytes >= req.min_bytes.max(0) as usize || errored || tokio::time::Instant::now() >= deadline {
+            return resp;
+        }
+        if tokio::time::timeout_at(deadline, commits.changed()).await.is_err() {
+            // Waited the full time; answer with whatever there is now.
+            return read_all(broker, req, version).await.0;
+        }
+    }
+}
+
+/// One pass over the requested partitions: the response, its record bytes,
+/// and whether any partition had an error (which ends a long poll).
+async fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    let mut remaining = if req.max_bytes > 0 { req.max_bytes as usize } else { usize::MAX };
+    let mut total = 0usize;
+    let mut errored = false;
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for ft in &req.topics {
+        let (topic, missing) = if version >= 13 {
+            (broker.log.topic_by_id(ft.topic_id), ResponseError::UnknownTopicId.code())
+        } else {
+            (broker.log.topic(ft.topic.as_str()), ResponseError::UnknownTopicOrPartition.code())
+        };
+        let mut partitions = Vec::with_capacity(ft.partitions.len());
+        for fp in &ft.partitions {
+            let base = PartitionData::default()
+                .with_partition_index(fp.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_records(Some(Bytes::new()));
+            let Some(topic) = &topic else {
+                errored = true;
+                partitions.push(base.with_error_code(missing));
+                continue;
+            };
+            let Some(part) = topic.partition(fp.partition) else {
+                errored = true;
+                partitions.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                continue;
+            };
+            let offsets = part.offsets();
+            if fp.current_leader_epoch >= 0 && fp.current_leader_epoch != offsets.leader_epoch {
+                errored = true;
+                let e = if fp.current_leader_epoch > offsets.leader_epoch {
+                    ResponseError::UnknownLeaderEpoch
+                } else {
+                    ResponseError::FencedLeaderEpoch
+                };
+                partitions.push(base.with_error_code(e.code()));
+                continue;
+            }
+            // KIP-74: the first partition with data may exceed the limits by one batch.
+            let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
+            let want_data = limit > 0 || total == 0;
+            let result = if want_data {
+                broker.log.read(topic, fp.partition, fp.fetch_offset, limit).await
+            } else {
+                Ok(sluice_log::ReadResult {
+                    log_start: offsets.log_start,
+                    high_watermark: offsets.high_watermark,
+                    batches: vec![],
+                })
+            };
+            match result {
+                Ok(r) => {
+                    let n = r.bytes();
+                    total += n;
+                    remaining = remaining.saturating_sub(n);
+                    partitions.push(
+                        base.with_high_watermark(r.high_watermark)
+                            .with_last_stable_offset(r.high_watermark)
+                            .with_log_start_offset(if version >= 5 { r.log_start } else { -1 })
+                            .with_records(Some(concat(r.batches, n))),
+                    );
+                }
+                Err(e) => {
+                    errored = true;
+                    if !matches!(e, LogError::OffsetOutOfRange) {
+                        tracing::warn!(topic = %topic.name, partition = fp.partition, error = %e, "fetch failed");
+                    }
+                    partitions.push(
+                        base.with_error_code(errors::code(&e))
+                            .with_high_watermark(offsets.high_watermark)
+                            .with_last_stable_offset(offsets.high_watermark)
+                            .with_log_start_offset(if version >= 5 { offsets.log_start } else { -1 }),
+                    );
+                }
+            }
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(ft.topic.clone())
+                .with_topic_id(ft.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (FetchResponse::default().with_session_id(0).with_responses(topics), total, errored)
+}
+
+fn concat(batches: Vec<Bytes>, len: usize) -> Bytes {
+    match batches.len() {
+        0 => Bytes::new(),
+        1 => batches.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut out = BytesMut::with_capacity(len);
+            for b in batches {
+                out.extend_from_slice(&b);
+            }
+            out.freeze()
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The Kafka protocol front end: connections, framing, version negotiation
+//! and request routing. Each API family has its own module; all of them
+//! work through [`sluice_log::Log`].
+
+mod admin;
+mod api;
+mod configs;
+mod conn;
+mod errors;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+
+use std::sync::{Arc, LazyLock};
+
+use anyhow::Result;
+use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+use sluice_log::Log;
+use tokio::net::TcpListener;
+
+pub use api::supported_apis;
+
+/// What the broker tells clients about itself, and its limits.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub cluster_id: String,
+    /// Create unknown topics when clients ask for their metadata or produce to them.
+    pub auto_create_topics: bool,
+    /// Largest request frame accepted; larger ones close the connection.
+    pub max_frame_bytes: usize,
+}
+
+pub struct Broker {
+    pub log: Log,
+    pub config: BrokerConfig,
+}
+
+pub(crate) struct Metrics {
+    pub requests: IntCounterVec,
+    pub connections: IntGauge,
+    pub closed_bad_frames: IntCounterVec,
+}
+
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    requests: register_int_counter_vec!("sluice_kafka_requests_total", "Kafka requests handled", &["api"]).unwrap(),
+    connections: register_int_gauge!("sluice_kafka_connections", "Open Kafka connections").unwrap(),
+    closed_bad_frames: register_int_counter_vec!(
+        "sluice_kafka_connections_closed_total",
+        "Connections closed for a protocol violation",
+        &["reason"]
+    )
+    .unwrap(),
+});
+
+/// Accepts Kafka connections until the listener fails.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>) -> Result<()> {
+    LazyLock::force(&METRICS);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            METRICS.connections.inc();
+            if let Err(e) = conn::run(stream, broker).await {
+                tracing::debug!(%peer, error = %format!("{e:#}"), "connection closed");
+            }
+            METRICS.connections.dec();
+        });
+    }
+}

@@ -1,0 +1,295 @@
+//! Broker configuration: defaults, then a TOML file (`--config`), then
+//! `SLUICE_*` environment variables, then command-line flags.
+//!
+//! File keys are the flag names without dashes prefix (`kafka-listen = ...`);
+//! flush settings nest as `flush.interval` / `flush.bytes`. Environment
+//! variables are the flag names upper-cased with `_`: `SLUICE_KAFKA_LISTEN`,
+//! `SLUICE_FLUSH_INTERVAL`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub kafka_listen: String,
+    pub advertise: Option<String>,
+    pub http_listen: String,
+    pub store: Option<String>,
+    pub meta: Option<String>,
+    pub node_id: i32,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i64,
+    pub max_frame_bytes: usize,
+    pub flush: FlushConfig,
+    pub tail_cache_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub retention_check_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub gc_orphan_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./sluice-data"),
+            kafka_listen: "0.0.0.0:9092".into(),
+            advertise: None,
+            http_listen: "0.0.0.0:8080".into(),
+            store: None,
+            meta: None,
+            node_id: 0,
+            auto_create_topics: true,
+            default_partitions: 1,
+            retention_ms: 604_800_000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            max_frame_bytes: 100 << 20,
+            flush: FlushConfig { interval: Duration::from_millis(2), bytes: 4 << 20 },
+            tail_cache_bytes: 256 << 20,
+            retention_check_interval: Duration::from_secs(30),
+            gc_orphan_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where data and metadata live: shared by `serve` and the offline admin tools.
+#[derive(Args, Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StorageArgs {
+    /// TOML config file; its settings are overridden by SLUICE_* environment
+    /// variables, which are overridden by flags.
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory for the embedded defaults: the local object store and the SQLite metadata store. [default: ./sluice-data]
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Object store for data: file:///dir, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or memory://. S3 credentials and endpoint come from AWS_* variables. [default: file://<data-dir>/objects]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Metadata store. [default: sqlite://<data-dir>/meta.db]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<String>,
+}
+
+/// `sluice serve` flags. Each is optional: unset flags fall back to the
+/// environment, the config file, then the default shown.
+#[derive(Args, Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub storage: StorageArgs,
+    /// Address for Kafka clients. [default: 0.0.0.0:9092]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_listen: Option<String>,
+    /// Address returned to clients in Metadata. [default: the Kafka listen address, with 127.0.0.1 for a wildcard host]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Address for HTTP: /health and Prometheus /metrics. [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
+    /// This broker's id in Metadata. [default: 0]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<i32>,
+    /// Create unknown topics when clients ask for their metadata. [default: true]
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics and of topics created without a count. [default: 1]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_partitions: Option<i32>,
+    /// Default retention.ms of topics; -1 keeps data forever. [default: 604800000]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+    /// Default retention.bytes per partition; -1 for no limit. [default: -1]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<i64>,
+    /// Default max.message.bytes: the largest record batch accepted. [default: 1048588]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<i64>,
+    /// Largest request frame; a larger one closes the connection. [default: 104857600]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<usize>,
+    /// flush.interval: how long batches are gathered into one data object before it is written and committed. [default: 2ms]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip)]
+    pub flush_interval: Option<String>,
+    /// flush.bytes: write the data object sooner once this many bytes are pending. [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip)]
+    pub flush_bytes: Option<usize>,
+    /// Memory for recently written batches, served to consumers without reading the store. [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail_cache_bytes: Option<usize>,
+    /// How often retention and garbage collection run. [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_check_interval: Option<String>,
+    /// Age after which a data object that no commit recorded (a crash between write and commit) is deleted. [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc_orphan_grace: Option<String>,
+}
+
+/// Maps `SLUICE_FLUSH_INTERVAL` to `flush.interval`, `SLUICE_KAFKA_LISTEN` to `kafka-listen`.
+fn env_key(key: &str) -> String {
+    let k = key.replace('_', "-");
+    match k.strip_prefix("flush-") {
+        Some(rest) => format!("flush.{rest}"),
+        None => k,
+    }
+}
+
+const ENV_KEYS: &[&str] = &[
+    "data_dir", "kafka_listen", "advertise", "http_listen", "store", "meta", "node_id",
+    "auto_create_topics", "default_partitions", "retention_ms", "retention_bytes",
+    "max_message_bytes", "max_frame_bytes", "flush_interval", "flush_bytes", "tail_cache_bytes",
+    "retention_check_interval", "gc_orphan_grace",
+];
+
+pub fn resolve(args: &ServeArgs) -> Result<Config> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &args.storage.config {
+        if !path.exists() {
+            anyhow::bail!("config file {} not found", path.display());
+        }
+        fig = fig.merge(Toml::file(path));
+    }
+    fig = fig.merge(
+        Env::prefixed("SLUICE_")
+            .filter(|k| ENV_KEYS.contains(&k.as_str()))
+            .map(|k| env_key(k.as_str()).into()),
+    );
+    fig = fig.merge(Serialized::defaults(args));
+    if let Some(v) = &args.flush_interval {
+        fig = fig.merge(Serialized::default("flush.interval", v));
+    }
+    if let Some(v) = &args.flush_bytes {
+        fig = fig.merge(Serialized::default("flush.bytes", v));
+    }
+    let cfg: Config = fig.extract().context("invalid configuration")?;
+    Ok(cfg)
+}
+
+impl Config {
+    pub fn store_url(&self) -> Result<String> {
+        match &self.store {
+            Some(s) => Ok(s.clone()),
+            None => Ok(format!("file://{}", absolute(&self.data_dir)?.join("objects").display())),
+        }
+    }
+
+    pub fn meta_url(&self) -> Result<String> {
+        match &self.meta {
+            Some(m) => Ok(m.clone()),
+            None => Ok(format!("sqlite://{}", absolute(&self.data_dir)?.join("meta.db").display())),
+        }
+    }
+
+    /// (host, port) clients are told to connect to.
+    pub fn advertised(&self) -> Result<(String, i32)> {
+        let addr = self.advertise.as_deref().unwrap_or(&self.kafka_listen);
+        let (host, port) = addr
+            .rsplit_once(':')
+            .with_context(|| format!("address {addr:?} is not HOST:PORT"))?;
+        let port: i32 = port.parse().with_context(|| format!("bad port in {addr:?}"))?;
+        let host = match host.trim_matches(['[', ']']) {
+            "0.0.0.0" | "::" | "" => "127.0.0.1",
+            h => h,
+        };
+        Ok((host.to_string(), port))
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(p).with_context(|| format!("creating data dir {}", p.display()))?;
+    p.canonicalize().with_context(|| format!("resolving {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_env_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "kafka-listen = \"127.0.0.1:1\"\nhttp-listen = \"127.0.0.1:2\"\nnode-id = 3\nflush.interval = \"7ms\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_HTTP_LISTEN", "127.0.0.1:20");
+            jail.set_env("SLUICE_FLUSH_BYTES", "99");
+            jail.set_env("SLUICE_BOOTSTRAP", "ignored:1");
+            let args = ServeArgs {
+                storage: StorageArgs { config: Some(file.clone()), ..Default::default() },
+                node_id: Some(5),
+                retention_check_interval: Some("1s".into()),
+                ..Default::default()
+            };
+            let c = resolve(&args).unwrap();
+            assert_eq!(c.kafka_listen, "127.0.0.1:1"); // file
+            assert_eq!(c.http_listen, "127.0.0.1:20"); // env over file
+            assert_eq!(c.node_id, 5); // flag over file
+            assert_eq!(c.flush.interval, Duration::from_millis(7));
+            assert_eq!(c.flush.bytes, 99);
+            assert_eq!(c.retention_check_interval, Duration::from_secs(1));
+            assert_eq!(c.max_frame_bytes, 100 << 20); // default
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_unknown_file_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "kafka-listn = \"x\"\n").unwrap();
+        let args = ServeArgs { storage: StorageArgs { config: Some(file), ..Default::default() }, ..Default::default() };
+        assert!(resolve(&args).is_err());
+        let args = ServeArgs { flush_interval: Some("soon".into()), ..Default::default() };
+        assert!(resolve(&args).is_err());
+    }
+
+    #[test]
+    fn advertised_defaults_to_loopback_for_wildcards() {
+        let c = Config::default();
+        assert_eq!(c.advertised().unwrap(), ("127.0.0.1".to_string(), 9092));
+        let c = Config { advertise: Some("broker-1.example:19092".into()), ..Config::default() };
+        assert_eq!(c.advertised().unwrap(), ("broker-1.example".to_string(), 19092));
+    }
+}

@@ -1,0 +1,143 @@
+//! `sluice`: the one binary. `serve` runs the broker; the other commands are
+//! clients and offline tools.
+
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sluice_kafka::{Broker, BrokerConfig};
+use sluice_log::{DataStore, Log, LogOptions, TopicDefaults};
+use sluice_meta::MetaStore;
+use tokio::net::TcpListener;
+
+use config::{Config, ServeArgs, StorageArgs};
+
+/// Sluice: a Kafka-compatible streaming platform in one binary. Data lives in
+/// an object store, metadata in SQLite (or PostgreSQL for a cluster).
+#[derive(Parser)]
+#[command(name = "sluice", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker: the Kafka listener and HTTP (/health, /metrics).
+    Serve(ServeArgs),
+    /// Create, list, describe, alter and delete topics.
+    Topic(sluice_client::cli::TopicArgs),
+    /// Produce lines from stdin as records.
+    Produce(sluice_client::cli::ProduceArgs),
+    /// Print records of a topic as lines on stdout.
+    Consume(sluice_client::cli::ConsumeArgs),
+    /// Offline maintenance of the stores (run with the broker stopped).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Rebuild the offset index and watermarks from the data objects' footers,
+    /// e.g. after losing the metadata store.
+    RebuildIndex(StorageArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(config::resolve(&args)?).await,
+            Command::Topic(args) => sluice_client::cli::run_topic(args).await,
+            Command::Produce(args) => sluice_client::cli::run_produce(args).await,
+            Command::Consume(args) => sluice_client::cli::run_consume(args).await,
+            Command::Admin { command: AdminCommand::RebuildIndex(storage) } => {
+                let cfg = config::resolve(&ServeArgs { storage, ..Default::default() })?;
+                rebuild_index(&cfg).await
+            }
+        }
+    })
+}
+
+async fn open_stores(cfg: &Config) -> Result<(MetaStore, DataStore)> {
+    let meta = MetaStore::open(&cfg.meta_url()?).await?;
+    let store = DataStore::open(&cfg.store_url()?)?;
+    Ok((meta, store))
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let (meta, store) = open_stores(&cfg).await?;
+    let cluster_id = meta.cluster_id().await?;
+    let opts = LogOptions {
+        node_id: cfg.node_id,
+        flush_interval: cfg.flush.interval,
+        flush_bytes: cfg.flush.bytes,
+        tail_cache_bytes: cfg.tail_cache_bytes,
+        retention_check_interval: cfg.retention_check_interval,
+        gc_orphan_grace: cfg.gc_orphan_grace,
+        defaults: TopicDefaults {
+            partitions: cfg.default_partitions,
+            retention_ms: cfg.retention_ms,
+            retention_bytes: cfg.retention_bytes,
+            max_message_bytes: cfg.max_message_bytes,
+        },
+    };
+    let log = Log::open(meta, store, opts).await?;
+    let (host, port) = cfg.advertised()?;
+    let broker = Arc::new(Broker {
+        log,
+        config: BrokerConfig {
+            node_id: cfg.node_id,
+            advertised_host: host,
+            advertised_port: port,
+            cluster_id,
+            auto_create_topics: cfg.auto_create_topics,
+            max_frame_bytes: cfg.max_frame_bytes,
+        },
+    });
+    let kafka = TcpListener::bind(&cfg.kafka_listen)
+        .await
+        .with_context(|| format!("binding Kafka listener {}", cfg.kafka_listen))?;
+    let http = TcpListener::bind(&cfg.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", cfg.http_listen))?;
+    tracing::info!(
+        kafka = %cfg.kafka_listen,
+        http = %cfg.http_listen,
+        store = %cfg.store_url()?,
+        meta = %cfg.meta_url()?,
+        "sluice is serving"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = sluice_kafka::serve(kafka, broker.clone()) => r.context("Kafka listener failed"),
+        r = sluice_http::serve(http, sluice_http::router()) => r.context("HTTP listener failed"),
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
+        _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
+    }
+}
+
+async fn rebuild_index(cfg: &Config) -> Result<()> {
+    let (meta, store) = open_stores(cfg).await?;
+    let report = sluice_log::rebuild_index(&meta, &store).await?;
+    println!(
+        "rebuilt index: {} objects, {} batches, {} topics{}",
+        report.objects,
+        report.batches,
+        report.topics,
+        if report.damaged.is_empty() { String::new() } else { format!(", damaged and skipped: {:?}", report.damaged) }
+    );
+    Ok(())
+}
