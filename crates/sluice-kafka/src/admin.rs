@@ -22,13 +22,20 @@ use crate::{errors, Broker};
 pub(crate) const SOURCE_TOPIC: i8 = 1;
 pub(crate) const SOURCE_DEFAULT: i8 = 5;
 
-pub(crate) async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub(crate) async fn create_topics(
+    broker: &Arc<Broker>,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in &req.topics {
         let base = CreatableTopicResult::default().with_name(t.name.clone());
         let duplicate = req.topics.iter().filter(|o| o.name == t.name).count() > 1;
         let outcome = if duplicate {
-            Err((ResponseError::InvalidRequest.code(), format!("Create topics request contains {} twice", t.name.as_str())))
+            Err((
+                ResponseError::InvalidRequest.code(),
+                format!("Create topics request contains {} twice", t.name.as_str()),
+            ))
         } else {
             create_one(broker, t, req.validate_only, version).await
         };
@@ -54,7 +61,10 @@ async fn create_one(
     if t.replication_factor == 0 || t.replication_factor < -1 {
         return Err((
             ResponseError::InvalidReplicationFactor.code(),
-            format!("Replication factor must be -1 or at least 1, got {}", t.replication_factor),
+            format!(
+                "Replication factor must be -1 or at least 1, got {}",
+                t.replication_factor
+            ),
         ));
     }
     let partitions = match (t.num_partitions, t.assignments.len()) {
@@ -106,10 +116,17 @@ async fn create_one(
     Ok(result)
 }
 
-pub(crate) async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub(crate) async fn delete_topics(
+    broker: &Arc<Broker>,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     // v0-5 name topics in topic_names; v6 in topics, by name or id.
-    let mut targets: Vec<(Option<TopicName>, uuid::Uuid)> =
-        req.topic_names.into_iter().map(|n| (Some(n), uuid::Uuid::nil())).collect();
+    let mut targets: Vec<(Option<TopicName>, uuid::Uuid)> = req
+        .topic_names
+        .into_iter()
+        .map(|n| (Some(n), uuid::Uuid::nil()))
+        .collect();
     targets.extend(req.topics.into_iter().map(|t| (t.name, t.topic_id)));
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
@@ -121,13 +138,19 @@ pub(crate) async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest
             Some(n) => broker.log.delete_topic(n).await,
             None => Err(LogError::UnknownTopicOrPartition),
         };
-        let base = DeletableTopicResult::default().with_name(name.clone()).with_topic_id(id);
+        let base = DeletableTopicResult::default()
+            .with_name(name.clone())
+            .with_topic_id(id);
         responses.push(match result {
             Ok(deleted_id) => base
                 .with_topic_id(if version >= 6 { deleted_id } else { uuid::Uuid::nil() })
                 .with_name(resolved.map(|n| TopicName(errors::str(&n)))),
             Err(e) => {
-                let code = if name.is_none() { ResponseError::UnknownTopicId.code() } else { errors::code(&e) };
+                let code = if name.is_none() {
+                    ResponseError::UnknownTopicId.code()
+                } else {
+                    errors::code(&e)
+                };
                 base.with_error_code(code)
                     .with_error_message(if version >= 5 { errors::message(&e) } else { None })
             }
@@ -140,10 +163,18 @@ pub(crate) async fn create_partitions(broker: &Arc<Broker>, req: CreatePartition
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let base = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-        results.push(match broker.log.add_partitions(t.name.as_str(), t.count, req.validate_only).await {
-            Ok(()) => base,
-            Err(e) => base.with_error_code(errors::code(&e)).with_error_message(errors::message(&e)),
-        });
+        results.push(
+            match broker
+                .log
+                .add_partitions(t.name.as_str(), t.count, req.validate_only)
+                .await
+            {
+                Ok(()) => base,
+                Err(e) => base
+                    .with_error_code(errors::code(&e))
+                    .with_error_message(errors::message(&e)),
+            },
+        );
     }
     CreatePartitionsResponse::default().with_results(results)
 }
@@ -151,7 +182,10 @@ pub(crate) async fn create_partitions(broker: &Arc<Broker>, req: CreatePartition
 pub(crate) async fn describe_log_dirs(broker: &Arc<Broker>, req: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
     let wanted: Vec<(String, Option<Vec<i32>>)> = match req.topics {
         None => broker.log.topics().iter().map(|t| (t.name.clone(), None)).collect(),
-        Some(list) => list.into_iter().map(|t| (t.topic.to_string(), Some(t.partitions))).collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|t| (t.topic.to_string(), Some(t.partitions)))
+            .collect(),
     };
     let mut topics = Vec::new();
     let mut result = DescribeLogDirsResult::default()
@@ -178,7 +212,11 @@ pub(crate) async fn describe_log_dirs(broker: &Arc<Broker>, req: DescribeLogDirs
                     .with_partition_size(sizes.get(&i).copied().unwrap_or(0))
             })
             .collect();
-        topics.push(DescribeLogDirsTopic::default().with_name(TopicName(errors::str(&name))).with_partitions(partitions));
+        topics.push(
+            DescribeLogDirsTopic::default()
+                .with_name(TopicName(errors::str(&name)))
+                .with_partitions(partitions),
+        );
     }
     DescribeLogDirsResponse::default().with_results(vec![result.with_topics(topics)])
 }

@@ -74,7 +74,12 @@ fn api_versions() -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_api_keys(
         supported_apis()
             .into_iter()
-            .map(|(k, min, max)| ApiVersion::default().with_api_key(k).with_min_version(min).with_max_version(max))
+            .map(|(k, min, max)| {
+                ApiVersion::default()
+                    .with_api_key(k)
+                    .with_min_version(min)
+                    .with_max_version(max)
+            })
             .collect(),
     )
 }
@@ -88,9 +93,14 @@ fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T> {
 }
 
 /// Decodes the request body and runs its handler.
-pub(crate) async fn dispatch(broker: &Arc<Broker>, key: ApiKey, header: &RequestHeader, body: &mut Bytes) -> Result<Reply> {
+pub(crate) async fn dispatch(
+    broker: &Arc<Broker>,
+    key: ApiKey,
+    header: &RequestHeader,
+    body: &mut Bytes,
+) -> Result<Reply> {
     let v = header.request_api_version;
-    let now = |r: ResponseKind| Ok(Reply::Now(r));
+    let now = |r: ResponseKind| Ok(Reply::Now(Box::new(r)));
     match key {
         ApiKey::ApiVersions => {
             let _req: ApiVersionsRequest = decode(body, v)?;

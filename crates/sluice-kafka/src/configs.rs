@@ -39,7 +39,14 @@ pub(crate) fn describe(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> Des
                         .defaults
                         .describe(&t.overrides())
                         .into_iter()
-                        .map(|c| (c.name.to_string(), c.value, if c.is_default { SOURCE_DEFAULT } else { SOURCE_TOPIC }, false))
+                        .map(|c| {
+                            (
+                                c.name.to_string(),
+                                c.value,
+                                if c.is_default { SOURCE_DEFAULT } else { SOURCE_TOPIC },
+                                false,
+                            )
+                        })
                         .collect::<Vec<_>>()),
                     None => Err(LogError::UnknownTopicOrPartition),
                 },
@@ -51,12 +58,16 @@ pub(crate) fn describe(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> Des
                 }
             };
             match entries {
-                Err(e) => base.with_error_code(errors::code(&e)).with_error_message(errors::message(&e)),
+                Err(e) => base
+                    .with_error_code(errors::code(&e))
+                    .with_error_message(errors::message(&e)),
                 Ok(entries) => base.with_configs(
                     entries
                         .into_iter()
                         .filter(|(name, ..)| {
-                            r.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+                            r.configuration_keys
+                                .as_ref()
+                                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
                         })
                         .map(|(name, value, source, read_only)| {
                             DescribeConfigsResourceResult::default()
@@ -78,7 +89,10 @@ fn broker_configs(broker: &Broker) -> Vec<(String, String, i8, bool)> {
     [
         ("broker.id", broker.config.node_id.to_string()),
         ("node.id", broker.config.node_id.to_string()),
-        ("auto.create.topics.enable", broker.config.auto_create_topics.to_string()),
+        (
+            "auto.create.topics.enable",
+            broker.config.auto_create_topics.to_string(),
+        ),
         ("num.partitions", d.partitions.to_string()),
         ("log.retention.ms", d.retention_ms.to_string()),
         ("log.retention.bytes", d.retention_bytes.to_string()),
@@ -99,7 +113,10 @@ pub(crate) async fn alter(broker: &Arc<Broker>, req: AlterConfigsRequest) -> Alt
             .iter()
             .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
             .collect();
-        let result = apply(broker, r.resource_type, &r.resource_name, req.validate_only, |_| Ok(configs)).await;
+        let result = apply(broker, r.resource_type, &r.resource_name, req.validate_only, |_| {
+            Ok(configs)
+        })
+        .await;
         responses.push(
             alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
@@ -112,32 +129,49 @@ pub(crate) async fn alter(broker: &Arc<Broker>, req: AlterConfigsRequest) -> Alt
 }
 
 /// IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT per key.
-pub(crate) async fn incremental_alter(broker: &Arc<Broker>, req: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub(crate) async fn incremental_alter(
+    broker: &Arc<Broker>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
         let ops: Vec<(String, i8, Option<String>)> = r
             .configs
             .iter()
-            .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    c.config_operation,
+                    c.value.as_ref().map(|v| v.to_string()),
+                )
+            })
             .collect();
-        let result = apply(broker, r.resource_type, &r.resource_name, req.validate_only, |current| {
-            let mut next = current.clone();
-            for (name, op, value) in &ops {
-                match (*op, value) {
-                    (OP_SET, Some(v)) => {
-                        next.insert(name.clone(), v.clone());
+        let result = apply(
+            broker,
+            r.resource_type,
+            &r.resource_name,
+            req.validate_only,
+            |current| {
+                let mut next = current.clone();
+                for (name, op, value) in &ops {
+                    match (*op, value) {
+                        (OP_SET, Some(v)) => {
+                            next.insert(name.clone(), v.clone());
+                        }
+                        (OP_DELETE, _) => {
+                            next.remove(name);
+                        }
+                        (OP_APPEND | OP_SUBTRACT, _) => {
+                            return Err(LogError::InvalidConfig(format!(
+                                "{name} is not a list config; APPEND/SUBTRACT do not apply"
+                            )))
+                        }
+                        _ => return Err(LogError::InvalidConfig(format!("invalid operation {op} on {name}"))),
                     }
-                    (OP_DELETE, _) => {
-                        next.remove(name);
-                    }
-                    (OP_APPEND | OP_SUBTRACT, _) => {
-                        return Err(LogError::InvalidConfig(format!("{name} is not a list config; APPEND/SUBTRACT do not apply")))
-                    }
-                    _ => return Err(LogError::InvalidConfig(format!("invalid operation {op} on {name}"))),
                 }
-            }
-            Ok(next)
-        })
+                Ok(next)
+            },
+        )
         .await;
         responses.push(
             incremental_alter_configs_response::AlterConfigsResourceResponse::default()
@@ -165,10 +199,23 @@ async fn apply(
                 "broker configs are static in Sluice: set them with flags, environment or the config file".into(),
             ))
         }
-        other => return Err((ResponseError::InvalidRequest.code(), format!("unsupported resource type {other}"))),
+        other => {
+            return Err((
+                ResponseError::InvalidRequest.code(),
+                format!("unsupported resource type {other}"),
+            ))
+        }
     }
     let err = |e: LogError| (errors::code(&e), e.to_string());
-    let topic = broker.log.topic(name.as_str()).ok_or(LogError::UnknownTopicOrPartition).map_err(err)?;
+    let topic = broker
+        .log
+        .topic(name.as_str())
+        .ok_or(LogError::UnknownTopicOrPartition)
+        .map_err(err)?;
     let next = change(&topic.overrides()).map_err(err)?;
-    broker.log.set_topic_configs(name.as_str(), next, validate_only).await.map_err(err)
+    broker
+        .log
+        .set_topic_configs(name.as_str(), next, validate_only)
+        .await
+        .map_err(err)
 }

@@ -18,7 +18,7 @@ use crate::{api, Broker, METRICS};
 
 /// A response still being worked out, or none at all (acks=0 produce).
 pub(crate) enum Reply {
-    Now(ResponseKind),
+    Now(Box<ResponseKind>),
     Later(BoxFuture<'static, ResponseKind>),
     None,
 }
@@ -40,7 +40,7 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<()> {
         let mut out = BytesMut::new();
         while let Some(p) = rx.recv().await {
             let body = match p.reply {
-                Reply::Now(r) => r,
+                Reply::Now(r) => *r,
                 Reply::Later(f) => f.await,
                 Reply::None => continue,
             };
@@ -109,10 +109,14 @@ async fn handle_frame(mut frame: Bytes, broker: &Arc<Broker>) -> Result<Pending>
                 correlation_id,
                 header_version: 0,
                 api_version: 0,
-                reply: Reply::Now(api::unsupported_version_response()),
+                reply: Reply::Now(Box::new(api::unsupported_version_response())),
             });
         }
-        bail!("{api_key:?} v{version} is not supported (supported: v{}-v{})", range.0, range.1);
+        bail!(
+            "{api_key:?} v{version} is not supported (supported: v{}-v{})",
+            range.0,
+            range.1
+        );
     }
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
         .with_context(|| format!("decoding {api_key:?} v{version} request header"))?;

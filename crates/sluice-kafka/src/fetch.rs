@@ -19,7 +19,9 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 pub(crate) fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let broker = broker.clone();
-    Reply::Later(Box::pin(async move { ResponseKind::Fetch(fetch(&broker, &req, version).await) }))
+    Reply::Later(Box::pin(async move {
+        ResponseKind::Fetch(fetch(&broker, &req, version).await)
+    }))
 }
 
 async fn fetch(broker: &Broker, req: &FetchRequest, version: i16) -> FetchResponse {
@@ -42,15 +44,25 @@ async fn fetch(broker: &Broker, req: &FetchRequest, version: i16) -> FetchRespon
 /// One pass over the requested partitions: the response, its record bytes,
 /// and whether any partition had an error (which ends a long poll).
 async fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
-    let mut remaining = if req.max_bytes > 0 { req.max_bytes as usize } else { usize::MAX };
+    let mut remaining = if req.max_bytes > 0 {
+        req.max_bytes as usize
+    } else {
+        usize::MAX
+    };
     let mut total = 0usize;
     let mut errored = false;
     let mut topics = Vec::with_capacity(req.topics.len());
     for ft in &req.topics {
         let (topic, missing) = if version >= 13 {
-            (broker.log.topic_by_id(ft.topic_id), ResponseError::UnknownTopicId.code())
+            (
+                broker.log.topic_by_id(ft.topic_id),
+                ResponseError::UnknownTopicId.code(),
+            )
         } else {
-            (broker.log.topic(ft.topic.as_str()), ResponseError::UnknownTopicOrPartition.code())
+            (
+                broker.log.topic(ft.topic.as_str()),
+                ResponseError::UnknownTopicOrPartition.code(),
+            )
         };
         let mut partitions = Vec::with_capacity(ft.partitions.len());
         for fp in &ft.partitions {
@@ -127,7 +139,11 @@ async fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchRe
                 .with_partitions(partitions),
         );
     }
-    (FetchResponse::default().with_session_id(0).with_responses(topics), total, errored)
+    (
+        FetchResponse::default().with_session_id(0).with_responses(topics),
+        total,
+        errored,
+    )
 }
 
 fn concat(batches: Vec<Bytes>, len: usize) -> Bytes {

@@ -25,7 +25,12 @@ pub(crate) async fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version
         Some(t) => Some(t),
     };
     let topics = match wanted {
-        None => broker.log.topics().iter().map(|t| describe_topic(broker, t, version)).collect(),
+        None => broker
+            .log
+            .topics()
+            .iter()
+            .map(|t| describe_topic(broker, t, version))
+            .collect(),
         Some(list) => {
             let auto_create = broker.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
             let mut out = Vec::with_capacity(list.len());
@@ -64,7 +69,11 @@ async fn lookup_or_create(broker: &Broker, name: TopicName, auto_create: bool, v
     if !auto_create {
         return missing.with_error_code(ResponseError::UnknownTopicOrPartition.code());
     }
-    match broker.log.create_topic(name.as_str(), None, BTreeMap::new(), false).await {
+    match broker
+        .log
+        .create_topic(name.as_str(), None, BTreeMap::new(), false)
+        .await
+    {
         Ok(topic) => describe_topic(broker, &topic, version),
         // Someone else created it meanwhile.
         Err(LogError::TopicExists) => match broker.log.topic(name.as_str()) {

@@ -34,12 +34,21 @@ pub(crate) async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest, 
                 Ok((offset, timestamp, epoch)) => {
                     // leader_epoch exists from v4 on.
                     let epoch = if version >= 4 { epoch } else { -1 };
-                    base.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(epoch)
+                    base.with_offset(offset)
+                        .with_timestamp(timestamp)
+                        .with_leader_epoch(epoch)
                 }
-                Err(e) => base.with_error_code(errors::code(&e)).with_offset(-1).with_timestamp(-1),
+                Err(e) => base
+                    .with_error_code(errors::code(&e))
+                    .with_offset(-1)
+                    .with_timestamp(-1),
             });
         }
-        topics.push(ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions));
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
     }
     ListOffsetsResponse::default().with_topics(topics)
 }
@@ -51,22 +60,40 @@ async fn lookup(broker: &Broker, topic: &Topic, partition: i32, timestamp: i64) 
     let found = match timestamp {
         LATEST | LATEST_TIERED => Some((o.high_watermark, -1)),
         EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Some((o.log_start, -1)),
-        MAX_TIMESTAMP => broker.log.max_timestamp_offset(topic, partition).await?.map(|t| (t.offset, t.timestamp)),
-        ts if ts >= 0 => broker.log.offset_for_timestamp(topic, partition, ts).await?.map(|t| (t.offset, t.timestamp)),
-        _ => return Err(LogError::InvalidRecord(format!("invalid ListOffsets timestamp {timestamp}"))),
+        MAX_TIMESTAMP => broker
+            .log
+            .max_timestamp_offset(topic, partition)
+            .await?
+            .map(|t| (t.offset, t.timestamp)),
+        ts if ts >= 0 => broker
+            .log
+            .offset_for_timestamp(topic, partition, ts)
+            .await?
+            .map(|t| (t.offset, t.timestamp)),
+        _ => {
+            return Err(LogError::InvalidRecord(format!(
+                "invalid ListOffsets timestamp {timestamp}"
+            )))
+        }
     };
     // Nothing at or after the timestamp: Kafka answers offset -1 and timestamp -1.
     let (offset, ts) = found.unwrap_or((-1, -1));
     Ok((offset, ts, o.leader_epoch))
 }
 
-pub(crate) async fn offset_for_leader_epoch(broker: &Arc<Broker>, req: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+pub(crate) async fn offset_for_leader_epoch(
+    broker: &Arc<Broker>,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let topic = broker.log.topic(t.topic.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
-            let base = EpochEndOffset::default().with_partition(p.partition).with_leader_epoch(-1).with_end_offset(-1);
+            let base = EpochEndOffset::default()
+                .with_partition(p.partition)
+                .with_leader_epoch(-1)
+                .with_end_offset(-1);
             let Some(topic) = &topic else {
                 partitions.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;
@@ -83,13 +110,23 @@ pub(crate) async fn offset_for_leader_epoch(broker: &Arc<Broker>, req: OffsetFor
                     continue;
                 }
             }
-            partitions.push(match broker.log.end_offset_for_epoch(topic, p.partition, p.leader_epoch).await {
-                Ok(Some((epoch, end))) => base.with_leader_epoch(epoch).with_end_offset(end),
-                Ok(None) => base,
-                Err(e) => base.with_error_code(errors::code(&e)),
-            });
+            partitions.push(
+                match broker
+                    .log
+                    .end_offset_for_epoch(topic, p.partition, p.leader_epoch)
+                    .await
+                {
+                    Ok(Some((epoch, end))) => base.with_leader_epoch(epoch).with_end_offset(end),
+                    Ok(None) => base,
+                    Err(e) => base.with_error_code(errors::code(&e)),
+                },
+            );
         }
-        topics.push(OffsetForLeaderTopicResult::default().with_topic(t.topic).with_partitions(partitions));
+        topics.push(
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions),
+        );
     }
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
@@ -110,7 +147,11 @@ pub(crate) async fn delete_records(broker: &Arc<Broker>, req: DeleteRecordsReque
                 Err(e) => base.with_error_code(errors::code(&e)).with_low_watermark(-1),
             });
         }
-        topics.push(DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions));
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
     }
     DeleteRecordsResponse::default().with_topics(topics)
 }

@@ -14,13 +14,15 @@ use crate::conn::Reply;
 use crate::{errors, Broker};
 
 type Waiting = Result<oneshot::Receiver<Result<Appended, LogError>>, LogError>;
+/// A topic's partitions, each with its pending append (or why it was refused).
+type TopicWaiting = (TopicName, uuid::Uuid, Vec<(i32, Waiting)>);
 
 /// Queues every partition's batches in request order, then answers once all
 /// are durable (acks=1 and acks=all alike: nothing is acknowledged before
 /// it is committed to the object and metadata stores).
 pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
     let acks = req.acks;
-    let mut waiting: Vec<(TopicName, uuid::Uuid, Vec<(i32, Waiting)>)> = Vec::new();
+    let mut waiting: Vec<TopicWaiting> = Vec::new();
     for td in req.topic_data {
         let topic = if version >= 13 {
             broker.log.topic_by_id(td.topic_id)
@@ -46,7 +48,9 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
             let mut out = Vec::with_capacity(parts.len());
             for (index, w) in parts {
                 let result = match w {
-                    Ok(rx) => rx.await.unwrap_or_else(|_| Err(LogError::Storage("log stopped".into()))),
+                    Ok(rx) => rx
+                        .await
+                        .unwrap_or_else(|_| Err(LogError::Storage("log stopped".into()))),
                     Err(e) => Err(e),
                 };
                 out.push(partition_response(index, result, acks, version));
@@ -70,17 +74,30 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
 }
 
 /// Fields a version lacks must keep their defaults, or encoding fails.
-fn partition_response(index: i32, result: Result<Appended, LogError>, acks: i16, version: i16) -> PartitionProduceResponse {
-    let base = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
+fn partition_response(
+    index: i32,
+    result: Result<Appended, LogError>,
+    acks: i16,
+    version: i16,
+) -> PartitionProduceResponse {
+    let base = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_log_append_time_ms(-1);
     match result {
         Ok(a) => base
             .with_base_offset(a.base_offset)
             .with_log_start_offset(if version >= 5 { a.log_start_offset } else { -1 }),
         Err(e) => {
-            let code = if !matches!(acks, -1..=1) { ResponseError::InvalidRequiredAcks.code() } else { errors::code(&e) };
+            let code = if !matches!(acks, -1..=1) {
+                ResponseError::InvalidRequiredAcks.code()
+            } else {
+                errors::code(&e)
+            };
             let detailed = version >= 8;
             let record_errors = if detailed && matches!(e, LogError::InvalidRecord(_)) {
-                vec![BatchIndexAndErrorMessage::default().with_batch_index(0).with_batch_index_error_message(errors::message(&e))]
+                vec![BatchIndexAndErrorMessage::default()
+                    .with_batch_index(0)
+                    .with_batch_index_error_message(errors::message(&e))]
             } else {
                 vec![]
             };
@@ -98,16 +115,23 @@ fn partition_response(index: i32, result: Result<Appended, LogError>, acks: i16,
 pub(crate) async fn init_producer_id(broker: &Arc<Broker>, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let resp = InitProducerIdResponse::default();
     if req.transactional_id.is_some() {
-        return resp.with_error_code(ResponseError::InvalidRequest.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+        return resp
+            .with_error_code(ResponseError::InvalidRequest.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
     }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
-        return resp.with_producer_id(req.producer_id).with_producer_epoch(req.producer_epoch + 1);
+        return resp
+            .with_producer_id(req.producer_id)
+            .with_producer_epoch(req.producer_epoch + 1);
     }
     match broker.log.meta().next_producer_id().await {
         Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
         Err(e) => {
             tracing::error!(error = %e, "allocating producer id");
-            resp.with_error_code(ResponseError::KafkaStorageError.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
+            resp.with_error_code(ResponseError::KafkaStorageError.code())
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
         }
     }
 }

@@ -68,7 +68,9 @@ pub fn parse_header(buf: &[u8], pos: usize) -> Result<BatchInfo, LogError> {
     }
     let batch_length = be_i32(rest, 8);
     if batch_length < (HEADER_LEN - LENGTH_PREFIX) as i32 {
-        return Err(LogError::CorruptMessage(format!("record batch length {batch_length} too small")));
+        return Err(LogError::CorruptMessage(format!(
+            "record batch length {batch_length} too small"
+        )));
     }
     let length = LENGTH_PREFIX + batch_length as usize;
     if length > rest.len() {
@@ -152,9 +154,7 @@ pub(crate) mod tests {
     use super::*;
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     /// Builds a real batch with the protocol crate's encoder.
     pub fn make_batch(n: usize, producer_id: i64, base_sequence: i32, ts: i64, compression: Compression) -> Bytes {
@@ -179,8 +179,15 @@ pub(crate) mod tests {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
-            .unwrap();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
         buf.freeze()
     }
 
@@ -202,9 +209,18 @@ pub(crate) mod tests {
         let mut bad = BytesMut::from(&b[..]);
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
-        assert!(matches!(validate_batches(&bad, 1 << 20), Err(LogError::CorruptMessage(_))));
-        assert!(matches!(validate_batches(&b[..b.len() - 1], 1 << 20), Err(LogError::CorruptMessage(_))));
-        assert!(matches!(validate_batches(&b[..30], 1 << 20), Err(LogError::CorruptMessage(_))));
+        assert!(matches!(
+            validate_batches(&bad, 1 << 20),
+            Err(LogError::CorruptMessage(_))
+        ));
+        assert!(matches!(
+            validate_batches(&b[..b.len() - 1], 1 << 20),
+            Err(LogError::CorruptMessage(_))
+        ));
+        assert!(matches!(
+            validate_batches(&b[..30], 1 << 20),
+            Err(LogError::CorruptMessage(_))
+        ));
         assert!(matches!(validate_batches(&b, 10), Err(LogError::MessageTooLarge(_))));
     }
 

@@ -16,7 +16,12 @@ pub struct TopicDefaults {
 
 impl Default for TopicDefaults {
     fn default() -> Self {
-        Self { partitions: 1, retention_ms: 604_800_000, retention_bytes: -1, max_message_bytes: 1_048_588 }
+        Self {
+            partitions: 1,
+            retention_ms: 604_800_000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+        }
     }
 }
 
@@ -49,7 +54,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("max.compaction.lag.ms", Kind::Inert, "9223372036854775807"),
     ("message.timestamp.after.max.ms", Kind::Inert, "9223372036854775807"),
     ("message.timestamp.before.max.ms", Kind::Inert, "9223372036854775807"),
-    ("message.timestamp.difference.max.ms", Kind::Inert, "9223372036854775807"),
+    (
+        "message.timestamp.difference.max.ms",
+        Kind::Inert,
+        "9223372036854775807",
+    ),
     ("min.cleanable.dirty.ratio", Kind::Inert, "0.5"),
     ("min.compaction.lag.ms", Kind::Inert, "0"),
     ("min.insync.replicas", Kind::Inert, "1"),
@@ -101,8 +110,16 @@ impl TopicDefaults {
     pub fn describe(&self, overrides: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
         KEYS.iter()
             .map(|(name, _, fallback)| match overrides.get(*name) {
-                Some(v) => ConfigEntry { name, value: v.clone(), is_default: false },
-                None => ConfigEntry { name, value: self.default_value(name, fallback), is_default: true },
+                Some(v) => ConfigEntry {
+                    name,
+                    value: v.clone(),
+                    is_default: false,
+                },
+                None => ConfigEntry {
+                    name,
+                    value: self.default_value(name, fallback),
+                    is_default: true,
+                },
             })
             .collect()
     }
@@ -134,7 +151,9 @@ pub fn validate_all(configs: &BTreeMap<String, String>) -> Result<(), LogError> 
 
 /// Kafka's legal topic names: 1-249 of [a-zA-Z0-9._-], not "." or "..".
 pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
-    let ok_chars = name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    let ok_chars = name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
     if name.is_empty() || name.len() > 249 || !ok_chars || name == "." || name == ".." {
         return Err(LogError::InvalidTopic(format!(
             "Topic name {name:?} is illegal: it must be 1-249 characters of [a-zA-Z0-9._-] and not '.' or '..'"

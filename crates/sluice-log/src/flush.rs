@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::object::{self, FooterEntry};
 use crate::producer::{self, ProducerEntry, SeqCheck};
-use crate::{batch, Appended, AppendRequest, Inner, LogError, Partition, TailBatch, METRICS};
+use crate::{batch, AppendRequest, Appended, Inner, LogError, Partition, TailBatch, METRICS};
 
 type PartKey = (Uuid, i32);
 type ProducerKey = (Uuid, i32, i64);
@@ -33,10 +33,19 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>
     let mut producers: HashMap<ProducerKey, ProducerEntry> = states
         .into_iter()
         .map(|s| {
-            ((s.topic_id, s.partition, s.producer_id), ProducerEntry { epoch: s.epoch, recent: s.recent.into() })
+            (
+                (s.topic_id, s.partition, s.producer_id),
+                ProducerEntry {
+                    epoch: s.epoch,
+                    recent: s.recent.into(),
+                },
+            )
         })
         .collect();
-    let mut tail = TailBudget { order: VecDeque::new(), bytes: 0 };
+    let mut tail = TailBudget {
+        order: VecDeque::new(),
+        bytes: 0,
+    };
     let interval = inner.opts.flush_interval;
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + interval;
@@ -103,7 +112,10 @@ async fn flush(
                         continue;
                     }
                     Ok(SeqCheck::Duplicate(d)) => {
-                        outcomes.push(Outcome::Duplicate { key, base_offset: d.base_offset });
+                        outcomes.push(Outcome::Duplicate {
+                            key,
+                            base_offset: d.base_offset,
+                        });
                         continue;
                     }
                     Ok(SeqCheck::Append) => seq = Some((pkey, b.producer_epoch, b.base_sequence, b.last_sequence())),
@@ -136,11 +148,19 @@ async fn flush(
                 .or_else(|| producers.get(&pkey))
                 .cloned()
                 .unwrap_or_default();
-            let entry_seq = SeqEntry { first_seq, last_seq, base_offset: first_offset, last_offset: *next_offset - 1 };
+            let entry_seq = SeqEntry {
+                first_seq,
+                last_seq,
+                base_offset: first_offset,
+                last_offset: *next_offset - 1,
+            };
             producer::record(&mut entry, pepoch, entry_seq);
             touched_producers.insert(pkey, entry);
         }
-        outcomes.push(Outcome::Written { key, base_offset: first_offset });
+        outcomes.push(Outcome::Written {
+            key,
+            base_offset: first_offset,
+        });
     }
 
     let data_len = body.len();
@@ -173,7 +193,11 @@ async fn flush(
             let data = object.slice(e.position as usize..(e.position + e.length as u64) as usize);
             tail.order.push_back((part.clone(), e.base_offset, data.len()));
             tail.bytes += data.len();
-            s.tail.push_back(TailBatch { base_offset: e.base_offset, last_offset: e.last_offset, data });
+            s.tail.push_back(TailBatch {
+                base_offset: e.base_offset,
+                last_offset: e.last_offset,
+                data,
+            });
         }
         s.high_watermark = *next_offset;
     }
@@ -189,11 +213,16 @@ async fn flush(
         let reply = match outcome {
             Outcome::Refused(e) => Err(e),
             Outcome::Written { key, .. } | Outcome::Duplicate { key, .. } if fenced.contains(&key) => {
-                Err(if inner.topic_alive(key.0) { LogError::NotLeader } else { LogError::UnknownTopicOrPartition })
+                Err(if inner.topic_alive(key.0) {
+                    LogError::NotLeader
+                } else {
+                    LogError::UnknownTopicOrPartition
+                })
             }
-            Outcome::Written { base_offset, .. } | Outcome::Duplicate { base_offset, .. } => {
-                Ok(Appended { base_offset, log_start_offset: req.partition.offsets().log_start })
-            }
+            Outcome::Written { base_offset, .. } | Outcome::Duplicate { base_offset, .. } => Ok(Appended {
+                base_offset,
+                log_start_offset: req.partition.offsets().log_start,
+            }),
         };
         let _ = req.reply.send(reply);
     }
@@ -229,7 +258,12 @@ async fn write_and_commit(
     let mut keys = Vec::with_capacity(next.len());
     for (k, (_, next_offset, epoch)) in next {
         keys.push(*k);
-        watermarks.push(WatermarkUpdate { topic_id: k.0, partition: k.1, high_watermark: *next_offset, leader_epoch: *epoch });
+        watermarks.push(WatermarkUpdate {
+            topic_id: k.0,
+            partition: k.1,
+            high_watermark: *next_offset,
+            leader_epoch: *epoch,
+        });
     }
     let commit = FlushCommit {
         object_key: key.clone(),
@@ -260,7 +294,12 @@ async fn write_and_commit(
             .collect(),
     };
     let applied = inner.meta.commit_flush(&commit).await?;
-    let fenced = keys.into_iter().zip(applied).filter(|(_, ok)| !ok).map(|(k, _)| k).collect();
+    let fenced = keys
+        .into_iter()
+        .zip(applied)
+        .filter(|(_, ok)| !ok)
+        .map(|(k, _)| k)
+        .collect();
     Ok((object, fenced))
 }
 

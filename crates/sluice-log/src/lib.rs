@@ -91,8 +91,13 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     .unwrap(),
     batches_appended: register_int_counter!("sluice_log_batches_appended_total", "Record batches committed").unwrap(),
     records_appended: register_int_counter!("sluice_log_records_appended_total", "Records committed").unwrap(),
-    objects_deleted: register_int_counter!("sluice_log_objects_deleted_total", "Data objects garbage-collected").unwrap(),
-    tail_reads: register_int_counter!("sluice_log_tail_reads_total", "Partition reads served from the tail cache").unwrap(),
+    objects_deleted: register_int_counter!("sluice_log_objects_deleted_total", "Data objects garbage-collected")
+        .unwrap(),
+    tail_reads: register_int_counter!(
+        "sluice_log_tail_reads_total",
+        "Partition reads served from the tail cache"
+    )
+    .unwrap(),
     object_reads: register_int_counter!("sluice_log_object_reads_total", "Ranged reads from data objects").unwrap(),
 });
 
@@ -144,7 +149,11 @@ impl Topic {
         self.partitions.read().unwrap().len() as i32
     }
     pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
-        self.partitions.read().unwrap().get(usize::try_from(index).ok()?).cloned()
+        self.partitions
+            .read()
+            .unwrap()
+            .get(usize::try_from(index).ok()?)
+            .cloned()
     }
 }
 
@@ -178,7 +187,11 @@ pub struct Offsets {
 impl Partition {
     pub fn offsets(&self) -> Offsets {
         let s = self.state.lock().unwrap();
-        Offsets { log_start: s.log_start, high_watermark: s.high_watermark, leader_epoch: s.leader_epoch }
+        Offsets {
+            log_start: s.log_start,
+            high_watermark: s.high_watermark,
+            leader_epoch: s.leader_epoch,
+        }
     }
 }
 
@@ -251,6 +264,10 @@ impl Log {
         &self.inner.meta
     }
 
+    pub fn store_url(&self) -> &str {
+        self.inner.store.url()
+    }
+
     pub fn options(&self) -> &LogOptions {
         &self.inner.opts
     }
@@ -286,14 +303,22 @@ impl Log {
         config::validate_all(&configs)?;
         let partitions = partitions.unwrap_or(self.inner.opts.defaults.partitions);
         if partitions < 1 {
-            return Err(LogError::InvalidPartitions(format!("Number of partitions must be at least 1, got {partitions}")));
+            return Err(LogError::InvalidPartitions(format!(
+                "Number of partitions must be at least 1, got {partitions}"
+            )));
         }
         let _guard = self.inner.admin.lock().await;
         if self.topic(name).is_some() {
             return Err(LogError::TopicExists);
         }
         if validate_only {
-            let row = TopicRow { id: Uuid::nil(), name: name.into(), partitions, configs, created_ms: 0 };
+            let row = TopicRow {
+                id: Uuid::nil(),
+                name: name.into(),
+                partitions,
+                configs,
+                created_ms: 0,
+            };
             return Ok(self.inner.topic_from_row(&row, &[]));
         }
         let row = self
@@ -384,7 +409,13 @@ impl Log {
             return Err(LogError::InvalidRecord("transactions are not supported yet".into()));
         }
         let (reply, rx) = oneshot::channel();
-        let req = AppendRequest { topic: topic.clone(), partition: part, data, batches, reply };
+        let req = AppendRequest {
+            topic: topic.clone(),
+            partition: part,
+            data,
+            batches,
+            reply,
+        };
         // A full queue holds the caller back until the flusher catches up.
         self.inner
             .appends
@@ -424,7 +455,12 @@ impl Log {
 
     /// End offset of `epoch` per the leader epoch history: (epoch, end offset),
     /// or None if the epoch is unknown (newer than the current one).
-    pub async fn end_offset_for_epoch(&self, topic: &Topic, partition: i32, epoch: i32) -> Result<Option<(i32, i64)>, LogError> {
+    pub async fn end_offset_for_epoch(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        epoch: i32,
+    ) -> Result<Option<(i32, i64)>, LogError> {
         let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
         let o = part.offsets();
         if epoch > o.leader_epoch {
@@ -449,7 +485,12 @@ impl Partition {
         Self {
             topic_id,
             index,
-            state: Mutex::new(PartitionState { log_start, high_watermark, leader_epoch, tail: VecDeque::new() }),
+            state: Mutex::new(PartitionState {
+                log_start,
+                high_watermark,
+                leader_epoch,
+                tail: VecDeque::new(),
+            }),
         }
     }
 }
@@ -459,7 +500,9 @@ impl Inner {
         let partitions = (0..row.partitions)
             .map(|i| {
                 let p = parts.iter().find(|p| p.topic_id == row.id && p.partition == i);
-                let (ls, hw, ep) = p.map(|p| (p.log_start_offset, p.high_watermark, p.leader_epoch)).unwrap_or((0, 0, 0));
+                let (ls, hw, ep) = p
+                    .map(|p| (p.log_start_offset, p.high_watermark, p.leader_epoch))
+                    .unwrap_or((0, 0, 0));
                 Arc::new(Partition::new(row.id, i, ls, hw, ep))
             })
             .collect();

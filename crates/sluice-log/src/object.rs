@@ -94,7 +94,13 @@ pub fn decode_footer(footer: &[u8], trailer: &[u8], data_len: u64) -> Result<Vec
         return Err(ObjectError::FooterCrc);
     }
     let mut b = footer;
-    let need = |b: &[u8], n: usize| if b.remaining() < n { Err(ObjectError::Malformed("truncated")) } else { Ok(()) };
+    let need = |b: &[u8], n: usize| {
+        if b.remaining() < n {
+            Err(ObjectError::Malformed("truncated"))
+        } else {
+            Ok(())
+        }
+    };
     need(b, 5)?;
     if b.get_u8() != VERSION {
         return Err(ObjectError::Malformed("unknown footer version"));
@@ -144,8 +150,7 @@ pub fn verify(object: &Bytes) -> Result<Vec<FooterEntry>, ObjectError> {
         let b = &object[e.position as usize..(e.position + e.length as u64) as usize];
         let ok = batch::crc_ok(b)
             && batch::parse_header(b, 0).is_ok_and(|h| {
-                (&b[0..8]).get_i64() == e.base_offset
-                    && e.base_offset + h.last_offset_delta as i64 == e.last_offset
+                (&b[0..8]).get_i64() == e.base_offset && e.base_offset + h.last_offset_delta as i64 == e.last_offset
             });
         if !ok {
             return Err(ObjectError::BadBatch(e.position));

@@ -51,7 +51,11 @@ pub fn check(entry: Option<&ProducerEntry>, epoch: i16, first_seq: i32, last_seq
         }
         return Ok(SeqCheck::Append);
     }
-    if let Some(dup) = entry.recent.iter().find(|b| b.first_seq == first_seq && b.last_seq == last_seq) {
+    if let Some(dup) = entry
+        .recent
+        .iter()
+        .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+    {
         return Ok(SeqCheck::Duplicate(*dup));
     }
     match entry.recent.back() {
@@ -80,7 +84,12 @@ mod tests {
     use super::*;
 
     fn seq(first: i32, last: i32, base: i64) -> SeqEntry {
-        SeqEntry { first_seq: first, last_seq: last, base_offset: base, last_offset: base + (last - first) as i64 }
+        SeqEntry {
+            first_seq: first,
+            last_seq: last,
+            base_offset: base,
+            last_offset: base + (last - first) as i64,
+        }
     }
 
     #[test]
@@ -90,13 +99,22 @@ mod tests {
         record(&mut e, 0, seq(0, 9, 100));
         assert_eq!(check(Some(&e), 0, 10, 19), Ok(SeqCheck::Append));
         assert_eq!(check(Some(&e), 0, 0, 9), Ok(SeqCheck::Duplicate(seq(0, 9, 100))));
-        assert!(matches!(check(Some(&e), 0, 12, 19), Err(LogError::OutOfOrderSequence(_))));
+        assert!(matches!(
+            check(Some(&e), 0, 12, 19),
+            Err(LogError::OutOfOrderSequence(_))
+        ));
         assert!(matches!(check(Some(&e), 0, 5, 9), Err(LogError::OutOfOrderSequence(_))));
         // A new epoch must restart at 0; an old one is fenced.
-        assert!(matches!(check(Some(&e), 1, 10, 19), Err(LogError::OutOfOrderSequence(_))));
+        assert!(matches!(
+            check(Some(&e), 1, 10, 19),
+            Err(LogError::OutOfOrderSequence(_))
+        ));
         assert_eq!(check(Some(&e), 1, 0, 3), Ok(SeqCheck::Append));
         record(&mut e, 1, seq(0, 3, 110));
-        assert!(matches!(check(Some(&e), 0, 10, 19), Err(LogError::InvalidProducerEpoch(_))));
+        assert!(matches!(
+            check(Some(&e), 0, 10, 19),
+            Err(LogError::InvalidProducerEpoch(_))
+        ));
         assert_eq!(e.recent.len(), 1);
     }
 
@@ -107,7 +125,10 @@ mod tests {
             record(&mut e, 0, seq(i * 2, i * 2 + 1, i as i64 * 2));
         }
         assert_eq!(e.recent.len(), RECENT_BATCHES);
-        assert_eq!(check(Some(&e), 0, 0, 1), Err(LogError::OutOfOrderSequence("expected sequence 14 but got 0".into())));
+        assert_eq!(
+            check(Some(&e), 0, 0, 1),
+            Err(LogError::OutOfOrderSequence("expected sequence 14 but got 0".into()))
+        );
         assert!(matches!(check(Some(&e), 0, 4, 5), Ok(SeqCheck::Duplicate(_))));
         let mut w = ProducerEntry::default();
         record(&mut w, 0, seq(i32::MAX - 1, i32::MAX, 0));

@@ -35,25 +35,42 @@ const INDEX_PAGE: i64 = 256;
 impl Log {
     /// Reads whole batches from `offset` on, up to about `max_bytes` (at least
     /// one batch when any is available).
-    pub async fn read(&self, topic: &Topic, partition: i32, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+    pub async fn read(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, LogError> {
         let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
         let (offsets, tail_start) = {
             let s = part.state.lock().unwrap();
-            let o = Offsets { log_start: s.log_start, high_watermark: s.high_watermark, leader_epoch: s.leader_epoch };
+            let o = Offsets {
+                log_start: s.log_start,
+                high_watermark: s.high_watermark,
+                leader_epoch: s.leader_epoch,
+            };
             (o, s.tail.front().map(|b| b.base_offset))
         };
         if offset < offsets.log_start || offset > offsets.high_watermark {
             return Err(LogError::OffsetOutOfRange);
         }
-        let mut out =
-            ReadResult { log_start: offsets.log_start, high_watermark: offsets.high_watermark, batches: Vec::new() };
+        let mut out = ReadResult {
+            log_start: offsets.log_start,
+            high_watermark: offsets.high_watermark,
+            batches: Vec::new(),
+        };
         let mut position = offset;
         let mut budget = max_bytes;
 
         // Older than the tail: index lookup and ranged reads of objects.
         let cold_end = tail_start.unwrap_or(offsets.high_watermark).min(offsets.high_watermark);
         while position < cold_end && (out.batches.is_empty() || budget > 0) {
-            let rows = self.inner.meta.batches_from(topic.id, partition, position, INDEX_PAGE).await?;
+            let rows = self
+                .inner
+                .meta
+                .batches_from(topic.id, partition, position, INDEX_PAGE)
+                .await?;
             let rows: Vec<BatchRow> = rows.into_iter().take_while(|r| r.base_offset < cold_end).collect();
             if rows.is_empty() {
                 break;
@@ -123,16 +140,30 @@ impl Log {
 
     /// The earliest offset whose record timestamp is >= `timestamp`; None if
     /// no record is that recent.
-    pub async fn offset_for_timestamp(&self, topic: &Topic, partition: i32, timestamp: i64) -> Result<Option<TimestampOffset>, LogError> {
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<TimestampOffset>, LogError> {
         topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
-        let Some(row) = self.inner.meta.first_batch_at_or_after_time(topic.id, partition, timestamp).await? else {
+        let Some(row) = self
+            .inner
+            .meta
+            .first_batch_at_or_after_time(topic.id, partition, timestamp)
+            .await?
+        else {
             return Ok(None);
         };
         self.find_in_batch(&row, |ts| ts >= timestamp).await
     }
 
     /// The offset and timestamp of the record with the largest timestamp.
-    pub async fn max_timestamp_offset(&self, topic: &Topic, partition: i32) -> Result<Option<TimestampOffset>, LogError> {
+    pub async fn max_timestamp_offset(
+        &self,
+        topic: &Topic,
+        partition: i32,
+    ) -> Result<Option<TimestampOffset>, LogError> {
         topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
         let Some(row) = self.inner.meta.max_timestamp_batch(topic.id, partition).await? else {
             return Ok(None);
@@ -142,15 +173,18 @@ impl Log {
     }
 
     /// Decodes one batch (decompressing it) to find its first record matching `pred`.
-    async fn find_in_batch(&self, row: &BatchRow, pred: impl Fn(i64) -> bool) -> Result<Option<TimestampOffset>, LogError> {
+    async fn find_in_batch(
+        &self,
+        row: &BatchRow,
+        pred: impl Fn(i64) -> bool,
+    ) -> Result<Option<TimestampOffset>, LogError> {
         let data = self.read_rows(std::slice::from_ref(row)).await?.remove(0);
         let mut buf = data;
         let set = RecordBatchDecoder::decode(&mut buf)
             .map_err(|e| LogError::Storage(format!("decoding stored batch: {e:#}")))?;
-        Ok(set
-            .records
-            .iter()
-            .find(|r| pred(r.timestamp))
-            .map(|r| TimestampOffset { offset: r.offset, timestamp: r.timestamp }))
+        Ok(set.records.iter().find(|r| pred(r.timestamp)).map(|r| TimestampOffset {
+            offset: r.offset,
+            timestamp: r.timestamp,
+        }))
     }
 }

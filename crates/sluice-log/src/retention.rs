@@ -130,7 +130,10 @@ pub async fn rebuild_index(meta: &MetaStore, store: &DataStore) -> Result<Rebuil
     let mut objects = Vec::new();
     let mut rows: Vec<BatchRow> = Vec::new();
     for obj in store.list(DATA_PREFIX).await.context("listing data objects")? {
-        let data = store.get(&obj.key).await.with_context(|| format!("reading {}", obj.key))?;
+        let data = store
+            .get(&obj.key)
+            .await
+            .with_context(|| format!("reading {}", obj.key))?;
         let entries = match object::verify(&data) {
             Ok(e) => e,
             Err(e) => {

@@ -47,16 +47,24 @@ impl DataStore {
                 (with_prefix(s3, &prefix), None)
             }
             "gs" => {
-                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url).build()?;
+                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .build()?;
                 (with_prefix(gcs, &prefix), None)
             }
             "az" | "azure" | "abfs" | "abfss" => {
-                let az = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url).build()?;
+                let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .build()?;
                 (with_prefix(az, &prefix), None)
             }
             other => bail!("unsupported store scheme {other:?} in {url:?}"),
         };
-        Ok(Self { inner, local_root, url: url.to_string() })
+        Ok(Self {
+            inner,
+            local_root,
+            url: url.to_string(),
+        })
     }
 
     pub fn url(&self) -> &str {

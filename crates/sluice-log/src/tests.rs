@@ -16,7 +16,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn meta_url(&self) -> String {
         format!("sqlite://{}/meta.db", self.dir.path().display())
@@ -31,7 +33,10 @@ impl Fixture {
 }
 
 fn opts() -> LogOptions {
-    LogOptions { retention_check_interval: Duration::from_secs(3600), ..LogOptions::default() }
+    LogOptions {
+        retention_check_interval: Duration::from_secs(3600),
+        ..LogOptions::default()
+    }
 }
 
 /// Decodes batches into (offset, value) pairs at or after `from`.
@@ -55,9 +60,18 @@ async fn append_assigns_offsets_and_survives_restart() {
     let fx = Fixture::new();
     let log = fx.open(opts()).await;
     let t = log.create_topic("t", Some(2), BTreeMap::new(), false).await.unwrap();
-    let a = log.append(&t, 0, make_batch(3, -1, 0, 10, Compression::None)).await.unwrap();
-    let b = log.append(&t, 0, make_batch(2, -1, 0, 20, Compression::Zstd)).await.unwrap();
-    let c = log.append(&t, 1, make_batch(4, -1, 0, 30, Compression::Gzip)).await.unwrap();
+    let a = log
+        .append(&t, 0, make_batch(3, -1, 0, 10, Compression::None))
+        .await
+        .unwrap();
+    let b = log
+        .append(&t, 0, make_batch(2, -1, 0, 20, Compression::Zstd))
+        .await
+        .unwrap();
+    let c = log
+        .append(&t, 1, make_batch(4, -1, 0, 30, Compression::Gzip))
+        .await
+        .unwrap();
     assert_eq!((a.base_offset, b.base_offset, c.base_offset), (0, 3, 0));
     assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 5);
 
@@ -77,17 +91,27 @@ async fn append_assigns_offsets_and_survives_restart() {
     let r = log.read(&t, 1, 0, 1 << 20).await.unwrap();
     assert_eq!(values(&r.batches, 0).len(), 4);
     // The next append continues the offsets.
-    let d = log.append(&t, 0, make_batch(1, -1, 0, 40, Compression::Lz4)).await.unwrap();
+    let d = log
+        .append(&t, 0, make_batch(1, -1, 0, 40, Compression::Lz4))
+        .await
+        .unwrap();
     assert_eq!(d.base_offset, 5);
 }
 
 #[tokio::test]
 async fn read_respects_max_bytes_but_returns_one_batch() {
     let fx = Fixture::new();
-    let log = fx.open(LogOptions { tail_cache_bytes: 0, ..opts() }).await;
+    let log = fx
+        .open(LogOptions {
+            tail_cache_bytes: 0,
+            ..opts()
+        })
+        .await;
     let t = log.create_topic("t", None, BTreeMap::new(), false).await.unwrap();
     for _ in 0..5 {
-        log.append(&t, 0, make_batch(10, -1, 0, 0, Compression::None)).await.unwrap();
+        log.append(&t, 0, make_batch(10, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
     }
     let r = log.read(&t, 0, 0, 1).await.unwrap();
     assert_eq!(r.batches.len(), 1);
@@ -104,7 +128,9 @@ async fn idempotent_producer_dedupes_and_fences() {
     let t = log.create_topic("idem", None, BTreeMap::new(), false).await.unwrap();
     let first = make_batch(5, 42, 0, 0, Compression::None);
     assert_eq!(log.append(&t, 0, first.clone()).await.unwrap().base_offset, 0);
-    log.append(&t, 0, make_batch(5, 42, 5, 0, Compression::None)).await.unwrap();
+    log.append(&t, 0, make_batch(5, 42, 5, 0, Compression::None))
+        .await
+        .unwrap();
     // A retry of the first batch gets its original offset and writes nothing.
     assert_eq!(log.append(&t, 0, first.clone()).await.unwrap().base_offset, 0);
     assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 10);
@@ -115,7 +141,13 @@ async fn idempotent_producer_dedupes_and_fences() {
     let log = fx.open(opts()).await;
     let t = log.topic("idem").unwrap();
     assert_eq!(log.append(&t, 0, first).await.unwrap().base_offset, 0);
-    assert_eq!(log.append(&t, 0, make_batch(2, 42, 10, 0, Compression::None)).await.unwrap().base_offset, 10);
+    assert_eq!(
+        log.append(&t, 0, make_batch(2, 42, 10, 0, Compression::None))
+            .await
+            .unwrap()
+            .base_offset,
+        10
+    );
 }
 
 #[tokio::test]
@@ -125,12 +157,27 @@ async fn bad_input_is_refused_without_effect() {
     let cfg = BTreeMap::from([("max.message.bytes".to_string(), "100".to_string())]);
     let t = log.create_topic("small", None, cfg, false).await.unwrap();
     let big = make_batch(20, -1, 0, 0, Compression::None);
-    assert!(matches!(log.append(&t, 0, big).await, Err(LogError::MessageTooLarge(_))));
-    assert!(matches!(log.append(&t, 3, make_batch(1, -1, 0, 0, Compression::None)).await, Err(LogError::UnknownTopicOrPartition)));
-    assert!(matches!(log.create_topic("small", None, BTreeMap::new(), false).await, Err(LogError::TopicExists)));
-    assert!(matches!(log.create_topic("bad name", None, BTreeMap::new(), false).await, Err(LogError::InvalidTopic(_))));
+    assert!(matches!(
+        log.append(&t, 0, big).await,
+        Err(LogError::MessageTooLarge(_))
+    ));
+    assert!(matches!(
+        log.append(&t, 3, make_batch(1, -1, 0, 0, Compression::None)).await,
+        Err(LogError::UnknownTopicOrPartition)
+    ));
+    assert!(matches!(
+        log.create_topic("small", None, BTreeMap::new(), false).await,
+        Err(LogError::TopicExists)
+    ));
+    assert!(matches!(
+        log.create_topic("bad name", None, BTreeMap::new(), false).await,
+        Err(LogError::InvalidTopic(_))
+    ));
     let bad_cfg = BTreeMap::from([("nope".to_string(), "1".to_string())]);
-    assert!(matches!(log.create_topic("x", None, bad_cfg, false).await, Err(LogError::InvalidConfig(_))));
+    assert!(matches!(
+        log.create_topic("x", None, bad_cfg, false).await,
+        Err(LogError::InvalidConfig(_))
+    ));
     assert!(log.create_topic("v", None, BTreeMap::new(), true).await.is_ok());
     assert!(log.topic("v").is_none());
     assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 0);
@@ -143,21 +190,31 @@ async fn retention_delete_records_and_gc() {
     let cfg = BTreeMap::from([("retention.ms".to_string(), "60000".to_string())]);
     let t = log.create_topic("r", None, cfg, false).await.unwrap();
     let now = sluice_meta::now_ms();
-    log.append(&t, 0, make_batch(3, -1, 0, now - 120_000, Compression::None)).await.unwrap();
-    log.append(&t, 0, make_batch(3, -1, 0, now, Compression::None)).await.unwrap();
+    log.append(&t, 0, make_batch(3, -1, 0, now - 120_000, Compression::None))
+        .await
+        .unwrap();
+    log.append(&t, 0, make_batch(3, -1, 0, now, Compression::None))
+        .await
+        .unwrap();
     log.enforce_retention().await.unwrap();
     let o = t.partition(0).unwrap().offsets();
     assert_eq!((o.log_start, o.high_watermark), (3, 6));
     assert!(matches!(log.read(&t, 0, 0, 100).await, Err(LogError::OffsetOutOfRange)));
 
     assert_eq!(log.delete_records(&t, 0, -1).await.unwrap(), 6);
-    assert!(matches!(log.delete_records(&t, 0, 7).await, Err(LogError::OffsetOutOfRange)));
+    assert!(matches!(
+        log.delete_records(&t, 0, 7).await,
+        Err(LogError::OffsetOutOfRange)
+    ));
     log.enforce_retention().await.unwrap();
     // Both objects are now unreferenced and gone.
     assert!(fx.store().list("data").await.unwrap().is_empty());
 
     // An object written but never committed is an orphan.
-    fx.store().put("data/stray.sobj", Bytes::from_static(b"x")).await.unwrap();
+    fx.store()
+        .put("data/stray.sobj", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     assert_eq!(log.collect_orphans(Duration::from_secs(3600)).await.unwrap(), 0);
     assert_eq!(log.collect_orphans(Duration::ZERO).await.unwrap(), 1);
     assert!(fx.store().list("data").await.unwrap().is_empty());
@@ -185,9 +242,15 @@ async fn timestamps_and_rebuild() {
     let fx = Fixture::new();
     let log = fx.open(opts()).await;
     let t = log.create_topic("ts", Some(2), BTreeMap::new(), false).await.unwrap();
-    log.append(&t, 0, make_batch(5, -1, 0, 1000, Compression::Snappy)).await.unwrap();
-    log.append(&t, 0, make_batch(5, -1, 0, 2000, Compression::None)).await.unwrap();
-    log.append(&t, 1, make_batch(2, -1, 0, 3000, Compression::None)).await.unwrap();
+    log.append(&t, 0, make_batch(5, -1, 0, 1000, Compression::Snappy))
+        .await
+        .unwrap();
+    log.append(&t, 0, make_batch(5, -1, 0, 2000, Compression::None))
+        .await
+        .unwrap();
+    log.append(&t, 1, make_batch(2, -1, 0, 3000, Compression::None))
+        .await
+        .unwrap();
     let at = log.offset_for_timestamp(&t, 0, 1003).await.unwrap().unwrap();
     assert_eq!((at.offset, at.timestamp), (3, 1003));
     let at = log.offset_for_timestamp(&t, 0, 1500).await.unwrap().unwrap();
@@ -218,14 +281,24 @@ async fn topic_deletion_and_partitions() {
     let fx = Fixture::new();
     let log = fx.open(opts()).await;
     let t = log.create_topic("d", Some(1), BTreeMap::new(), false).await.unwrap();
-    log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None)).await.unwrap();
+    log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None))
+        .await
+        .unwrap();
     log.add_partitions("d", 3, false).await.unwrap();
     assert_eq!(t.partition_count(), 3);
-    assert!(matches!(log.add_partitions("d", 2, false).await, Err(LogError::InvalidPartitions(_))));
-    log.append(&t, 2, make_batch(1, -1, 0, 0, Compression::None)).await.unwrap();
+    assert!(matches!(
+        log.add_partitions("d", 2, false).await,
+        Err(LogError::InvalidPartitions(_))
+    ));
+    log.append(&t, 2, make_batch(1, -1, 0, 0, Compression::None))
+        .await
+        .unwrap();
     log.delete_topic("d").await.unwrap();
     assert!(log.topic("d").is_none());
-    assert!(matches!(log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None)).await, Err(LogError::UnknownTopicOrPartition)));
+    assert!(matches!(
+        log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None)).await,
+        Err(LogError::UnknownTopicOrPartition)
+    ));
     log.enforce_retention().await.unwrap();
     assert!(fx.store().list("data").await.unwrap().is_empty());
     // The name can be reused; the new topic starts empty.

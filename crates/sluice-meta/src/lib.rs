@@ -232,11 +232,10 @@ impl MetaStore {
     // ---- partitions and the offset index ----
 
     pub async fn list_partitions(&self) -> Result<Vec<PartitionRow>> {
-        let rows = sqlx::query(
-            "SELECT topic_id, partition, log_start_offset, high_watermark, leader_epoch FROM partitions",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT topic_id, partition, log_start_offset, high_watermark, leader_epoch FROM partitions")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(PartitionRow {
@@ -328,7 +327,12 @@ impl MetaStore {
     }
 
     /// The first batch holding a record with timestamp >= `ts`.
-    pub async fn first_batch_at_or_after_time(&self, topic_id: Uuid, partition: i32, ts: i64) -> Result<Option<BatchRow>> {
+    pub async fn first_batch_at_or_after_time(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        ts: i64,
+    ) -> Result<Option<BatchRow>> {
         let row = sqlx::query(
             "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
              FROM batches WHERE topic_id = ? AND partition = ? AND max_timestamp >= ?
@@ -482,7 +486,12 @@ impl MetaStore {
 
     /// Replaces the whole offset index with rows recovered from data objects.
     /// Topics missing from the store are recreated under their recorded id.
-    pub async fn replace_index(&self, topics: &[(Uuid, String, i32)], objects: &[(String, i64)], batches: &[BatchRow]) -> Result<()> {
+    pub async fn replace_index(
+        &self,
+        topics: &[(Uuid, String, i32)],
+        objects: &[(String, i64)],
+        batches: &[BatchRow],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for table in ["batches", "objects", "producer_state"] {
             sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
@@ -655,8 +664,18 @@ mod tests {
             object_size: 200,
             batches: vec![batch(t.id, 0, 0, 9, "o1"), batch(t.id, 1, 0, 4, "o1")],
             watermarks: vec![
-                WatermarkUpdate { topic_id: t.id, partition: 0, high_watermark: 10, leader_epoch: 0 },
-                WatermarkUpdate { topic_id: t.id, partition: 1, high_watermark: 5, leader_epoch: 7 },
+                WatermarkUpdate {
+                    topic_id: t.id,
+                    partition: 0,
+                    high_watermark: 10,
+                    leader_epoch: 0,
+                },
+                WatermarkUpdate {
+                    topic_id: t.id,
+                    partition: 1,
+                    high_watermark: 5,
+                    leader_epoch: 7,
+                },
             ],
             producers: vec![],
         };
@@ -670,7 +689,10 @@ mod tests {
 
         m.advance_log_start(t.id, 0, 10).await.unwrap();
         assert!(m.batches_from(t.id, 0, 0, 10).await.unwrap().is_empty());
-        assert_eq!(m.unreferenced_objects(now_ms() + 1).await.unwrap(), vec!["o1".to_string()]);
+        assert_eq!(
+            m.unreferenced_objects(now_ms() + 1).await.unwrap(),
+            vec!["o1".to_string()]
+        );
 
         m.add_partitions(t.id, 4).await.unwrap();
         assert_eq!(m.list_partitions().await.unwrap().len(), 4);
@@ -691,13 +713,23 @@ mod tests {
             partition: 0,
             producer_id: a,
             epoch: 3,
-            recent: vec![SeqEntry { first_seq: 0, last_seq: 4, base_offset: 0, last_offset: 4 }],
+            recent: vec![SeqEntry {
+                first_seq: 0,
+                last_seq: 4,
+                base_offset: 0,
+                last_offset: 4,
+            }],
         };
         let commit = FlushCommit {
             object_key: "o".into(),
             object_size: 1,
             batches: vec![],
-            watermarks: vec![WatermarkUpdate { topic_id: t.id, partition: 0, high_watermark: 5, leader_epoch: 0 }],
+            watermarks: vec![WatermarkUpdate {
+                topic_id: t.id,
+                partition: 0,
+                high_watermark: 5,
+                leader_epoch: 0,
+            }],
             producers: vec![state.clone()],
         };
         m.commit_flush(&commit).await.unwrap();

@@ -63,7 +63,10 @@ impl Default for Config {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             max_frame_bytes: 100 << 20,
-            flush: FlushConfig { interval: Duration::from_millis(2), bytes: 4 << 20 },
+            flush: FlushConfig {
+                interval: Duration::from_millis(2),
+                bytes: 4 << 20,
+            },
             tail_cache_bytes: 256 << 20,
             retention_check_interval: Duration::from_secs(30),
             gc_orphan_grace: Duration::from_secs(600),
@@ -174,10 +177,24 @@ fn env_key(key: &str) -> String {
 }
 
 const ENV_KEYS: &[&str] = &[
-    "data_dir", "kafka_listen", "advertise", "http_listen", "store", "meta", "node_id",
-    "auto_create_topics", "default_partitions", "retention_ms", "retention_bytes",
-    "max_message_bytes", "max_frame_bytes", "flush_interval", "flush_bytes", "tail_cache_bytes",
-    "retention_check_interval", "gc_orphan_grace",
+    "data_dir",
+    "kafka_listen",
+    "advertise",
+    "http_listen",
+    "store",
+    "meta",
+    "node_id",
+    "auto_create_topics",
+    "default_partitions",
+    "retention_ms",
+    "retention_bytes",
+    "max_message_bytes",
+    "max_frame_bytes",
+    "flush_interval",
+    "flush_bytes",
+    "tail_cache_bytes",
+    "retention_check_interval",
+    "gc_orphan_grace",
 ];
 
 pub fn resolve(args: &ServeArgs) -> Result<Config> {
@@ -190,8 +207,8 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
     }
     fig = fig.merge(
         Env::prefixed("SLUICE_")
-            .filter(|k| ENV_KEYS.contains(&k.as_str()))
-            .map(|k| env_key(k.as_str()).into()),
+            .filter(|k| ENV_KEYS.contains(&k.as_str().to_ascii_lowercase().as_str()))
+            .map(|k| env_key(&k.as_str().to_ascii_lowercase()).into()),
     );
     fig = fig.merge(Serialized::defaults(args));
     if let Some(v) = &args.flush_interval {
@@ -208,14 +225,20 @@ impl Config {
     pub fn store_url(&self) -> Result<String> {
         match &self.store {
             Some(s) => Ok(s.clone()),
-            None => Ok(format!("file://{}", absolute(&self.data_dir)?.join("objects").display())),
+            None => Ok(format!(
+                "file://{}",
+                absolute(&self.data_dir)?.join("objects").display()
+            )),
         }
     }
 
     pub fn meta_url(&self) -> Result<String> {
         match &self.meta {
             Some(m) => Ok(m.clone()),
-            None => Ok(format!("sqlite://{}", absolute(&self.data_dir)?.join("meta.db").display())),
+            None => Ok(format!(
+                "sqlite://{}",
+                absolute(&self.data_dir)?.join("meta.db").display()
+            )),
         }
     }
 
@@ -244,6 +267,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn layers_file_env_and_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sluice.toml");
@@ -257,7 +281,10 @@ mod tests {
             jail.set_env("SLUICE_FLUSH_BYTES", "99");
             jail.set_env("SLUICE_BOOTSTRAP", "ignored:1");
             let args = ServeArgs {
-                storage: StorageArgs { config: Some(file.clone()), ..Default::default() },
+                storage: StorageArgs {
+                    config: Some(file.clone()),
+                    ..Default::default()
+                },
                 node_id: Some(5),
                 retention_check_interval: Some("1s".into()),
                 ..Default::default()
@@ -279,9 +306,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "kafka-listn = \"x\"\n").unwrap();
-        let args = ServeArgs { storage: StorageArgs { config: Some(file), ..Default::default() }, ..Default::default() };
+        let args = ServeArgs {
+            storage: StorageArgs {
+                config: Some(file),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         assert!(resolve(&args).is_err());
-        let args = ServeArgs { flush_interval: Some("soon".into()), ..Default::default() };
+        let args = ServeArgs {
+            flush_interval: Some("soon".into()),
+            ..Default::default()
+        };
         assert!(resolve(&args).is_err());
     }
 
@@ -289,7 +325,10 @@ mod tests {
     fn advertised_defaults_to_loopback_for_wildcards() {
         let c = Config::default();
         assert_eq!(c.advertised().unwrap(), ("127.0.0.1".to_string(), 9092));
-        let c = Config { advertise: Some("broker-1.example:19092".into()), ..Config::default() };
+        let c = Config {
+            advertise: Some("broker-1.example:19092".into()),
+            ..Config::default()
+        };
         assert_eq!(c.advertised().unwrap(), ("broker-1.example".to_string(), 19092));
     }
 }

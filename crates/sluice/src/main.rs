@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker: the Kafka listener and HTTP (/health, /metrics).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe, alter and delete topics.
     Topic(sluice_client::cli::TopicArgs),
     /// Produce lines from stdin as records.
@@ -47,7 +47,14 @@ enum AdminCommand {
     RebuildIndex(StorageArgs),
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -63,8 +70,13 @@ fn main() -> Result<()> {
             Command::Topic(args) => sluice_client::cli::run_topic(args).await,
             Command::Produce(args) => sluice_client::cli::run_produce(args).await,
             Command::Consume(args) => sluice_client::cli::run_consume(args).await,
-            Command::Admin { command: AdminCommand::RebuildIndex(storage) } => {
-                let cfg = config::resolve(&ServeArgs { storage, ..Default::default() })?;
+            Command::Admin {
+                command: AdminCommand::RebuildIndex(storage),
+            } => {
+                let cfg = config::resolve(&ServeArgs {
+                    storage,
+                    ..Default::default()
+                })?;
                 rebuild_index(&cfg).await
             }
         }
@@ -137,7 +149,11 @@ async fn rebuild_index(cfg: &Config) -> Result<()> {
         report.objects,
         report.batches,
         report.topics,
-        if report.damaged.is_empty() { String::new() } else { format!(", damaged and skipped: {:?}", report.damaged) }
+        if report.damaged.is_empty() {
+            String::new()
+        } else {
+            format!(", damaged and skipped: {:?}", report.damaged)
+        }
     );
     Ok(())
 }
