@@ -88,39 +88,46 @@ pub(crate) fn unsupported_version_response() -> ResponseKind {
     ResponseKind::ApiVersions(api_versions().with_error_code(ResponseError::UnsupportedVersion.code()))
 }
 
-fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T> {
-    T::decode(body, version).context("decoding request body")
+/// Decodes a request frame (without its size prefix): header and body.
+/// Anything malformed, unknown or unsupported is an error, never a panic.
+pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind)> {
+    if frame.len() < 8 {
+        anyhow::bail!("frame of {} bytes is too short for a request header", frame.len());
+    }
+    let (key, version) = (i16::from_be_bytes([frame[0], frame[1]]), i16::from_be_bytes([frame[2], frame[3]]));
+    let api_key = ApiKey::try_from(key).map_err(|_| anyhow::anyhow!("unknown API key {key}"))?;
+    let (min, max) = advertised(api_key).with_context(|| format!("API {api_key:?} is not supported"))?;
+    if version < min || version > max {
+        anyhow::bail!("{api_key:?} v{version} is not supported (supported: v{min}-v{max})");
+    }
+    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
+        .with_context(|| format!("decoding {api_key:?} v{version} request header"))?;
+    let body = RequestKind::decode(api_key, &mut frame, version)
+        .with_context(|| format!("decoding {api_key:?} v{version} request body"))?;
+    Ok((header, body))
 }
 
-/// Decodes the request body and runs its handler.
-pub(crate) async fn dispatch(
-    broker: &Arc<Broker>,
-    key: ApiKey,
-    header: &RequestHeader,
-    body: &mut Bytes,
-) -> Result<Reply> {
+/// Runs the handler for a decoded request.
+pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body: RequestKind) -> Result<Reply> {
     let v = header.request_api_version;
     let now = |r: ResponseKind| Ok(Reply::Now(Box::new(r)));
-    match key {
-        ApiKey::ApiVersions => {
-            let _req: ApiVersionsRequest = decode(body, v)?;
-            now(ResponseKind::ApiVersions(api_versions()))
-        }
-        ApiKey::Produce => Ok(produce::handle(broker, decode(body, v)?, v).await),
-        ApiKey::Fetch => Ok(fetch::handle(broker, decode(body, v)?, v)),
-        ApiKey::Metadata => now(metadata::metadata(broker, decode(body, v)?, v).await.into()),
-        ApiKey::DescribeCluster => now(metadata::describe_cluster(broker, decode(body, v)?).into()),
-        ApiKey::ListOffsets => now(offsets::list_offsets(broker, decode(body, v)?, v).await.into()),
-        ApiKey::OffsetForLeaderEpoch => now(offsets::offset_for_leader_epoch(broker, decode(body, v)?).await.into()),
-        ApiKey::DeleteRecords => now(offsets::delete_records(broker, decode(body, v)?).await.into()),
-        ApiKey::InitProducerId => now(produce::init_producer_id(broker, decode(body, v)?).await.into()),
-        ApiKey::CreateTopics => now(admin::create_topics(broker, decode(body, v)?, v).await.into()),
-        ApiKey::DeleteTopics => now(admin::delete_topics(broker, decode(body, v)?, v).await.into()),
-        ApiKey::CreatePartitions => now(admin::create_partitions(broker, decode(body, v)?).await.into()),
-        ApiKey::DescribeLogDirs => now(admin::describe_log_dirs(broker, decode(body, v)?).await.into()),
-        ApiKey::DescribeConfigs => now(configs::describe(broker, decode(body, v)?).into()),
-        ApiKey::AlterConfigs => now(configs::alter(broker, decode(body, v)?).await.into()),
-        ApiKey::IncrementalAlterConfigs => now(configs::incremental_alter(broker, decode(body, v)?).await.into()),
-        other => anyhow::bail!("API {other:?} is not served"),
+    match body {
+        RequestKind::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions())),
+        RequestKind::Produce(r) => Ok(produce::handle(broker, r, v).await),
+        RequestKind::Fetch(r) => Ok(fetch::handle(broker, r, v)),
+        RequestKind::Metadata(r) => now(metadata::metadata(broker, r, v).await.into()),
+        RequestKind::DescribeCluster(r) => now(metadata::describe_cluster(broker, r).into()),
+        RequestKind::ListOffsets(r) => now(offsets::list_offsets(broker, r, v).await.into()),
+        RequestKind::OffsetForLeaderEpoch(r) => now(offsets::offset_for_leader_epoch(broker, r).await.into()),
+        RequestKind::DeleteRecords(r) => now(offsets::delete_records(broker, r).await.into()),
+        RequestKind::InitProducerId(r) => now(produce::init_producer_id(broker, r).await.into()),
+        RequestKind::CreateTopics(r) => now(admin::create_topics(broker, r, v).await.into()),
+        RequestKind::DeleteTopics(r) => now(admin::delete_topics(broker, r, v).await.into()),
+        RequestKind::CreatePartitions(r) => now(admin::create_partitions(broker, r).await.into()),
+        RequestKind::DescribeLogDirs(r) => now(admin::describe_log_dirs(broker, r).await.into()),
+        RequestKind::DescribeConfigs(r) => now(configs::describe(broker, r).into()),
+        RequestKind::AlterConfigs(r) => now(configs::alter(broker, r).await.into()),
+        RequestKind::IncrementalAlterConfigs(r) => now(configs::incremental_alter(broker, r).await.into()),
+        _ => anyhow::bail!("API {:?} is not served", header.request_api_key),
     }
 }

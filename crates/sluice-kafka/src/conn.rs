@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::Encodable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -95,15 +95,11 @@ async fn read_loop(
 }
 
 /// Decodes one request frame and starts handling it.
-async fn handle_frame(mut frame: Bytes, broker: &Arc<Broker>) -> Result<Pending> {
+async fn handle_frame(frame: Bytes, broker: &Arc<Broker>) -> Result<Pending> {
     let (key, version) = ((&frame[0..2]).get_i16(), (&frame[2..4]).get_i16());
     let correlation_id = (&frame[4..8]).get_i32();
-    let api_key = ApiKey::try_from(key).map_err(|_| anyhow::anyhow!("unknown API key {key}"))?;
-    let Some(range) = api::advertised(api_key) else {
-        bail!("API {api_key:?} is not supported");
-    };
-    if version < range.0 || version > range.1 {
-        if api_key == ApiKey::ApiVersions {
+    if let (Ok(ApiKey::ApiVersions), Some((min, max))) = (ApiKey::try_from(key), api::advertised(ApiKey::ApiVersions)) {
+        if version < min || version > max {
             // KIP-511: answer in v0 with the supported versions so the client can retry.
             return Ok(Pending {
                 correlation_id,
@@ -112,16 +108,11 @@ async fn handle_frame(mut frame: Bytes, broker: &Arc<Broker>) -> Result<Pending>
                 reply: Reply::Now(Box::new(api::unsupported_version_response())),
             });
         }
-        bail!(
-            "{api_key:?} v{version} is not supported (supported: v{}-v{})",
-            range.0,
-            range.1
-        );
     }
-    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
-        .with_context(|| format!("decoding {api_key:?} v{version} request header"))?;
+    let (header, body) = api::decode_request(frame)?;
+    let api_key = ApiKey::try_from(header.request_api_key).map_err(|_| anyhow::anyhow!("unknown API key"))?;
     METRICS.requests.with_label_values(&[api::name(api_key)]).inc();
-    let reply = api::dispatch(broker, api_key, &header, &mut frame).await?;
+    let reply = api::dispatch(broker, &header, body).await?;
     Ok(Pending {
         correlation_id,
         header_version: api_key.response_header_version(version),

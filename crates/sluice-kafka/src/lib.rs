@@ -19,7 +19,7 @@ use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, In
 use sluice_log::Log;
 use tokio::net::TcpListener;
 
-pub use api::supported_apis;
+pub use api::{decode_request, supported_apis};
 
 /// What the broker tells clients about itself, and its limits.
 #[derive(Debug, Clone)]
@@ -72,3 +72,6 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) -> Result<()> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
