@@ -92,6 +92,25 @@ pub struct FlushCommit {
     pub producers: Vec<ProducerStateRow>,
 }
 
+/// The durable part of a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub generation: i32,
+    pub empty_since_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
 #[derive(Clone)]
 pub struct MetaStore {
     pool: SqlitePool,
@@ -184,6 +203,11 @@ impl MetaStore {
     pub async fn delete_topic(&self, topic_id: Uuid) -> Result<bool> {
         let id = topic_id.to_string();
         let mut tx = self.pool.begin().await?;
+        let name: Option<String> = sqlx::query("SELECT name FROM topics WHERE topic_id = ?")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0));
         let n = sqlx::query("DELETE FROM topics WHERE topic_id = ?")
             .bind(&id)
             .execute(&mut *tx)
@@ -194,6 +218,9 @@ impl MetaStore {
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if let Some(name) = name {
+            sqlx::query("DELETE FROM group_offsets WHERE topic = ?").bind(name).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -482,6 +509,134 @@ impl MetaStore {
             .collect()
     }
 
+    // ---- consumer groups ----
+
+    /// Records that a group exists (or changed generation), and whether it is empty.
+    pub async fn upsert_group(&self, g: &GroupRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO groups (group_id, protocol_type, generation, empty_since_ms, updated_ms) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (group_id) DO UPDATE SET protocol_type = excluded.protocol_type,
+               generation = excluded.generation, empty_since_ms = excluded.empty_since_ms,
+               updated_ms = excluded.updated_ms",
+        )
+        .bind(&g.group_id)
+        .bind(&g.protocol_type)
+        .bind(g.generation)
+        .bind(g.empty_since_ms)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupRow>> {
+        let rows = sqlx::query(
+            "SELECT group_id, protocol_type, generation, empty_since_ms FROM groups
+             UNION SELECT DISTINCT group_id, '', 0, 0 FROM group_offsets
+             WHERE group_id NOT IN (SELECT group_id FROM groups) ORDER BY group_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| GroupRow {
+                group_id: r.get(0),
+                protocol_type: r.get(1),
+                generation: r.get(2),
+                empty_since_ms: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Deletes a group and its committed offsets.
+    pub async fn delete_group(&self, group_id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let a = sqlx::query("DELETE FROM groups WHERE group_id = ?").bind(group_id).execute(&mut *tx).await?;
+        let b = sqlx::query("DELETE FROM group_offsets WHERE group_id = ?").bind(group_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(a.rows_affected() + b.rows_affected() > 0)
+    }
+
+    /// Stores committed offsets, all or none.
+    pub async fn commit_offsets(&self, group_id: &str, offsets: &[CommittedOffset]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for o in offsets {
+            sqlx::query(
+                "INSERT INTO group_offsets (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (group_id, topic, partition) DO UPDATE SET committed_offset = excluded.committed_offset,
+                   leader_epoch = excluded.leader_epoch, metadata = excluded.metadata, commit_ms = excluded.commit_ms",
+            )
+            .bind(group_id)
+            .bind(&o.topic)
+            .bind(o.partition)
+            .bind(o.offset)
+            .bind(o.leader_epoch)
+            .bind(&o.metadata)
+            .bind(o.commit_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets, ordered by topic and partition.
+    pub async fn fetch_offsets(&self, group_id: &str) -> Result<Vec<CommittedOffset>> {
+        let rows = sqlx::query(
+            "SELECT topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets
+             WHERE group_id = ? ORDER BY topic, partition",
+        )
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CommittedOffset {
+                topic: r.get(0),
+                partition: r.get(1),
+                offset: r.get(2),
+                leader_epoch: r.get(3),
+                metadata: r.get(4),
+                commit_ms: r.get(5),
+            })
+            .collect())
+    }
+
+    pub async fn delete_offsets(&self, group_id: &str, topic: &str, partition: i32) -> Result<()> {
+        sqlx::query("DELETE FROM group_offsets WHERE group_id = ? AND topic = ? AND partition = ?")
+            .bind(group_id)
+            .bind(topic)
+            .bind(partition)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the offsets of groups empty since before `empty_before_ms`
+    /// (offsets.retention.minutes); returns the groups affected.
+    pub async fn expire_offsets(&self, empty_before_ms: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT o.group_id FROM group_offsets o LEFT JOIN groups g ON g.group_id = o.group_id
+             WHERE (g.group_id IS NULL AND o.commit_ms < ?) OR (g.empty_since_ms IS NOT NULL AND g.empty_since_ms < ?
+               AND o.commit_ms < ?)",
+        )
+        .bind(empty_before_ms)
+        .bind(empty_before_ms)
+        .bind(empty_before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let groups: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        for g in &groups {
+            sqlx::query("DELETE FROM group_offsets WHERE group_id = ? AND commit_ms < ?")
+                .bind(g)
+                .bind(empty_before_ms)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(groups)
+    }
+
     // ---- index rebuild ----
 
     /// Replaces the whole offset index with rows recovered from data objects.
@@ -699,6 +854,35 @@ mod tests {
         assert!(m.delete_topic(t.id).await.unwrap());
         assert!(m.list_topics().await.unwrap().is_empty());
         assert!(m.list_partitions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn group_offsets_round_trip_and_expire() {
+        let (_d, m) = store().await;
+        let o = |p: i32, off: i64, ms: i64| CommittedOffset {
+            topic: "t".into(),
+            partition: p,
+            offset: off,
+            leader_epoch: -1,
+            metadata: Some("m".into()),
+            commit_ms: ms,
+        };
+        m.commit_offsets("g", &[o(0, 5, 100), o(1, 7, 100)]).await.unwrap();
+        m.commit_offsets("g", &[o(0, 6, 200)]).await.unwrap();
+        assert_eq!(m.fetch_offsets("g").await.unwrap(), vec![o(0, 6, 200), o(1, 7, 100)]);
+        // The group has members (not empty): nothing expires.
+        m.upsert_group(&GroupRow { group_id: "g".into(), protocol_type: "consumer".into(), generation: 1, empty_since_ms: None })
+            .await
+            .unwrap();
+        assert!(m.expire_offsets(1000).await.unwrap().is_empty());
+        m.upsert_group(&GroupRow { group_id: "g".into(), protocol_type: "consumer".into(), generation: 2, empty_since_ms: Some(150) })
+            .await
+            .unwrap();
+        assert_eq!(m.expire_offsets(1000).await.unwrap(), vec!["g".to_string()]);
+        assert!(m.fetch_offsets("g").await.unwrap().is_empty());
+        assert_eq!(m.list_groups().await.unwrap().len(), 1);
+        assert!(m.delete_group("g").await.unwrap());
+        assert!(m.list_groups().await.unwrap().is_empty());
     }
 
     #[tokio::test]
