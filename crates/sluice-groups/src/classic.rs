@@ -267,16 +267,29 @@ impl Group {
             }
         }
         if self.state != State::PreparingRebalance {
-            let timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::ZERO);
+            let timeout = self
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or(Duration::ZERO);
             self.rebalance_deadline = now + timeout;
-            self.join_delay_until = if self.state == State::Empty { now + opts_delay.min(timeout) } else { now };
+            self.join_delay_until = if self.state == State::Empty {
+                now + opts_delay.min(timeout)
+            } else {
+                now
+            };
             self.state = State::PreparingRebalance;
         }
     }
 
     fn current_join_response(&self, member_id: &str) -> JoinResponse {
         let leader = self.leader.clone().unwrap_or_default();
-        let members = if leader == member_id { self.joined_members() } else { vec![] };
+        let members = if leader == member_id {
+            self.joined_members()
+        } else {
+            vec![]
+        };
         JoinResponse {
             error: None,
             generation: self.generation,
@@ -295,7 +308,12 @@ impl Group {
             .map(|m| JoinedMember {
                 member_id: m.id.clone(),
                 instance_id: m.instance_id.clone(),
-                metadata: m.protocols.iter().find(|(n, _)| *n == proto).map(|(_, b)| b.clone()).unwrap_or_default(),
+                metadata: m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == proto)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default(),
             })
             .collect()
     }
@@ -312,8 +330,12 @@ impl Group {
         if !(all_joined && now >= self.join_delay_until) && now < self.rebalance_deadline {
             return false;
         }
-        let laggards: Vec<String> =
-            self.members.values().filter(|m| m.awaiting_join.is_none()).map(|m| m.id.clone()).collect();
+        let laggards: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.awaiting_join.is_none())
+            .map(|m| m.id.clone())
+            .collect();
         for id in laggards {
             tracing::info!(member = %id, "member did not rejoin within the rebalance timeout; removed");
             self.remove_member(&id);
@@ -405,7 +427,9 @@ impl Coordinator {
         self.persist(persist).await;
         match pending {
             Pending::Now(r) => r,
-            Pending::Wait(rx) => rx.await.unwrap_or_else(|_| JoinResponse::error(GroupError::UnknownMemberId, "")),
+            Pending::Wait(rx) => rx
+                .await
+                .unwrap_or_else(|_| JoinResponse::error(GroupError::UnknownMemberId, "")),
         }
     }
 
@@ -444,7 +468,11 @@ impl Coordinator {
     }
 
     /// Removes members; a result per member, in order.
-    pub async fn leave(&self, group_id: &str, members: &[LeaveMember]) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+    pub async fn leave(
+        &self,
+        group_id: &str,
+        members: &[LeaveMember],
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
         let (results, persist) = {
             let mut groups = self.inner.groups.lock().unwrap();
             let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
@@ -508,7 +536,12 @@ impl Coordinator {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: m.protocols.iter().find(|(n, _)| *n == proto).map(|(_, b)| b.clone()).unwrap_or_default(),
+                    metadata: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == proto)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default(),
                     assignment: if stable { m.assignment.clone() } else { Bytes::new() },
                 })
                 .collect(),
@@ -519,8 +552,10 @@ impl Coordinator {
     pub async fn list(&self) -> Result<Vec<(String, String, &'static str)>, GroupError> {
         let stored = self.inner.meta.list_groups().await.map_err(|_| GroupError::Storage)?;
         let groups = self.inner.groups.lock().unwrap();
-        let mut out: Vec<(String, String, &'static str)> =
-            groups.iter().map(|(id, g)| (id.clone(), g.protocol_type.clone(), g.state.name())).collect();
+        let mut out: Vec<(String, String, &'static str)> = groups
+            .iter()
+            .map(|(id, g)| (id.clone(), g.protocol_type.clone(), g.state.name()))
+            .collect();
         for row in stored {
             if !groups.contains_key(&row.group_id) {
                 out.push((row.group_id, row.protocol_type, State::Empty.name()));
@@ -575,7 +610,10 @@ fn new_member_id(client_id: &str) -> String {
 fn join_locked(group: &mut Group, req: &JoinRequest, initial_delay: Duration) -> Pending<JoinResponse> {
     let now = Instant::now();
     if !group.supports_protocols(req) {
-        return Pending::Now(JoinResponse::error(GroupError::InconsistentGroupProtocol, &req.member_id));
+        return Pending::Now(JoinResponse::error(
+            GroupError::InconsistentGroupProtocol,
+            &req.member_id,
+        ));
     }
     let make_member = |id: String| Member {
         id,
@@ -628,7 +666,9 @@ fn join_locked(group: &mut Group, req: &JoinRequest, initial_delay: Duration) ->
             },
             None if req.require_known_member_id => {
                 let id = new_member_id(&req.client_id);
-                group.pending.insert(id.clone(), now + Duration::from_millis(req.session_timeout_ms as u64));
+                group
+                    .pending
+                    .insert(id.clone(), now + Duration::from_millis(req.session_timeout_ms as u64));
                 return Pending::Now(JoinResponse::error(GroupError::MemberIdRequired, &id));
             }
             None => {
@@ -682,7 +722,10 @@ fn sync_locked(group: &mut Group, req: SyncRequest) -> Result<Pending<SyncReply>
         return Err(GroupError::IllegalGeneration);
     }
     if req.protocol_type.as_ref().is_some_and(|t| *t != group.protocol_type)
-        || req.protocol_name.as_ref().is_some_and(|p| Some(p) != group.protocol.as_ref())
+        || req
+            .protocol_name
+            .as_ref()
+            .is_some_and(|p| Some(p) != group.protocol.as_ref())
     {
         return Err(GroupError::InconsistentGroupProtocol);
     }

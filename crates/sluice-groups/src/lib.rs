@@ -17,9 +17,7 @@ use std::time::Duration;
 use prometheus::{register_int_counter, IntCounter};
 use sluice_meta::MetaStore;
 
-pub use classic::{
-    DescribedGroup, DescribedMember, JoinRequest, JoinResponse, JoinedMember, LeaveMember, SyncRequest,
-};
+pub use classic::{DescribedGroup, DescribedMember, JoinRequest, JoinResponse, JoinedMember, LeaveMember, SyncRequest};
 pub use offsets::{CommitRequest, OffsetEntry};
 
 /// Why a group request failed; the protocol layer maps each to its Kafka code.
@@ -76,9 +74,13 @@ pub(crate) struct Metrics {
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     rebalances: register_int_counter!("sluice_group_rebalances_total", "Completed group rebalances").unwrap(),
-    expired_members: register_int_counter!("sluice_group_members_expired_total", "Members removed by session timeout")
+    expired_members: register_int_counter!(
+        "sluice_group_members_expired_total",
+        "Members removed by session timeout"
+    )
+    .unwrap(),
+    offset_commits: register_int_counter!("sluice_group_offset_commits_total", "Offset commit requests stored")
         .unwrap(),
-    offset_commits: register_int_counter!("sluice_group_offset_commits_total", "Offset commit requests stored").unwrap(),
 });
 
 /// The group coordinator of this broker. Cheap to clone.
@@ -98,7 +100,11 @@ impl Coordinator {
     /// rebalance timeouts, offset expiry).
     pub fn start(meta: MetaStore, opts: GroupOptions) -> Self {
         LazyLock::force(&METRICS);
-        let inner = Arc::new(Inner { meta, opts, groups: Mutex::new(HashMap::new()) });
+        let inner = Arc::new(Inner {
+            meta,
+            opts,
+            groups: Mutex::new(HashMap::new()),
+        });
         tokio::spawn(classic::tick_loop(inner.clone()));
         tokio::spawn(offsets::expiry_loop(inner.clone()));
         Self { inner }

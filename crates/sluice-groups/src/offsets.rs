@@ -76,17 +76,30 @@ impl Coordinator {
         if let Some(row) = new_row {
             let known = self.inner.meta.list_groups().await.map_err(|_| GroupError::Storage)?;
             if !known.iter().any(|g| g.group_id == row.group_id) {
-                self.inner.meta.upsert_group(&row).await.map_err(|_| GroupError::Storage)?;
+                self.inner
+                    .meta
+                    .upsert_group(&row)
+                    .await
+                    .map_err(|_| GroupError::Storage)?;
             }
         }
-        self.inner.meta.commit_offsets(&req.group_id, &store).await.map_err(|_| GroupError::Storage)?;
+        self.inner
+            .meta
+            .commit_offsets(&req.group_id, &store)
+            .await
+            .map_err(|_| GroupError::Storage)?;
         METRICS.offset_commits.inc();
         Ok(results)
     }
 
     /// A group's committed offsets.
     pub async fn fetch_offsets(&self, group_id: &str) -> Result<Vec<OffsetEntry>, GroupError> {
-        let rows = self.inner.meta.fetch_offsets(group_id).await.map_err(|_| GroupError::Storage)?;
+        let rows = self
+            .inner
+            .meta
+            .fetch_offsets(group_id)
+            .await
+            .map_err(|_| GroupError::Storage)?;
         Ok(rows
             .into_iter()
             .map(|r| OffsetEntry {
@@ -100,7 +113,11 @@ impl Coordinator {
     }
 
     /// OffsetDelete: refused for topics the group's members subscribe to.
-    pub async fn delete_offsets(&self, group_id: &str, parts: &[(String, i32)]) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        parts: &[(String, i32)],
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
         let subscribed = {
             let groups = self.inner.groups.lock().unwrap();
             match groups.get(group_id) {
@@ -119,7 +136,11 @@ impl Coordinator {
                 results.push(Err(GroupError::GroupSubscribedToTopic));
                 continue;
             }
-            self.inner.meta.delete_offsets(group_id, topic, *partition).await.map_err(|_| GroupError::Storage)?;
+            self.inner
+                .meta
+                .delete_offsets(group_id, topic, *partition)
+                .await
+                .map_err(|_| GroupError::Storage)?;
             results.push(Ok(()));
         }
         Ok(results)
@@ -133,7 +154,11 @@ impl Coordinator {
 
 fn validate_commit(g: &Group, req: &CommitRequest) -> Result<(), GroupError> {
     if req.generation < 0 && req.member_id.is_empty() {
-        return if g.is_empty() { Ok(()) } else { Err(GroupError::UnknownMemberId) };
+        return if g.is_empty() {
+            Ok(())
+        } else {
+            Err(GroupError::UnknownMemberId)
+        };
     }
     if g.state == State::CompletingRebalance {
         return Err(GroupError::RebalanceInProgress);

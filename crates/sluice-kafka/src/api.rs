@@ -12,7 +12,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 
 use crate::conn::Reply;
-use crate::{admin, configs, fetch, metadata, offsets, produce, Broker};
+use crate::{admin, configs, fetch, groups, metadata, offsets, produce, Broker};
 
 /// (API, highest version served). The lowest is the protocol crate's.
 const APIS: &[(ApiKey, i16)] = &[
@@ -32,6 +32,17 @@ const APIS: &[(ApiKey, i16)] = &[
     (ApiKey::CreatePartitions, 3),
     (ApiKey::IncrementalAlterConfigs, 1),
     (ApiKey::DescribeCluster, 2),
+    (ApiKey::FindCoordinator, 6),
+    (ApiKey::JoinGroup, 9),
+    (ApiKey::SyncGroup, 5),
+    (ApiKey::Heartbeat, 4),
+    (ApiKey::LeaveGroup, 5),
+    (ApiKey::OffsetCommit, 9),
+    (ApiKey::OffsetFetch, 9),
+    (ApiKey::OffsetDelete, 0),
+    (ApiKey::ListGroups, 5),
+    (ApiKey::DescribeGroups, 5),
+    (ApiKey::DeleteGroups, 2),
 ];
 
 /// The version range served for `key`, if it is served at all.
@@ -66,6 +77,17 @@ pub(crate) fn name(key: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
         _ => "other",
     }
 }
@@ -94,7 +116,10 @@ pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind)> 
     if frame.len() < 8 {
         anyhow::bail!("frame of {} bytes is too short for a request header", frame.len());
     }
-    let (key, version) = (i16::from_be_bytes([frame[0], frame[1]]), i16::from_be_bytes([frame[2], frame[3]]));
+    let (key, version) = (
+        i16::from_be_bytes([frame[0], frame[1]]),
+        i16::from_be_bytes([frame[2], frame[3]]),
+    );
     let api_key = ApiKey::try_from(key).map_err(|_| anyhow::anyhow!("unknown API key {key}"))?;
     let (min, max) = advertised(api_key).with_context(|| format!("API {api_key:?} is not supported"))?;
     if version < min || version > max {
@@ -128,6 +153,20 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body:
         RequestKind::DescribeConfigs(r) => now(configs::describe(broker, r).into()),
         RequestKind::AlterConfigs(r) => now(configs::alter(broker, r).await.into()),
         RequestKind::IncrementalAlterConfigs(r) => now(configs::incremental_alter(broker, r).await.into()),
+        RequestKind::FindCoordinator(r) => now(groups::find_coordinator(broker, r, v).into()),
+        RequestKind::JoinGroup(r) => {
+            let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            Ok(groups::join_group(broker, r, v, client_id))
+        }
+        RequestKind::SyncGroup(r) => Ok(groups::sync_group(broker, r, v)),
+        RequestKind::Heartbeat(r) => now(groups::heartbeat(broker, r).into()),
+        RequestKind::LeaveGroup(r) => now(groups::leave_group(broker, r, v).await.into()),
+        RequestKind::OffsetCommit(r) => now(groups::offset_commit(broker, r).await.into()),
+        RequestKind::OffsetFetch(r) => now(groups::offset_fetch(broker, r, v).await.into()),
+        RequestKind::OffsetDelete(r) => now(groups::offset_delete(broker, r).await.into()),
+        RequestKind::ListGroups(r) => now(groups::list_groups(broker, r, v).await.into()),
+        RequestKind::DescribeGroups(r) => now(groups::describe_groups(broker, r, v).await.into()),
+        RequestKind::DeleteGroups(r) => now(groups::delete_groups(broker, r).await.into()),
         _ => anyhow::bail!("API {:?} is not served", header.request_api_key),
     }
 }

@@ -8,6 +8,7 @@ mod configs;
 mod conn;
 mod errors;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -36,6 +37,7 @@ pub struct BrokerConfig {
 
 pub struct Broker {
     pub log: Log,
+    pub groups: sluice_groups::Coordinator,
     pub config: BrokerConfig,
 }
 

@@ -36,9 +36,12 @@ fn refuses_unknown_unsupported_and_truncated() {
     b.put_i16(9999);
     b.put_i16(0);
     b.put_i32(1);
-    assert!(decode_request(b.freeze()).unwrap_err().to_string().contains("unknown API key"));
+    assert!(decode_request(b.freeze())
+        .unwrap_err()
+        .to_string()
+        .contains("unknown API key"));
     // A known API that Sluice does not serve (yet).
-    let f = frame(ApiKey::JoinGroup, 5, &kafka_protocol::messages::JoinGroupRequest::default());
+    let f = frame(ApiKey::EndTxn, 3, &kafka_protocol::messages::EndTxnRequest::default());
     assert!(decode_request(f).is_err());
     let f = frame(ApiKey::Metadata, 12, &MetadataRequest::default());
     let f = {
@@ -47,7 +50,11 @@ fn refuses_unknown_unsupported_and_truncated() {
         Bytes::from(v)
     };
     assert!(decode_request(f).unwrap_err().to_string().contains("not supported"));
-    let f = frame(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(Some(vec![Default::default()])));
+    let f = frame(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![Default::default()])),
+    );
     assert!(decode_request(f.slice(..f.len() - 3)).is_err());
     assert!(decode_request(Bytes::from_static(b"abc")).is_err());
 }

@@ -55,8 +55,9 @@ pub(crate) async fn pass(inner: &Inner) -> Result<()> {
             }
             if cfg.retention_bytes >= 0 {
                 let mut total: i64 = extents.iter().map(|e| e.3).sum();
+                // As Kafka: drop the oldest batch only while what remains still meets the limit.
                 for (_, last, _, len) in &extents {
-                    if total <= cfg.retention_bytes {
+                    if total - len < cfg.retention_bytes {
                         break;
                     }
                     total -= len;

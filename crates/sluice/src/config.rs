@@ -37,6 +37,13 @@ pub struct Config {
     pub retention_check_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub gc_orphan_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub group_initial_rebalance_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub group_min_session_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub group_max_session_timeout: Duration,
+    pub offsets_retention_minutes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +77,10 @@ impl Default for Config {
             tail_cache_bytes: 256 << 20,
             retention_check_interval: Duration::from_secs(30),
             gc_orphan_grace: Duration::from_secs(600),
+            group_initial_rebalance_delay: Duration::from_secs(3),
+            group_min_session_timeout: Duration::from_secs(6),
+            group_max_session_timeout: Duration::from_secs(1800),
+            offsets_retention_minutes: 10080,
         }
     }
 }
@@ -165,6 +176,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc_orphan_grace: Option<String>,
+    /// group.initial.rebalance.delay.ms: how long the first rebalance of an empty group waits for more members. [default: 3s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_initial_rebalance_delay: Option<String>,
+    /// Smallest session timeout a group member may ask for. [default: 6s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_min_session_timeout: Option<String>,
+    /// Largest session timeout a group member may ask for. [default: 30m]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_max_session_timeout: Option<String>,
+    /// offsets.retention.minutes: committed offsets of a group that has been empty this long are deleted. [default: 10080]
+    #[arg(long, value_name = "MINUTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsets_retention_minutes: Option<u64>,
 }
 
 /// Maps `SLUICE_FLUSH_INTERVAL` to `flush.interval`, `SLUICE_KAFKA_LISTEN` to `kafka-listen`.
@@ -195,6 +222,10 @@ const ENV_KEYS: &[&str] = &[
     "tail_cache_bytes",
     "retention_check_interval",
     "gc_orphan_grace",
+    "group_initial_rebalance_delay",
+    "group_min_session_timeout",
+    "group_max_session_timeout",
+    "offsets_retention_minutes",
 ];
 
 pub fn resolve(args: &ServeArgs) -> Result<Config> {

@@ -106,10 +106,21 @@ async fn serve(cfg: Config) -> Result<()> {
             max_message_bytes: cfg.max_message_bytes,
         },
     };
+    let groups = sluice_groups::Coordinator::start(
+        meta.clone(),
+        sluice_groups::GroupOptions {
+            min_session_timeout: cfg.group_min_session_timeout,
+            max_session_timeout: cfg.group_max_session_timeout,
+            initial_rebalance_delay: cfg.group_initial_rebalance_delay,
+            offsets_retention: std::time::Duration::from_secs(cfg.offsets_retention_minutes * 60),
+            ..Default::default()
+        },
+    );
     let log = Log::open(meta, store, opts).await?;
     let (host, port) = cfg.advertised()?;
     let broker = Arc::new(Broker {
         log,
+        groups,
         config: BrokerConfig {
             node_id: cfg.node_id,
             advertised_host: host,

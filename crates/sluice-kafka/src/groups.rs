@@ -1,0 +1,530 @@
+//! Consumer groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, OffsetDelete, ListGroups,
+//! DescribeGroups and DeleteGroups, translated to [`sluice_groups::Coordinator`].
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as FoundCoordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use sluice_groups::{CommitRequest, GroupError, LeaveMember, OffsetEntry};
+
+use crate::conn::Reply;
+use crate::{errors, Broker};
+
+pub(crate) fn code(e: GroupError) -> i16 {
+    let r = match e {
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::Storage => ResponseError::CoordinatorNotAvailable,
+    };
+    r.code()
+}
+
+fn err_code<T>(r: &Result<T, GroupError>) -> i16 {
+    r.as_ref().err().map_or(0, |e| code(*e))
+}
+
+fn s(v: &str) -> StrBytes {
+    errors::str(v)
+}
+
+/// Key types: 0 group, 1 transaction. This broker coordinates every group;
+/// transactions are not served.
+pub(crate) fn find_coordinator(
+    broker: &Arc<Broker>,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let node = BrokerId(broker.config.node_id);
+    let host = s(&broker.config.advertised_host);
+    let port = broker.config.advertised_port;
+    let error = if req.key_type == 0 {
+        0
+    } else {
+        ResponseError::CoordinatorNotAvailable.code()
+    };
+    if version < 4 {
+        let resp = FindCoordinatorResponse::default().with_error_code(error);
+        let resp = if version >= 1 && error != 0 {
+            resp.with_error_message(Some(s("only group coordinators are served")))
+        } else {
+            resp
+        };
+        return if error == 0 {
+            resp.with_node_id(node).with_host(host).with_port(port)
+        } else {
+            resp.with_node_id(BrokerId(-1))
+        };
+    }
+    let coordinators = req
+        .coordinator_keys
+        .into_iter()
+        .map(|key| {
+            let c = FoundCoordinator::default().with_key(key).with_error_code(error);
+            if error == 0 {
+                c.with_node_id(node).with_host(host.clone()).with_port(port)
+            } else {
+                c.with_node_id(BrokerId(-1))
+                    .with_error_message(Some(s("only group coordinators are served")))
+            }
+        })
+        .collect();
+    FindCoordinatorResponse::default().with_coordinators(coordinators)
+}
+
+pub(crate) fn join_group(broker: &Arc<Broker>, req: JoinGroupRequest, version: i16, client_id: String) -> Reply {
+    let coordinator = broker.groups.clone();
+    let join = sluice_groups::JoinRequest {
+        group_id: req.group_id.to_string(),
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.map(|i| i.to_string()),
+        client_id,
+        client_host: String::from("/127.0.0.1"),
+        session_timeout_ms: req.session_timeout_ms,
+        // v0 has no rebalance timeout: it equals the session timeout.
+        rebalance_timeout_ms: if version >= 1 {
+            req.rebalance_timeout_ms
+        } else {
+            req.session_timeout_ms
+        },
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    Reply::Later(Box::pin(async move {
+        let r = coordinator.join(join).await;
+        // Fields a version lacks must keep their defaults, or encoding fails.
+        let members = r
+            .members
+            .into_iter()
+            .map(|m| {
+                JoinGroupResponseMember::default()
+                    .with_member_id(s(&m.member_id))
+                    .with_group_instance_id(if version >= 5 {
+                        m.instance_id.map(|i| s(&i))
+                    } else {
+                        None
+                    })
+                    .with_metadata(m.metadata)
+            })
+            .collect();
+        let protocol_name = r.protocol_name.map(|p| s(&p));
+        let resp = JoinGroupResponse::default()
+            .with_error_code(r.error.map_or(0, code))
+            .with_generation_id(r.generation)
+            .with_protocol_type(if version >= 7 {
+                r.protocol_type.map(|t| s(&t))
+            } else {
+                None
+            })
+            .with_protocol_name(if version >= 7 {
+                protocol_name
+            } else {
+                Some(protocol_name.unwrap_or_default())
+            })
+            .with_leader(s(&r.leader))
+            .with_member_id(s(&r.member_id))
+            .with_members(members);
+        ResponseKind::JoinGroup(resp)
+    }))
+}
+
+pub(crate) fn sync_group(broker: &Arc<Broker>, req: SyncGroupRequest, version: i16) -> Reply {
+    let coordinator = broker.groups.clone();
+    let sync = sluice_groups::SyncRequest {
+        group_id: req.group_id.to_string(),
+        generation: req.generation_id,
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.map(|i| i.to_string()),
+        protocol_type: req.protocol_type.map(|t| t.to_string()),
+        protocol_name: req.protocol_name.map(|t| t.to_string()),
+        assignments: req
+            .assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect(),
+    };
+    Reply::Later(Box::pin(async move {
+        let resp = match coordinator.sync(sync).await {
+            Ok((ptype, pname, assignment)) => {
+                let r = SyncGroupResponse::default().with_assignment(assignment);
+                if version >= 5 {
+                    r.with_protocol_type(ptype.map(|t| s(&t)))
+                        .with_protocol_name(pname.map(|t| s(&t)))
+                } else {
+                    r
+                }
+            }
+            Err(e) => SyncGroupResponse::default().with_error_code(code(e)),
+        };
+        ResponseKind::SyncGroup(resp)
+    }))
+}
+
+pub(crate) fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest) -> HeartbeatResponse {
+    let r = broker.groups.heartbeat(
+        req.group_id.as_str(),
+        req.generation_id,
+        req.member_id.as_str(),
+        req.group_instance_id.as_ref().map(|i| i.as_str()),
+    );
+    HeartbeatResponse::default().with_error_code(err_code(&r))
+}
+
+pub(crate) async fn leave_group(broker: &Arc<Broker>, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    // v0-2 name one member; v3+ a batch.
+    let members: Vec<LeaveMember> = if version < 3 {
+        vec![LeaveMember {
+            member_id: req.member_id.to_string(),
+            instance_id: None,
+        }]
+    } else {
+        req.members
+            .iter()
+            .map(|m| LeaveMember {
+                member_id: m.member_id.to_string(),
+                instance_id: m.group_instance_id.as_ref().map(|i| i.to_string()),
+            })
+            .collect()
+    };
+    match broker.groups.leave(req.group_id.as_str(), &members).await {
+        Err(e) => LeaveGroupResponse::default().with_error_code(code(e)),
+        Ok(results) if version < 3 => LeaveGroupResponse::default().with_error_code(err_code(&results[0])),
+        Ok(results) => LeaveGroupResponse::default().with_members(
+            members
+                .iter()
+                .zip(results)
+                .map(|(m, r)| {
+                    MemberResponse::default()
+                        .with_member_id(s(&m.member_id))
+                        .with_group_instance_id(m.instance_id.as_deref().map(s))
+                        .with_error_code(err_code(&r))
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub(crate) async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    // Partitions that do not exist are refused one by one; the rest go to the coordinator.
+    let mut entries = Vec::new();
+    let mut layout: Vec<(TopicName, Vec<(i32, Option<i16>)>)> = Vec::new();
+    for t in &req.topics {
+        let topic = broker.log.topic(t.name.as_str());
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let exists = topic.as_ref().is_some_and(|t| t.partition(p.partition_index).is_some());
+            if exists {
+                entries.push(OffsetEntry {
+                    topic: t.name.to_string(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                });
+                parts.push((p.partition_index, None));
+            } else {
+                parts.push((p.partition_index, Some(ResponseError::UnknownTopicOrPartition.code())));
+            }
+        }
+        layout.push((t.name.clone(), parts));
+    }
+    let commit = CommitRequest {
+        group_id: req.group_id.to_string(),
+        generation: req.generation_id_or_member_epoch,
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.map(|i| i.to_string()),
+        offsets: entries,
+    };
+    let outcome = broker.groups.commit(commit).await;
+    let mut results = match &outcome {
+        Ok(r) => r.iter().map(err_code).collect::<Vec<_>>().into_iter(),
+        Err(_) => Vec::new().into_iter(),
+    };
+    let group_error = outcome.err().map(code);
+    let topics = layout
+        .into_iter()
+        .map(|(name, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(index, refused)| {
+                    let code = refused.or(group_error).unwrap_or_else(|| results.next().unwrap_or(0));
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// One group's committed offsets for the requested partitions (all when `None`).
+async fn fetch_group(
+    broker: &Broker,
+    group: &str,
+    wanted: Option<Vec<(TopicName, Vec<i32>)>>,
+) -> Result<Vec<(TopicName, Vec<(i32, Option<OffsetEntry>)>)>, GroupError> {
+    let committed = broker.groups.fetch_offsets(group).await?;
+    Ok(match wanted {
+        Some(list) => list
+            .into_iter()
+            .map(|(name, parts)| {
+                let found = parts
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            p,
+                            committed
+                                .iter()
+                                .find(|o| o.topic == name.as_str() && o.partition == p)
+                                .cloned(),
+                        )
+                    })
+                    .collect();
+                (name, found)
+            })
+            .collect(),
+        None => {
+            let mut out: Vec<(TopicName, Vec<(i32, Option<OffsetEntry>)>)> = Vec::new();
+            for o in committed {
+                match out.iter_mut().find(|(n, _)| n.as_str() == o.topic) {
+                    Some((_, parts)) => parts.push((o.partition, Some(o))),
+                    None => out.push((TopicName(s(&o.topic)), vec![(o.partition, Some(o))])),
+                }
+            }
+            out
+        }
+    })
+}
+
+pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    let epoch_of = |o: &Option<OffsetEntry>| {
+        if version >= 5 {
+            o.as_ref().map_or(-1, |o| o.leader_epoch)
+        } else {
+            -1
+        }
+    };
+    if version < 8 {
+        let wanted = req
+            .topics
+            .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
+        return match fetch_group(broker, req.group_id.as_str(), wanted).await {
+            Err(e) => OffsetFetchResponse::default().with_error_code(code(e)),
+            Ok(topics) => OffsetFetchResponse::default().with_topics(
+                topics
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        OffsetFetchResponseTopic::default().with_name(name).with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|(p, o)| {
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
+                                        .with_committed_leader_epoch(epoch_of(&o))
+                                        .with_metadata(Some(s(o
+                                            .as_ref()
+                                            .and_then(|o| o.metadata.as_deref())
+                                            .unwrap_or(""))))
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+    }
+    let mut groups = Vec::with_capacity(req.groups.len());
+    for g in req.groups {
+        let wanted = g
+            .topics
+            .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
+        let base = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+        groups.push(match fetch_group(broker, g.group_id.as_str(), wanted).await {
+            Err(e) => base.with_error_code(code(e)),
+            Ok(topics) => base.with_topics(
+                topics
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        OffsetFetchResponseTopics::default().with_name(name).with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|(p, o)| {
+                                    OffsetFetchResponsePartitions::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
+                                        .with_committed_leader_epoch(epoch_of(&o))
+                                        .with_metadata(Some(s(o
+                                            .as_ref()
+                                            .and_then(|o| o.metadata.as_deref())
+                                            .unwrap_or(""))))
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    OffsetFetchResponse::default().with_groups(groups)
+}
+
+pub(crate) async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let parts: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.to_string(), p.partition_index))
+        })
+        .collect();
+    match broker.groups.delete_offsets(req.group_id.as_str(), &parts).await {
+        Err(e) => OffsetDeleteResponse::default().with_error_code(code(e)),
+        Ok(results) => {
+            let mut results = results.into_iter();
+            let topics = req
+                .topics
+                .into_iter()
+                .map(|t| {
+                    let partitions = t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let c = results.next().map_or(0, |r| err_code(&r));
+                            OffsetDeleteResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(c)
+                        })
+                        .collect();
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(t.name)
+                        .with_partitions(partitions)
+                })
+                .collect();
+            OffsetDeleteResponse::default().with_topics(topics)
+        }
+    }
+}
+
+pub(crate) async fn list_groups(broker: &Arc<Broker>, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let groups = match broker.groups.list().await {
+        Ok(g) => g,
+        Err(e) => return ListGroupsResponse::default().with_error_code(code(e)),
+    };
+    let listed = groups
+        .into_iter()
+        .filter(|(_, _, state)| {
+            req.states_filter.is_empty() || req.states_filter.iter().any(|f| f.as_str().eq_ignore_ascii_case(state))
+        })
+        .filter(|_| {
+            req.types_filter.is_empty()
+                || req
+                    .types_filter
+                    .iter()
+                    .any(|f| f.as_str().eq_ignore_ascii_case("classic"))
+        })
+        .map(|(id, ptype, state)| {
+            let g = ListedGroup::default()
+                .with_group_id(GroupId(s(&id)))
+                .with_protocol_type(s(&ptype));
+            let g = if version >= 4 { g.with_group_state(s(state)) } else { g };
+            if version >= 5 {
+                g.with_group_type(s("classic"))
+            } else {
+                g
+            }
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(listed)
+}
+
+pub(crate) async fn describe_groups(
+    broker: &Arc<Broker>,
+    req: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let stored = broker.groups.list().await.unwrap_or_default();
+    let groups = req
+        .groups
+        .into_iter()
+        .map(|id| {
+            let base = DescribedGroup::default().with_group_id(id.clone());
+            match broker.groups.describe(id.as_str()) {
+                Some(g) => base
+                    .with_group_state(s(g.state))
+                    .with_protocol_type(s(&g.protocol_type))
+                    .with_protocol_data(s(&g.protocol))
+                    .with_members(
+                        g.members
+                            .into_iter()
+                            .map(|m| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(s(&m.member_id))
+                                    .with_group_instance_id(if version >= 4 {
+                                        m.instance_id.map(|i| s(&i))
+                                    } else {
+                                        None
+                                    })
+                                    .with_client_id(s(&m.client_id))
+                                    .with_client_host(s(&m.client_host))
+                                    .with_member_metadata(m.metadata)
+                                    .with_member_assignment(m.assignment)
+                            })
+                            .collect(),
+                    ),
+                // Known only by its offsets: Empty. Unknown entirely: Dead, as Kafka reports it.
+                None if stored.iter().any(|(g, _, _)| g == id.as_str()) => base.with_group_state(s("Empty")),
+                None => base.with_group_state(s("Dead")),
+            }
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+pub(crate) async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut results = Vec::with_capacity(req.groups_names.len());
+    for id in req.groups_names {
+        let r = broker.groups.delete(id.as_str()).await;
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(id)
+                .with_error_code(err_code(&r)),
+        );
+    }
+    DeleteGroupsResponse::default().with_results(results)
+}
