@@ -220,7 +220,10 @@ impl MetaStore {
                 .await?;
         }
         if let Some(name) = name {
-            sqlx::query("DELETE FROM group_offsets WHERE topic = ?").bind(name).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM group_offsets WHERE topic = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -551,8 +554,14 @@ impl MetaStore {
     /// Deletes a group and its committed offsets.
     pub async fn delete_group(&self, group_id: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let a = sqlx::query("DELETE FROM groups WHERE group_id = ?").bind(group_id).execute(&mut *tx).await?;
-        let b = sqlx::query("DELETE FROM group_offsets WHERE group_id = ?").bind(group_id).execute(&mut *tx).await?;
+        let a = sqlx::query("DELETE FROM groups WHERE group_id = ?")
+            .bind(group_id)
+            .execute(&mut *tx)
+            .await?;
+        let b = sqlx::query("DELETE FROM group_offsets WHERE group_id = ?")
+            .bind(group_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(a.rows_affected() + b.rows_affected() > 0)
     }
@@ -871,13 +880,23 @@ mod tests {
         m.commit_offsets("g", &[o(0, 6, 200)]).await.unwrap();
         assert_eq!(m.fetch_offsets("g").await.unwrap(), vec![o(0, 6, 200), o(1, 7, 100)]);
         // The group has members (not empty): nothing expires.
-        m.upsert_group(&GroupRow { group_id: "g".into(), protocol_type: "consumer".into(), generation: 1, empty_since_ms: None })
-            .await
-            .unwrap();
+        m.upsert_group(&GroupRow {
+            group_id: "g".into(),
+            protocol_type: "consumer".into(),
+            generation: 1,
+            empty_since_ms: None,
+        })
+        .await
+        .unwrap();
         assert!(m.expire_offsets(1000).await.unwrap().is_empty());
-        m.upsert_group(&GroupRow { group_id: "g".into(), protocol_type: "consumer".into(), generation: 2, empty_since_ms: Some(150) })
-            .await
-            .unwrap();
+        m.upsert_group(&GroupRow {
+            group_id: "g".into(),
+            protocol_type: "consumer".into(),
+            generation: 2,
+            empty_since_ms: Some(150),
+        })
+        .await
+        .unwrap();
         assert_eq!(m.expire_offsets(1000).await.unwrap(), vec!["g".to_string()]);
         assert!(m.fetch_offsets("g").await.unwrap().is_empty());
         assert_eq!(m.list_groups().await.unwrap().len(), 1);

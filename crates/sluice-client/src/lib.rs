@@ -1,0 +1,38 @@
+//! A small async Kafka client built on the `kafka-protocol` crate, used by the
+//! `sluice topic|produce|consume` commands and by `sluice bench`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use sluice_client::{Acks, Client, ProduceRecord, EARLIEST_TIMESTAMP};
+//! let mut client = Client::connect("127.0.0.1:9092").await?;
+//! client.create_topics("events", Some(3), None, &[]).await?;
+//! client
+//!     .produce("events", 0, &[ProduceRecord::new("hello").with_key("k")], Acks::All)
+//!     .await?;
+//! let start = client.list_offsets("events", 0, EARLIEST_TIMESTAMP).await?;
+//! let got = client
+//!     .fetch("events", 0, start, std::time::Duration::from_millis(500), 1 << 20)
+//!     .await?;
+//! assert_eq!(got.records[0].value.as_deref(), Some(&b"hello"[..]));
+//! # Ok(()) }
+//! ```
+
+pub mod cli;
+mod client;
+mod conn;
+pub mod error;
+pub mod partitioner;
+pub mod records;
+
+#[cfg(test)]
+mod mock_tests;
+
+pub use client::{
+    Acks, AlterConfigOp, BrokerInfo, Client, ClientConfig, ClusterMetadata, ConfigEntry, ConfigSource, CreatedTopic,
+    FetchedPartition, IsolationLevel, PartitionInfo, TopicInfo, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+};
+pub use conn::Connection;
+pub use error::KafkaError;
+pub use kafka_protocol::records::Compression;
+pub use partitioner::{murmur2, partition_for_key};
+pub use records::{ConsumedRecord, ProduceRecord};
