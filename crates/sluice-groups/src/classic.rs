@@ -191,7 +191,7 @@ impl Group {
         for m in self.members.values() {
             for (name, meta) in &m.protocols {
                 if Some(name) == self.protocol.as_ref() {
-                    topics.extend(subscription_topics(meta));
+                    topics.extend(crate::protocol::subscription_topics(meta));
                 }
             }
         }
@@ -376,30 +376,6 @@ impl Group {
             empty_since_ms: if self.members.is_empty() { Some(now_ms()) } else { None },
         }
     }
-}
-
-/// Topic names from a consumer protocol subscription (ConsumerProtocolSubscription:
-/// version i16, then an array of strings).
-fn subscription_topics(meta: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    if meta.len() < 6 {
-        return out;
-    }
-    let n = i32::from_be_bytes([meta[2], meta[3], meta[4], meta[5]]);
-    let mut pos = 6;
-    for _ in 0..n.max(0) {
-        if pos + 2 > meta.len() {
-            break;
-        }
-        let len = i16::from_be_bytes([meta[pos], meta[pos + 1]]) as usize;
-        pos += 2;
-        if pos + len > meta.len() {
-            break;
-        }
-        out.push(String::from_utf8_lossy(&meta[pos..pos + len]).into_owned());
-        pos += len;
-    }
-    out
 }
 
 enum Pending<T> {

@@ -9,6 +9,7 @@
 
 mod classic;
 mod offsets;
+pub mod protocol;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};

@@ -1,18 +1,42 @@
-//! HTTP endpoints: `/health` and Prometheus `/metrics`. Later roles (REST
-//! admin, console) merge their routers into [`router`].
+//! HTTP: `/health`, Prometheus `/metrics`, and the REST admin API under
+//! `/api/v1`. Later roles merge their routers into [`router`].
+
+mod groups;
+
+use std::sync::{Arc, LazyLock};
 
 use anyhow::Result;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{register_int_gauge_vec, Encoder, IntGaugeVec, TextEncoder};
+use sluice_groups::Coordinator;
+use sluice_log::Log;
 use tokio::net::TcpListener;
 
-pub fn router() -> Router {
+/// What the HTTP handlers read from.
+pub struct AppState {
+    pub log: Log,
+    pub groups: Coordinator,
+}
+
+static GROUP_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "sluice_group_lag",
+        "Records between a group's committed offset and the partition's high watermark",
+        &["group", "topic", "partition"]
+    )
+    .unwrap()
+});
+
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/api/v1/groups", get(groups::list))
+        .route("/api/v1/groups/{id}", get(groups::describe))
+        .with_state(state)
 }
 
 pub async fn serve(listener: TcpListener, router: Router) -> Result<()> {
@@ -28,7 +52,18 @@ async fn health() -> impl IntoResponse {
     )
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> impl IntoResponse {
+    // Lag is computed at scrape time, so it is never stale.
+    GROUP_LAG.reset();
+    if let Ok(all) = groups::all_lags(&state).await {
+        for (group, lags) in all {
+            for l in lags {
+                GROUP_LAG
+                    .with_label_values(&[group.as_str(), l.topic.as_str(), &l.partition.to_string()])
+                    .set(l.lag);
+            }
+        }
+    }
     let encoder = TextEncoder::new();
     let mut buf = Vec::new();
     match encoder.encode(&prometheus::gather(), &mut buf) {

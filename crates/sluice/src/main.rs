@@ -143,10 +143,14 @@ async fn serve(cfg: Config) -> Result<()> {
         meta = %cfg.meta_url()?,
         "sluice is serving"
     );
+    let http_state = Arc::new(sluice_http::AppState {
+        log: broker.log.clone(),
+        groups: broker.groups.clone(),
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = sluice_kafka::serve(kafka, broker.clone()) => r.context("Kafka listener failed"),
-        r = sluice_http::serve(http, sluice_http::router()) => r.context("HTTP listener failed"),
+        r = sluice_http::serve(http, sluice_http::router(http_state)) => r.context("HTTP listener failed"),
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
         _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
     }
