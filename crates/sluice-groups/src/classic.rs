@@ -393,6 +393,16 @@ impl Coordinator {
         if session < o.min_session_timeout || session > o.max_session_timeout {
             return JoinResponse::error(GroupError::InvalidSessionTimeout, &req.member_id);
         }
+        if self
+            .inner
+            .consumer_groups
+            .lock()
+            .unwrap()
+            .get(&req.group_id)
+            .is_some_and(|g| !g.members.is_empty())
+        {
+            return JoinResponse::error(GroupError::InconsistentGroupProtocol, &req.member_id);
+        }
         let (pending, persist) = {
             let mut groups = self.inner.groups.lock().unwrap();
             let group = groups.entry(req.group_id.clone()).or_insert_with(Group::new);
@@ -528,12 +538,19 @@ impl Coordinator {
     pub async fn list(&self) -> Result<Vec<(String, String, &'static str)>, GroupError> {
         let stored = self.inner.meta.list_groups().await.map_err(|_| GroupError::Storage)?;
         let groups = self.inner.groups.lock().unwrap();
+        let consumers = self.inner.consumer_groups.lock().unwrap();
         let mut out: Vec<(String, String, &'static str)> = groups
             .iter()
+            .filter(|(id, g)| !g.is_empty() || !consumers.contains_key(*id))
             .map(|(id, g)| (id.clone(), g.protocol_type.clone(), g.state.name()))
             .collect();
+        for (id, g) in consumers.iter() {
+            if !out.iter().any(|(o, _, _)| o == id) {
+                out.push((id.clone(), "consumer".into(), g.state_name()));
+            }
+        }
         for row in stored {
-            if !groups.contains_key(&row.group_id) {
+            if !out.iter().any(|(o, _, _)| *o == row.group_id) {
                 out.push((row.group_id, row.protocol_type, State::Empty.name()));
             }
         }
@@ -550,6 +567,13 @@ impl Coordinator {
                     return Err(GroupError::NonEmptyGroup);
                 }
                 groups.remove(group_id);
+            }
+            let mut consumers = self.inner.consumer_groups.lock().unwrap();
+            if let Some(g) = consumers.get(group_id) {
+                if !g.members.is_empty() {
+                    return Err(GroupError::NonEmptyGroup);
+                }
+                consumers.remove(group_id);
             }
         }
         match self.inner.meta.delete_group(group_id).await {

@@ -8,6 +8,7 @@
 //! the metadata store, so another coordinator can take the group over.
 
 mod classic;
+pub mod consumer;
 mod offsets;
 pub mod protocol;
 
@@ -38,6 +39,8 @@ pub enum GroupError {
     OffsetMetadataTooLarge,
     GroupSubscribedToTopic,
     CoordinatorNotAvailable,
+    /// KIP-848: an offset commit carried a member epoch other than the member's.
+    StaleMemberEpoch,
     Storage,
 }
 
@@ -53,6 +56,9 @@ pub struct GroupOptions {
     pub offsets_retention: Duration,
     /// Largest commit metadata string accepted.
     pub max_metadata_bytes: usize,
+    /// KIP-848 groups: session timeout and heartbeat interval the coordinator sets.
+    pub consumer_session_timeout: Duration,
+    pub consumer_heartbeat_interval: Duration,
 }
 
 impl Default for GroupOptions {
@@ -63,6 +69,8 @@ impl Default for GroupOptions {
             initial_rebalance_delay: Duration::from_secs(3),
             offsets_retention: Duration::from_secs(7 * 24 * 3600),
             max_metadata_bytes: 4096,
+            consumer_session_timeout: Duration::from_secs(45),
+            consumer_heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -94,6 +102,7 @@ pub(crate) struct Inner {
     pub meta: MetaStore,
     pub opts: GroupOptions,
     pub groups: Mutex<HashMap<String, classic::Group>>,
+    pub consumer_groups: Mutex<HashMap<String, consumer::ConsumerGroup>>,
 }
 
 impl Coordinator {
@@ -105,8 +114,10 @@ impl Coordinator {
             meta,
             opts,
             groups: Mutex::new(HashMap::new()),
+            consumer_groups: Mutex::new(HashMap::new()),
         });
         tokio::spawn(classic::tick_loop(inner.clone()));
+        tokio::spawn(consumer::tick_loop(inner.clone()));
         tokio::spawn(offsets::expiry_loop(inner.clone()));
         Self { inner }
     }

@@ -43,6 +43,8 @@ const APIS: &[(ApiKey, i16)] = &[
     (ApiKey::ListGroups, 5),
     (ApiKey::DescribeGroups, 5),
     (ApiKey::DeleteGroups, 2),
+    (ApiKey::ConsumerGroupHeartbeat, 1),
+    (ApiKey::ConsumerGroupDescribe, 1),
 ];
 
 /// The version range served for `key`, if it is served at all.
@@ -88,6 +90,8 @@ pub(crate) fn name(key: ApiKey) -> &'static str {
         ApiKey::ListGroups => "ListGroups",
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
+        ApiKey::ConsumerGroupDescribe => "ConsumerGroupDescribe",
         _ => "other",
     }
 }
@@ -167,6 +171,11 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body:
         RequestKind::ListGroups(r) => now(groups::list_groups(broker, r, v).await.into()),
         RequestKind::DescribeGroups(r) => now(groups::describe_groups(broker, r, v).await.into()),
         RequestKind::DeleteGroups(r) => now(groups::delete_groups(broker, r).await.into()),
+        RequestKind::ConsumerGroupHeartbeat(r) => {
+            let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            now(groups::consumer_group_heartbeat(broker, r, v, client_id).await.into())
+        }
+        RequestKind::ConsumerGroupDescribe(r) => now(groups::consumer_group_describe(broker, r).into()),
         _ => anyhow::bail!("API {:?} is not served", header.request_api_key),
     }
 }

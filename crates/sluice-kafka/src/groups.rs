@@ -40,6 +40,7 @@ pub(crate) fn code(e: GroupError) -> i16 {
         GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
         GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::StaleMemberEpoch => ResponseError::StaleMemberEpoch,
         GroupError::Storage => ResponseError::CoordinatorNotAvailable,
     };
     r.code()
@@ -48,6 +49,11 @@ pub(crate) fn code(e: GroupError) -> i16 {
 fn err_code<T>(r: &Result<T, GroupError>) -> i16 {
     r.as_ref().err().map_or(0, |e| code(*e))
 }
+
+/// Per topic, each partition's committed offset (if any).
+type TopicOffsets = Vec<(TopicName, Vec<(i32, Option<OffsetEntry>)>)>;
+/// Per topic, each partition with the error that refused it before the coordinator saw it.
+type CommitLayout = Vec<(TopicName, Vec<(i32, Option<i16>)>)>;
 
 fn s(v: &str) -> StrBytes {
     errors::str(v)
@@ -237,7 +243,7 @@ pub(crate) async fn leave_group(broker: &Arc<Broker>, req: LeaveGroupRequest, ve
 pub(crate) async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> OffsetCommitResponse {
     // Partitions that do not exist are refused one by one; the rest go to the coordinator.
     let mut entries = Vec::new();
-    let mut layout: Vec<(TopicName, Vec<(i32, Option<i16>)>)> = Vec::new();
+    let mut layout: CommitLayout = Vec::new();
     for t in &req.topics {
         let topic = broker.log.topic(t.name.as_str());
         let mut parts = Vec::new();
@@ -296,7 +302,7 @@ async fn fetch_group(
     broker: &Broker,
     group: &str,
     wanted: Option<Vec<(TopicName, Vec<i32>)>>,
-) -> Result<Vec<(TopicName, Vec<(i32, Option<OffsetEntry>)>)>, GroupError> {
+) -> Result<TopicOffsets, GroupError> {
     let committed = broker.groups.fetch_offsets(group).await?;
     Ok(match wanted {
         Some(list) => list
@@ -318,7 +324,7 @@ async fn fetch_group(
             })
             .collect(),
         None => {
-            let mut out: Vec<(TopicName, Vec<(i32, Option<OffsetEntry>)>)> = Vec::new();
+            let mut out: TopicOffsets = Vec::new();
             for o in committed {
                 match out.iter_mut().find(|(n, _)| n.as_str() == o.topic) {
                     Some((_, parts)) => parts.push((o.partition, Some(o))),
@@ -527,4 +533,153 @@ pub(crate) async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest
         );
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// KIP-848: ConsumerGroupHeartbeat, with server-side assignment.
+pub(crate) async fn consumer_group_heartbeat(
+    broker: &Arc<Broker>,
+    req: ConsumerGroupHeartbeatRequest,
+    version: i16,
+    client_id: String,
+) -> ConsumerGroupHeartbeatResponse {
+    use kafka_protocol::messages::consumer_group_heartbeat_response::{Assignment, TopicPartitions};
+    use sluice_groups::consumer::{HeartbeatError, HeartbeatRequest, TopicInfo};
+    let fail = |code: i16, msg: &str| {
+        ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(code)
+            .with_error_message(Some(s(msg)))
+    };
+    // v1+: the client makes up its member id; v0 lets the coordinator do it.
+    if version >= 1 && req.member_id.is_empty() {
+        return fail(ResponseError::InvalidRequest.code(), "member id is required from v1 on");
+    }
+    let topics: TopicInfo = broker
+        .log
+        .topics()
+        .iter()
+        .map(|t| (t.name.clone(), (t.id, t.partition_count())))
+        .collect();
+    let hb = HeartbeatRequest {
+        group_id: req.group_id.to_string(),
+        member_id: req.member_id.to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: req.instance_id.map(|i| i.to_string()),
+        rack_id: req.rack_id.map(|r| r.to_string()),
+        client_id,
+        client_host: String::from("/127.0.0.1"),
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        subscribed_topic_names: req
+            .subscribed_topic_names
+            .map(|n| n.iter().map(|t| t.to_string()).collect()),
+        // An empty regex means none (librdkafka sends "" alongside topic names).
+        subscribed_topic_regex: req
+            .subscribed_topic_regex
+            .filter(|r| !r.is_empty())
+            .map(|r| r.to_string()),
+        server_assignor: req.server_assignor.map(|a| a.to_string()),
+        owned: req.topic_partitions.map(|tps| {
+            tps.into_iter()
+                .map(|tp| (tp.topic_id, tp.partitions.into_iter().collect()))
+                .collect()
+        }),
+    };
+    match broker.groups.consumer_heartbeat(hb, &topics).await {
+        Ok(r) => ConsumerGroupHeartbeatResponse::default()
+            .with_member_id(Some(s(&r.member_id)))
+            .with_member_epoch(r.member_epoch)
+            .with_heartbeat_interval_ms(r.heartbeat_interval_ms)
+            .with_assignment(r.assignment.map(|a| {
+                Assignment::default().with_topic_partitions(
+                    a.into_iter()
+                        .map(|(id, ps)| {
+                            TopicPartitions::default()
+                                .with_topic_id(id)
+                                .with_partitions(ps.into_iter().collect())
+                        })
+                        .collect(),
+                )
+            })),
+        Err(e) => {
+            let (code, msg) = match e {
+                HeartbeatError::UnknownMemberId => (ResponseError::UnknownMemberId, "unknown member"),
+                HeartbeatError::FencedMemberEpoch => {
+                    (ResponseError::FencedMemberEpoch, "member epoch is fenced; rejoin")
+                }
+                HeartbeatError::UnsupportedAssignor => (
+                    ResponseError::UnsupportedAssignor,
+                    "supported assignors: uniform, range",
+                ),
+                HeartbeatError::InvalidRequest(m) => (ResponseError::InvalidRequest, m),
+                HeartbeatError::InvalidRegularExpression => {
+                    (ResponseError::InvalidRegularExpression, "invalid topic regex")
+                }
+                HeartbeatError::GroupIdNotFound => {
+                    (ResponseError::GroupIdNotFound, "the group uses the classic protocol")
+                }
+                HeartbeatError::UnreleasedInstanceId => {
+                    (ResponseError::UnreleasedInstanceId, "instance id still in use")
+                }
+            };
+            fail(code.code(), msg)
+        }
+    }
+}
+
+pub(crate) fn consumer_group_describe(
+    broker: &Arc<Broker>,
+    req: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    use kafka_protocol::messages::consumer_group_describe_response::{
+        Assignment, DescribedGroup as CgDescribed, Member, TopicPartitions,
+    };
+    let to_assignment = |p: &sluice_groups::consumer::Partitions| {
+        Assignment::default().with_topic_partitions(
+            p.iter()
+                .map(|(id, ps)| {
+                    let name = broker.log.topic_by_id(*id).map(|t| t.name.clone()).unwrap_or_default();
+                    TopicPartitions::default()
+                        .with_topic_id(*id)
+                        .with_topic_name(TopicName(s(&name)))
+                        .with_partitions(ps.iter().copied().collect())
+                })
+                .collect(),
+        )
+    };
+    let groups = req
+        .group_ids
+        .into_iter()
+        .map(|id| match broker.groups.describe_consumer_group(id.as_str()) {
+            None => CgDescribed::default()
+                .with_group_id(id)
+                .with_error_code(ResponseError::GroupIdNotFound.code())
+                .with_error_message(Some(s("no such consumer group"))),
+            Some(g) => CgDescribed::default()
+                .with_group_id(id)
+                .with_group_state(s(g.state))
+                .with_group_epoch(g.group_epoch)
+                .with_assignment_epoch(g.assignment_epoch)
+                .with_assignor_name(s(&g.assignor))
+                .with_members(
+                    g.members
+                        .iter()
+                        .map(|m| {
+                            Member::default()
+                                .with_member_id(s(&m.member_id))
+                                .with_instance_id(m.instance_id.as_deref().map(s))
+                                .with_rack_id(m.rack_id.as_deref().map(s))
+                                .with_member_epoch(m.member_epoch)
+                                .with_client_id(s(&m.client_id))
+                                .with_client_host(s(&m.client_host))
+                                .with_subscribed_topic_names(
+                                    m.subscribed_topic_names.iter().map(|t| TopicName(s(t))).collect(),
+                                )
+                                .with_subscribed_topic_regex(m.subscribed_topic_regex.as_deref().map(s))
+                                .with_assignment(to_assignment(&m.assignment))
+                                .with_target_assignment(to_assignment(&m.target_assignment))
+                        })
+                        .collect(),
+                ),
+        })
+        .collect();
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
 }

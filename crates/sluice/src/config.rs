@@ -44,6 +44,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub group_max_session_timeout: Duration,
     pub offsets_retention_minutes: u64,
+    #[serde(with = "humantime_serde")]
+    pub group_consumer_session_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub group_consumer_heartbeat_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +85,8 @@ impl Default for Config {
             group_min_session_timeout: Duration::from_secs(6),
             group_max_session_timeout: Duration::from_secs(1800),
             offsets_retention_minutes: 10080,
+            group_consumer_session_timeout: Duration::from_secs(45),
+            group_consumer_heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -192,6 +198,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MINUTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offsets_retention_minutes: Option<u64>,
+    /// group.consumer.session.timeout.ms: session timeout of members using the consumer protocol (KIP-848). [default: 45s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_consumer_session_timeout: Option<String>,
+    /// group.consumer.heartbeat.interval.ms: how often consumer-protocol members heartbeat. [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_consumer_heartbeat_interval: Option<String>,
 }
 
 /// Maps `SLUICE_FLUSH_INTERVAL` to `flush.interval`, `SLUICE_KAFKA_LISTEN` to `kafka-listen`.
@@ -226,6 +240,8 @@ const ENV_KEYS: &[&str] = &[
     "group_min_session_timeout",
     "group_max_session_timeout",
     "offsets_retention_minutes",
+    "group_consumer_session_timeout",
+    "group_consumer_heartbeat_interval",
 ];
 
 pub fn resolve(args: &ServeArgs) -> Result<Config> {

@@ -113,6 +113,8 @@ async fn serve(cfg: Config) -> Result<()> {
             max_session_timeout: cfg.group_max_session_timeout,
             initial_rebalance_delay: cfg.group_initial_rebalance_delay,
             offsets_retention: std::time::Duration::from_secs(cfg.offsets_retention_minutes * 60),
+            consumer_session_timeout: cfg.group_consumer_session_timeout,
+            consumer_heartbeat_interval: cfg.group_consumer_heartbeat_interval,
             ..Default::default()
         },
     );
