@@ -19,6 +19,8 @@ enum Commands {
     Produce(sluice_client::cli::ProduceArgs),
     /// Read records and print them to stdout, one per line.
     Consume(sluice_client::cli::ConsumeArgs),
+    /// List, describe and delete consumer groups, and reset their offsets.
+    Group(sluice_client::cli::GroupArgs),
 }
 
 #[tokio::main]
@@ -28,6 +30,7 @@ async fn main() -> std::process::ExitCode {
         Commands::Topic(args) => sluice_client::cli::run_topic(args).await,
         Commands::Produce(args) => sluice_client::cli::run_produce(args).await,
         Commands::Consume(args) => sluice_client::cli::run_consume(args).await,
+        Commands::Group(args) => sluice_client::cli::run_group(args).await,
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
-//! `sluice topic`, `sluice produce` and `sluice consume`: clap definitions and
-//! runners. The `sluice` binary wires them in as
+//! `sluice topic`, `sluice produce`, `sluice consume` and `sluice group`: clap
+//! definitions and runners. The `sluice` binary wires them in as
 //! `Commands::Topic(TopicArgs) => run_topic(args).await`, and so on.
 
 use std::collections::BTreeMap;
@@ -13,6 +13,14 @@ use kafka_protocol::error::ResponseError;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::error::response_error;
+
+mod group;
+
+pub use group::{
+    lag, parse_datetime_ms, parse_group_state, parse_topic_spec, reset_offset, run_group, GroupArgs, GroupCommand,
+    ResetOffsetsArgs, ResetTarget, TopicSpec,
+};
+
 use crate::{
     partition_for_key, Acks, AlterConfigOp, Client, ClientConfig, Compression, ConsumedRecord, IsolationLevel,
     ProduceRecord, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
@@ -789,6 +797,7 @@ mod tests {
         Topic(TopicArgs),
         Produce(ProduceArgs),
         Consume(ConsumeArgs),
+        Group(GroupArgs),
     }
 
     fn parse(args: &[&str]) -> Result<Commands, clap::Error> {
@@ -1042,5 +1051,109 @@ mod tests {
         .print(&mut out, &null)
         .unwrap();
         assert_eq!(out, b"\t\t\n");
+    }
+
+    fn parse_group(args: &[&str]) -> Result<GroupArgs, clap::Error> {
+        let mut argv = vec!["group"];
+        argv.extend_from_slice(args);
+        match parse(&argv)? {
+            Commands::Group(g) => Ok(g),
+            other => panic!("not a group command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn group_list_and_describe_parse() {
+        let g = parse_group(&["list"]).unwrap();
+        assert_eq!(g.conn.bootstrap, "127.0.0.1:9092");
+        assert!(matches!(g.command, GroupCommand::List { ref states } if states.is_empty()));
+        let g = parse_group(&[
+            "list",
+            "--state",
+            "stable,EMPTY",
+            "--state",
+            "dead",
+            "--bootstrap",
+            "h:1",
+        ])
+        .unwrap();
+        assert_eq!(g.conn.bootstrap, "h:1");
+        match g.command {
+            GroupCommand::List { states } => assert_eq!(states, ["Stable", "Empty", "Dead"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_group(&["list", "--state", "busy"]).is_err());
+        let g = parse_group(&["--bootstrap", "h:2", "describe", "g1"]).unwrap();
+        assert_eq!(g.conn.bootstrap, "h:2");
+        assert!(matches!(g.command, GroupCommand::Describe { ref group } if group == "g1"));
+        assert!(parse_group(&["describe"]).is_err());
+    }
+
+    #[test]
+    fn group_delete_parses() {
+        match parse_group(&["delete", "a", "b"]).unwrap().command {
+            GroupCommand::Delete { groups } => assert_eq!(groups, ["a", "b"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_group(&["delete"]).is_err());
+        match parse_group(&["delete-offsets", "g", "--topic", "t:1"]).unwrap().command {
+            GroupCommand::DeleteOffsets { group, topics } => {
+                assert_eq!(group, "g");
+                assert_eq!(topics[0].partitions, Some(vec![1]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_group(&["delete-offsets", "g"]).is_err());
+    }
+
+    fn reset(args: &[&str]) -> Result<ResetOffsetsArgs, clap::Error> {
+        let mut argv = vec!["reset-offsets"];
+        argv.extend_from_slice(args);
+        match parse_group(&argv)?.command {
+            GroupCommand::ResetOffsets(r) => Ok(r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn group_reset_offsets_parses() {
+        let r = reset(&["g", "--topic", "a", "--topic", "b:0,2", "--to-earliest", "--dry-run"]).unwrap();
+        assert_eq!(r.group, "g");
+        assert_eq!(
+            r.topics,
+            vec![
+                TopicSpec {
+                    topic: "a".into(),
+                    partitions: None
+                },
+                TopicSpec {
+                    topic: "b".into(),
+                    partitions: Some(vec![0, 2])
+                }
+            ]
+        );
+        assert!(r.dry_run && !r.all_topics);
+        assert_eq!(r.target(), ResetTarget::Earliest);
+
+        let r = reset(&["g", "--all-topics", "--to-latest"]).unwrap();
+        assert!(r.all_topics && !r.dry_run);
+        assert_eq!(r.target(), ResetTarget::Latest);
+
+        let r = reset(&["g", "--all-topics", "--to-datetime", "2026-11-25T10:00:00Z"]).unwrap();
+        assert_eq!(r.target(), ResetTarget::Datetime(1_795_600_800_000));
+        let r = reset(&["g", "--all-topics", "--to-offset", "42"]).unwrap();
+        assert_eq!(r.target(), ResetTarget::Offset(42));
+        let r = reset(&["g", "--all-topics", "--to-offset", "-3"]).unwrap();
+        assert_eq!(r.target(), ResetTarget::Offset(-3));
+
+        // Exactly one target and one scope.
+        assert!(reset(&["g", "--all-topics"]).is_err());
+        assert!(reset(&["g", "--to-earliest"]).is_err());
+        assert!(reset(&["g", "--all-topics", "--to-earliest", "--to-latest"]).is_err());
+        assert!(reset(&["g", "--all-topics", "--to-offset", "1", "--to-datetime", "2026-01-01"]).is_err());
+        assert!(reset(&["g", "--all-topics", "--topic", "t", "--to-earliest"]).is_err());
+        assert!(reset(&["g", "--all-topics", "--to-datetime", "tomorrow"]).is_err());
+        assert!(reset(&["g", "--topic", "t:x", "--to-earliest"]).is_err());
+        assert!(reset(&["--all-topics", "--to-earliest"]).is_err());
     }
 }

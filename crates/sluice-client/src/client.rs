@@ -1,4 +1,4 @@
-//! The client: metadata, admin operations, produce and fetch.
+//! The client: metadata, admin operations, produce, fetch and consumer groups.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -26,6 +26,13 @@ use uuid::Uuid;
 use crate::conn::Connection;
 use crate::error::{check, response_error, KafkaError};
 use crate::records::{decode_fetched, encode_batch, AbortedTxn, ConsumedRecord, ProduceRecord};
+
+mod groups;
+
+pub use groups::{
+    decode_consumer_assignment, decode_consumer_subscription, CommittedOffset, GroupDescription, GroupMember,
+    ListedGroup, GROUP_NOT_EMPTY,
+};
 
 /// `list_offsets` timestamp meaning "the offset the next record will get"
 /// (the high watermark, or the last stable offset under read_committed).
@@ -288,6 +295,8 @@ pub struct Client {
     conns: HashMap<i32, Connection>,
     brokers: BTreeMap<i32, BrokerInfo>,
     topics: HashMap<String, TopicInfo>,
+    /// Coordinator node id by group id.
+    coordinators: HashMap<String, i32>,
 }
 
 impl std::fmt::Debug for Client {
@@ -324,6 +333,7 @@ impl Client {
             conns: HashMap::new(),
             brokers: BTreeMap::new(),
             topics: HashMap::new(),
+            coordinators: HashMap::new(),
         };
         client.bootstrap_conn().await?;
         Ok(client)

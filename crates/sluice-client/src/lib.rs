@@ -1,5 +1,5 @@
 //! A small async Kafka client built on the `kafka-protocol` crate, used by the
-//! `sluice topic|produce|consume` commands and by `sluice bench`.
+//! `sluice topic|produce|consume|group` commands and by `sluice bench`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -28,8 +28,10 @@ pub mod records;
 mod mock_tests;
 
 pub use client::{
-    Acks, AlterConfigOp, BrokerInfo, Client, ClientConfig, ClusterMetadata, ConfigEntry, ConfigSource, CreatedTopic,
-    FetchedPartition, IsolationLevel, PartitionInfo, TopicInfo, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    decode_consumer_assignment, decode_consumer_subscription, Acks, AlterConfigOp, BrokerInfo, Client, ClientConfig,
+    ClusterMetadata, CommittedOffset, ConfigEntry, ConfigSource, CreatedTopic, FetchedPartition, GroupDescription,
+    GroupMember, IsolationLevel, ListedGroup, PartitionInfo, TopicInfo, EARLIEST_TIMESTAMP, GROUP_NOT_EMPTY,
+    LATEST_TIMESTAMP,
 };
 pub use conn::Connection;
 pub use error::KafkaError;

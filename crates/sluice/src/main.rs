@@ -33,6 +33,8 @@ enum Command {
     Produce(sluice_client::cli::ProduceArgs),
     /// Print records of a topic as lines on stdout.
     Consume(sluice_client::cli::ConsumeArgs),
+    /// List, describe and delete consumer groups; show lag; reset committed offsets.
+    Group(sluice_client::cli::GroupArgs),
     /// Offline maintenance of the stores (run with the broker stopped).
     Admin {
         #[command(subcommand)]
@@ -70,6 +72,7 @@ fn run() -> Result<()> {
             Command::Topic(args) => sluice_client::cli::run_topic(args).await,
             Command::Produce(args) => sluice_client::cli::run_produce(args).await,
             Command::Consume(args) => sluice_client::cli::run_consume(args).await,
+            Command::Group(args) => sluice_client::cli::run_group(args).await,
             Command::Admin {
                 command: AdminCommand::RebuildIndex(storage),
             } => {
