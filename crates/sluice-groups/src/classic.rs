@@ -134,6 +134,17 @@ pub(crate) struct Member {
     awaiting_sync: Option<oneshot::Sender<SyncReply>>,
 }
 
+impl Member {
+    /// The member's metadata for the group's chosen protocol.
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
 pub(crate) struct Group {
     pub(crate) state: State,
     pub(crate) protocol_type: String,
@@ -308,12 +319,7 @@ impl Group {
             .map(|m| JoinedMember {
                 member_id: m.id.clone(),
                 instance_id: m.instance_id.clone(),
-                metadata: m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == proto)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default(),
+                metadata: m.metadata_for(&proto),
             })
             .collect()
     }
@@ -522,12 +528,7 @@ impl Coordinator {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == proto)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default(),
+                    metadata: m.metadata_for(&proto),
                     assignment: if stable { m.assignment.clone() } else { Bytes::new() },
                 })
                 .collect(),

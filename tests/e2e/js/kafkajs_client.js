@@ -20,9 +20,23 @@
 //   deleteTopics    {topics:[name]}
 //   produce         {topic, compression:"gzip"|"none", idempotent, acks,
 //                    messages:[{key,value,partition,headers:{k:v},timestamp}]}
+// Consumer groups:
+//   groupConsume    {groupId, topic, consumers:N, partitions:P, expect:count,
+//                    produce:[messages] (sent once the N members together own all P partitions),
+//                    timeoutMs, sessionTimeout, heartbeatInterval, fromBeginning}
+//                   runs N group members (run/eachMessage) in this process until `expect`
+//                   records arrived, lets the per-batch auto-commit finish, disconnects them;
+//                   -> {records:[{consumer,partition,offset,key,value}], assignments:[...], joins:[...]}
+//   listGroups      {}                      -> {groups:[{groupId,protocolType}]}
+//   describeGroups  {groupIds:[...]}        -> {groups:[{groupId,state,protocol,protocolType,errorCode,
+//                                                members:[{memberId,clientId,clientHost,assignment:{topic:[p]}}]}]}
+//   fetchOffsets    {groupId, topics:[...]} -> {topics:[{topic,partitions:[{partition,offset,metadata}]}]}
+//   deleteGroups    {groupIds:[...]}        -> {results:[{groupId,errorCode}]}
+//   resetOffsets    {groupId, topic, earliest}
+//   setOffsets      {groupId, topic, partitions:[{partition,offset}]}
 "use strict";
 
-const { Kafka, CompressionTypes, ConfigResourceTypes, logLevel } = require("kafkajs");
+const { Kafka, CompressionTypes, ConfigResourceTypes, AssignerProtocol, logLevel } = require("kafkajs");
 
 function stderrLogCreator() {
   return ({ namespace, level, label, log }) => {
@@ -41,6 +55,10 @@ function errorInfo(e, depth = 0) {
     retriable: e.retriable === undefined ? null : e.retriable,
     causes: (e.errors || []).map((c) => errorInfo(c, depth + 1)),
     cause: e.cause ? errorInfo(e.cause, depth + 1) : null,
+    // KafkaJSDeleteGroupsError: the per-group failures.
+    groups: Array.isArray(e.groups)
+      ? e.groups.map((g) => ({ groupId: g.groupId, errorCode: g.errorCode, type: g.error ? g.error.type : null }))
+      : undefined,
   };
 }
 
@@ -77,7 +95,7 @@ async function main() {
   const results = [];
   for (const step of input.steps) {
     try {
-      results.push(await runStep(step, admin, getProducer));
+      results.push(await runStep(step, admin, getProducer, kafka));
     } catch (e) {
       results.push({ error: errorInfo(e) });
     }
@@ -87,7 +105,7 @@ async function main() {
   process.stdout.write(JSON.stringify({ results }) + "\n");
 }
 
-async function runStep(step, admin, getProducer) {
+async function runStep(step, admin, getProducer, kafka) {
   switch (step.op) {
     case "createTopics": {
       const created = await admin.createTopics({
@@ -178,8 +196,147 @@ async function runStep(step, admin, getProducer) {
           .sort((a, b) => a.partition - b.partition),
       };
     }
+    case "groupConsume":
+      return await groupConsume(step, kafka, getProducer);
+    case "listGroups": {
+      const { groups } = await admin.listGroups();
+      return { groups: groups.sort((a, b) => (a.groupId < b.groupId ? -1 : 1)) };
+    }
+    case "describeGroups": {
+      const { groups } = await admin.describeGroups(step.groupIds);
+      return {
+        groups: groups.map((g) => ({
+          groupId: g.groupId,
+          errorCode: g.errorCode,
+          state: g.state,
+          protocol: g.protocol,
+          protocolType: g.protocolType,
+          members: g.members.map((m) => ({
+            memberId: m.memberId,
+            clientId: m.clientId,
+            clientHost: m.clientHost,
+            assignment: decodeAssignment(m.memberAssignment),
+          })),
+        })),
+      };
+    }
+    case "fetchOffsets": {
+      const offs = await admin.fetchOffsets({ groupId: step.groupId, topics: step.topics });
+      return {
+        topics: offs.map((t) => ({
+          topic: t.topic,
+          partitions: t.partitions
+            .map((p) => ({ partition: p.partition, offset: String(p.offset), metadata: p.metadata }))
+            .sort((a, b) => a.partition - b.partition),
+        })),
+      };
+    }
+    case "deleteGroups": {
+      const res = await admin.deleteGroups(step.groupIds);
+      return { results: res.map((r) => ({ groupId: r.groupId, errorCode: r.errorCode })) };
+    }
+    case "resetOffsets":
+      await admin.resetOffsets({ groupId: step.groupId, topic: step.topic, earliest: !!step.earliest });
+      return { ok: true };
+    case "setOffsets":
+      await admin.setOffsets({ groupId: step.groupId, topic: step.topic, partitions: step.partitions });
+      return { ok: true };
     default:
       throw new Error(`unknown op ${step.op}`);
+  }
+}
+
+function decodeAssignment(buf) {
+  if (!buf || buf.length === 0) return {};
+  const a = AssignerProtocol.MemberAssignment.decode(buf);
+  return a ? a.assignment : {};
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function groupConsume(step, kafka, getProducer) {
+  const n = step.consumers || 1;
+  const timeoutMs = step.timeoutMs || 60000;
+  const deadline = Date.now() + timeoutMs;
+  const records = [];
+  const joins = [];
+  const current = new Array(n).fill(null);
+  const crashes = [];
+  const consumers = [];
+  for (let i = 0; i < n; i++) {
+    const c = kafka.consumer({
+      groupId: step.groupId,
+      sessionTimeout: step.sessionTimeout || 10000,
+      heartbeatInterval: step.heartbeatInterval || 500,
+      rebalanceTimeout: step.rebalanceTimeout || 20000,
+      maxWaitTimeInMs: 200,
+      retry: { retries: 10, initialRetryTime: 100 },
+    });
+    c.on(c.events.GROUP_JOIN, (e) => {
+      current[i] = { memberId: e.payload.memberId, isLeader: e.payload.isLeader, assignment: e.payload.memberAssignment };
+      joins.push({ consumer: i, ...current[i], groupProtocol: e.payload.groupProtocol });
+    });
+    c.on(c.events.CRASH, (e) => crashes.push({ consumer: i, error: errorInfo(e.payload.error) }));
+    consumers.push(c);
+  }
+  const stopAll = async () => {
+    for (const c of consumers) {
+      try {
+        await c.disconnect();
+      } catch (e) {
+        crashes.push({ disconnect: errorInfo(e) });
+      }
+    }
+  };
+  try {
+    await Promise.all(consumers.map((c) => c.connect()));
+    await Promise.all(consumers.map((c) => c.subscribe({ topics: [step.topic], fromBeginning: step.fromBeginning !== false })));
+    await Promise.all(
+      consumers.map((c, i) =>
+        c.run({
+          eachMessage: async ({ partition, message }) => {
+            records.push({
+              consumer: i,
+              partition,
+              offset: message.offset,
+              key: message.key === null ? null : message.key.toString(),
+              value: message.value === null ? null : message.value.toString(),
+            });
+          },
+        })
+      )
+    );
+    // Wait until the members own every partition between them, each at least one.
+    const owned = () => {
+      const all = [];
+      for (const a of current) {
+        if (!a || !a.assignment[step.topic] || a.assignment[step.topic].length === 0) return null;
+        all.push(...a.assignment[step.topic]);
+      }
+      return all;
+    };
+    while (true) {
+      const all = owned();
+      if (all && all.length === (step.partitions || all.length) && new Set(all).size === all.length) break;
+      if (Date.now() > deadline) throw new Error(`group never settled: ${JSON.stringify(current)}`);
+      await sleep(50);
+    }
+    const settled = current.map((a, i) => ({ consumer: i, memberId: a.memberId, isLeader: a.isLeader, assignment: a.assignment }));
+    if (step.produce) {
+      const producer = await getProducer(true);
+      await producer.send({ topic: step.topic, acks: -1, messages: step.produce });
+    }
+    while (records.length < (step.expect || 0)) {
+      if (Date.now() > deadline) break;
+      await sleep(50);
+    }
+    // Let the commit that follows each batch go out, and any stray duplicates arrive.
+    await sleep(step.settleMs || 1000);
+    await stopAll();
+    return { records, assignments: settled, joins, crashes };
+  } catch (e) {
+    await stopAll();
+    return { error: errorInfo(e), records, joins, crashes };
   }
 }
 
