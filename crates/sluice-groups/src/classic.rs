@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use sluice_meta::{now_ms, GroupRow};
 use tokio::sync::oneshot;
 
@@ -119,6 +120,27 @@ pub struct DescribedGroup {
 }
 
 type SyncReply = Result<(Option<String>, Option<String>, Bytes), GroupError>;
+
+/// What survives a coordinator restart: the last stable generation's members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Snapshot {
+    generation: i32,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: Vec<MemberSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MemberSnapshot {
+    id: String,
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout_ms: u64,
+    rebalance_timeout_ms: u64,
+    protocols: Vec<(String, Vec<u8>)>,
+    assignment: Vec<u8>,
+}
 
 pub(crate) struct Member {
     id: String,
@@ -375,12 +397,78 @@ impl Group {
     }
 
     fn row(&self, id: &str) -> GroupRow {
+        // Membership is stored at the points Kafka stores it: stable, or empty.
+        let members = match self.state {
+            State::Stable | State::Empty => serde_json::to_string(&self.snapshot()).ok(),
+            _ => None,
+        };
         GroupRow {
             group_id: id.to_string(),
             protocol_type: self.protocol_type.clone(),
             generation: self.generation,
             empty_since_ms: if self.members.is_empty() { Some(now_ms()) } else { None },
+            members,
         }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone(),
+            members: self
+                .members
+                .values()
+                .map(|m| MemberSnapshot {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u64,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+                    protocols: m.protocols.iter().map(|(n, b)| (n.clone(), b.to_vec())).collect(),
+                    assignment: m.assignment.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a group from its stored row: stable with its last members
+    /// (their session timers restart now), or empty.
+    pub(crate) fn restore(row: &GroupRow) -> Self {
+        let mut g = Group::new();
+        g.protocol_type = row.protocol_type.clone();
+        g.generation = row.generation;
+        let Some(snap) = row
+            .members
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Snapshot>(j).ok())
+        else {
+            return g;
+        };
+        let now = Instant::now();
+        g.generation = snap.generation;
+        g.protocol = snap.protocol;
+        g.leader = snap.leader;
+        for m in snap.members {
+            g.add_member(Member {
+                id: m.id,
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: Duration::from_millis(m.session_timeout_ms),
+                rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
+                protocols: m.protocols.into_iter().map(|(n, b)| (n, Bytes::from(b))).collect(),
+                assignment: Bytes::from(m.assignment),
+                last_heartbeat: now,
+                awaiting_join: None,
+                awaiting_sync: None,
+            });
+        }
+        if !g.members.is_empty() {
+            g.state = State::Stable;
+        }
+        g
     }
 }
 
@@ -426,11 +514,16 @@ impl Coordinator {
     }
 
     pub async fn sync(&self, req: SyncRequest) -> SyncReply {
-        let pending = {
+        let (pending, row) = {
             let mut groups = self.inner.groups.lock().unwrap();
             let group = groups.get_mut(&req.group_id).ok_or(GroupError::UnknownMemberId)?;
-            sync_locked(group, req)?
+            let before = group.state;
+            let group_id = req.group_id.clone();
+            let p = sync_locked(group, req)?;
+            let stable_now = before != State::Stable && group.state == State::Stable;
+            (p, stable_now.then(|| group.row(&group_id)))
         };
+        self.persist(row).await;
         match pending {
             Pending::Now(r) => r,
             Pending::Wait(rx) => rx.await.unwrap_or(Err(GroupError::RebalanceInProgress)),
@@ -582,6 +675,19 @@ impl Coordinator {
             Ok(false) => Err(GroupError::GroupIdNotFound),
             Err(_) => Err(GroupError::Storage),
         }
+    }
+
+    /// Restores the groups stored by a previous coordinator.
+    pub async fn load(&self) -> anyhow::Result<usize> {
+        let rows = self.inner.meta.list_groups().await?;
+        let mut groups = self.inner.groups.lock().unwrap();
+        let mut n = 0;
+        // Only classic groups store members; KIP-848 groups rejoin on their own.
+        for row in rows.iter().filter(|r| r.members.is_some()) {
+            groups.insert(row.group_id.clone(), Group::restore(row));
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn persist(&self, row: Option<GroupRow>) {

@@ -148,6 +148,7 @@ impl ConsumerGroup {
             protocol_type: "consumer".into(),
             generation: self.epoch,
             empty_since_ms: if self.members.is_empty() { Some(now_ms()) } else { None },
+            members: None,
         }
     }
 

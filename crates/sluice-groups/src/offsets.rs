@@ -68,6 +68,7 @@ impl Coordinator {
                     protocol_type: String::new(),
                     generation: 0,
                     empty_since_ms: Some(now_ms()),
+                    members: None,
                 }),
                 // The coordinator has no such generation (e.g. it restarted): rejoin.
                 None => return Err(GroupError::UnknownMemberId),
@@ -179,15 +180,16 @@ fn validate_commit(g: &Group, req: &CommitRequest) -> Result<(), GroupError> {
             Err(GroupError::UnknownMemberId)
         };
     }
-    if g.state == State::CompletingRebalance {
-        return Err(GroupError::RebalanceInProgress);
-    }
+    // As Kafka: member and generation first, then the group's state.
     check_static(g, &req.member_id, req.instance_id.as_deref())?;
     if !g.has_member(&req.member_id) {
         return Err(GroupError::UnknownMemberId);
     }
     if req.generation != g.generation {
         return Err(GroupError::IllegalGeneration);
+    }
+    if g.state == State::CompletingRebalance {
+        return Err(GroupError::RebalanceInProgress);
     }
     Ok(())
 }

@@ -150,7 +150,8 @@ pub fn verify(object: &Bytes) -> Result<Vec<FooterEntry>, ObjectError> {
         let b = &object[e.position as usize..(e.position + e.length as u64) as usize];
         let ok = batch::crc_ok(b)
             && batch::parse_header(b, 0).is_ok_and(|h| {
-                (&b[0..8]).get_i64() == e.base_offset && e.base_offset + h.last_offset_delta as i64 == e.last_offset
+                (&b[0..8]).get_i64() == e.base_offset
+                    && e.base_offset.checked_add(h.last_offset_delta as i64) == Some(e.last_offset)
             });
         if !ok {
             return Err(ObjectError::BadBatch(e.position));
@@ -210,6 +211,26 @@ mod tests {
         assert_eq!(verify(&Bytes::from(bad)), Err(ObjectError::FooterCrc));
         assert_eq!(verify(&obj.slice(..obj.len() - 1)), Err(ObjectError::BadMagic));
         assert_eq!(parse(b"short"), Err(ObjectError::Short));
+    }
+
+    #[test]
+    fn offsets_at_the_limit_do_not_overflow() {
+        // Found by fuzzing: base offset i64::MAX plus a delta overflowed in verify.
+        let b = make_batch(2, -1, 0, 0, Compression::None);
+        let mut m = BytesMut::from(&b[..]);
+        batch::patch_header(&mut m, i64::MAX, 0);
+        let entry = FooterEntry {
+            topic_id: Uuid::nil(),
+            topic: "t".into(),
+            partition: 0,
+            base_offset: i64::MAX,
+            last_offset: i64::MAX,
+            max_timestamp: 0,
+            position: 0,
+            length: m.len() as u32,
+        };
+        finish(&mut m, &[entry]);
+        assert_eq!(verify(&m.freeze()), Err(ObjectError::BadBatch(0)));
     }
 
     proptest! {

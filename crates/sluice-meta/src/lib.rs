@@ -99,6 +99,8 @@ pub struct GroupRow {
     pub protocol_type: String,
     pub generation: i32,
     pub empty_since_ms: Option<i64>,
+    /// The coordinator's snapshot of the group's members; `None` keeps the stored one.
+    pub members: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,16 +519,18 @@ impl MetaStore {
     /// Records that a group exists (or changed generation), and whether it is empty.
     pub async fn upsert_group(&self, g: &GroupRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO groups (group_id, protocol_type, generation, empty_since_ms, updated_ms) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO groups (group_id, protocol_type, generation, empty_since_ms, updated_ms, members)
+             VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (group_id) DO UPDATE SET protocol_type = excluded.protocol_type,
                generation = excluded.generation, empty_since_ms = excluded.empty_since_ms,
-               updated_ms = excluded.updated_ms",
+               updated_ms = excluded.updated_ms, members = COALESCE(excluded.members, groups.members)",
         )
         .bind(&g.group_id)
         .bind(&g.protocol_type)
         .bind(g.generation)
         .bind(g.empty_since_ms)
         .bind(now_ms())
+        .bind(&g.members)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -534,8 +538,8 @@ impl MetaStore {
 
     pub async fn list_groups(&self) -> Result<Vec<GroupRow>> {
         let rows = sqlx::query(
-            "SELECT group_id, protocol_type, generation, empty_since_ms FROM groups
-             UNION SELECT DISTINCT group_id, '', 0, 0 FROM group_offsets
+            "SELECT group_id, protocol_type, generation, empty_since_ms, members FROM groups
+             UNION SELECT DISTINCT group_id, '', 0, 0, NULL FROM group_offsets
              WHERE group_id NOT IN (SELECT group_id FROM groups) ORDER BY group_id",
         )
         .fetch_all(&self.pool)
@@ -547,6 +551,7 @@ impl MetaStore {
                 protocol_type: r.get(1),
                 generation: r.get(2),
                 empty_since_ms: r.get(3),
+                members: r.get(4),
             })
             .collect())
     }
@@ -885,6 +890,7 @@ mod tests {
             protocol_type: "consumer".into(),
             generation: 1,
             empty_since_ms: None,
+            members: None,
         })
         .await
         .unwrap();
@@ -894,6 +900,7 @@ mod tests {
             protocol_type: "consumer".into(),
             generation: 2,
             empty_since_ms: Some(150),
+            members: None,
         })
         .await
         .unwrap();

@@ -121,6 +121,10 @@ async fn serve(cfg: Config) -> Result<()> {
             ..Default::default()
         },
     );
+    let restored = groups.load().await?;
+    if restored > 0 {
+        tracing::info!(groups = restored, "restored consumer groups");
+    }
     let log = Log::open(meta, store, opts).await?;
     let (host, port) = cfg.advertised()?;
     let broker = Arc::new(Broker {

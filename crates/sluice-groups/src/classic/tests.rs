@@ -9,6 +9,11 @@ use crate::*;
 
 async fn coordinator() -> (tempfile::TempDir, Coordinator) {
     let dir = tempfile::tempdir().unwrap();
+    let c = coordinator_in(&dir).await;
+    (dir, c)
+}
+
+async fn coordinator_in(dir: &tempfile::TempDir) -> Coordinator {
     let meta = MetaStore::open(&format!("sqlite://{}/m.db", dir.path().display()))
         .await
         .unwrap();
@@ -17,7 +22,9 @@ async fn coordinator() -> (tempfile::TempDir, Coordinator) {
         initial_rebalance_delay: Duration::ZERO,
         ..GroupOptions::default()
     };
-    (dir, Coordinator::start(meta, opts))
+    let c = Coordinator::start(meta, opts);
+    c.load().await.unwrap();
+    c
 }
 
 fn join(group: &str, member: &str, instance: Option<&str>, protos: &[&str]) -> JoinRequest {
@@ -258,4 +265,26 @@ async fn offsets_commit_fetch_and_guards() {
     assert_eq!(c.delete("never").await, Err(GroupError::GroupIdNotFound));
     let listed = c.list().await.unwrap();
     assert_eq!(listed, vec![("g".to_string(), "consumer".to_string(), "Stable")]);
+}
+
+#[tokio::test]
+async fn stable_group_survives_a_coordinator_restart() {
+    let (dir, c) = coordinator().await;
+    let a = join_new(&c, "g").await;
+    c.sync(sync(
+        "g",
+        1,
+        &a.member_id,
+        vec![(a.member_id.clone(), Bytes::from_static(b"A"))],
+    ))
+    .await
+    .unwrap();
+    // A new coordinator on the same metadata store: the member carries on in its generation.
+    let c2 = coordinator_in(&dir).await;
+    assert_eq!(c2.heartbeat("g", 1, &a.member_id, None), Ok(()));
+    let s = c2.sync(sync("g", 1, &a.member_id, vec![])).await.unwrap();
+    assert_eq!(s.2, Bytes::from_static(b"A"));
+    let d = c2.describe("g").unwrap();
+    assert_eq!((d.state, d.generation, d.members.len()), ("Stable", 1, 1));
+    drop(c);
 }

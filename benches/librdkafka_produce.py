@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Produce with librdkafka (confluent-kafka) and report throughput, and per-record
+latency (produce() call to delivery report) when --rate is given.
+
+Settings as in issue 5's targets: enable.idempotence=true, acks=all, 1 KiB
+records, 8 partitions (the topic is created if missing). Prints one JSON object
+with --json, else a line of text.
+
+    python3 benches/librdkafka_produce.py --bootstrap 127.0.0.1:9092 --topic t --duration 10
+    python3 benches/librdkafka_produce.py --bootstrap ... --topic t --rate 2000 --linger-ms 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    md = admin.list_topics(timeout=10)
+    if topic in md.topics and md.topics[topic].error is None:
+        return
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    for f in futures.values():
+        try:
+            f.result(timeout=30)
+        except Exception as e:  # noqa: BLE001 - already exists is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
+                raise
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic=topic, timeout=10)
+        t = md.topics.get(topic)
+        if t is not None and t.error is None and len(t.partitions) > 0:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"topic {topic} did not appear")
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return 0.0
+    i = min(len(sorted_vals) - 1, max(0, int(round(q * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[i]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bootstrap", default=os.environ.get("SLUICE_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--record-size", type=int, default=1024)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds to produce")
+    ap.add_argument("--rate", type=float, default=0.0, help="records/s; 0 = as fast as possible")
+    ap.add_argument("--linger-ms", type=float, default=None, help="linger.ms (default: librdkafka's, 5)")
+    ap.add_argument("--acks", default="all")
+    ap.add_argument("--no-idempotence", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    ensure_topic(args.bootstrap, args.topic, args.partitions)
+    conf = {
+        "bootstrap.servers": args.bootstrap,
+        "enable.idempotence": not args.no_idempotence,
+        "acks": args.acks,
+        "compression.type": "none",
+    }
+    if args.linger_ms is not None:
+        conf["linger.ms"] = args.linger_ms
+    p = Producer(conf)
+    value = os.urandom(args.record_size)
+
+    delivered = 0
+    errors = 0
+    first_error = None
+    latencies: list[float] = []
+
+    def on_delivery(err, _msg):
+        nonlocal delivered, errors, first_error
+        if err is None:
+            delivered += 1
+        else:
+            errors += 1
+            first_error = first_error or str(err)
+
+    def timed(t0: float):
+        def cb(err, _msg):
+            on_delivery(err, _msg)
+            if err is None:
+                latencies.append(time.perf_counter() - t0)
+
+        return cb
+
+    # Warm up: metadata and producer id (idempotence) before the clock starts.
+    p.produce(args.topic, value)
+    p.flush(30)
+    delivered = 0
+
+    produce = p.produce
+    poll = p.poll
+    topic = args.topic
+    sent = 0
+    start = time.perf_counter()
+    end = start + args.duration
+    if args.rate > 0:
+        interval = 1.0 / args.rate
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            due = start + sent * interval
+            if due > now:
+                # Serve delivery reports while waiting for the next send time.
+                poll(min(due - now, 0.001))
+                continue
+            produce(topic, value, on_delivery=timed(time.perf_counter()))
+            sent += 1
+            poll(0)
+    else:
+        while True:
+            for _ in range(1000):
+                try:
+                    produce(topic, value, on_delivery=on_delivery)
+                    sent += 1
+                except BufferError:
+                    poll(0.005)
+            poll(0)
+            if time.perf_counter() >= end:
+                break
+    remaining = p.flush(60)
+    elapsed = time.perf_counter() - start
+    out = {
+        "client": "librdkafka " + __import__("confluent_kafka").libversion()[0],
+        "records": delivered,
+        "bytes": delivered * args.record_size,
+        "elapsed_s": round(elapsed, 3),
+        "records_per_sec": round(delivered / elapsed, 1),
+        "mb_per_sec": round(delivered * args.record_size / 1e6 / elapsed, 3),
+        "errors": errors + remaining,
+        "settings": {
+            "enable.idempotence": not args.no_idempotence,
+            "acks": args.acks,
+            "linger.ms": args.linger_ms if args.linger_ms is not None else "default",
+            "record_size": args.record_size,
+            "partitions": args.partitions,
+            "rate": args.rate,
+        },
+    }
+    if first_error:
+        out["first_error"] = first_error
+    if latencies:
+        lat = sorted(x * 1000 for x in latencies)
+        out["latency_ms"] = {
+            "count": len(lat),
+            "p50": round(percentile(lat, 0.5), 3),
+            "p99": round(percentile(lat, 0.99), 3),
+            "p999": round(percentile(lat, 0.999), 3),
+            "max": round(lat[-1], 3),
+            "mean": round(sum(lat) / len(lat), 3),
+        }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        line = f"librdkafka: {delivered} records in {elapsed:.2f} s: {out['records_per_sec']:.1f} records/s, {out['mb_per_sec']:.2f} MB/s"
+        if latencies:
+            l = out["latency_ms"]
+            line += f"; latency ms p50 {l['p50']} p99 {l['p99']} p99.9 {l['p999']} max {l['max']}"
+        print(line)
+    return 1 if out["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
