@@ -117,6 +117,26 @@ def test_garbage_closes_connection(broker, name):
     assert_round_trip(broker)
 
 
+@pytest.mark.parametrize(
+    "name,body",
+    [
+        # Metadata v1 claiming 2^31-1 topics in a 14-byte frame (found by fuzzing: the
+        # protocol crate pre-allocated the claimed count and the broker aborted).
+        ("metadata-v1-array", struct.pack(">hhih", API_METADATA, 1, 1, -1) + struct.pack(">i", 0x7FFFFFFF)),
+        # Metadata v12 (flexible) with a compact array length of 2^31.
+        ("metadata-v12-compact-array", struct.pack(">hhih", API_METADATA, 12, 2, -1) + b"\x00" + b"\x80\x80\x80\x80\x08"),
+    ],
+)
+def test_huge_array_counts_do_not_crash(broker, name, body):
+    topic, expected = good_data(broker)
+    with Wire(broker.bootstrap) as w:
+        w.send_raw(struct.pack(">i", len(body)) + body)
+        assert w.wait_closed(5), f"server kept the connection open after {name}"
+    broker.assert_alive()
+    assert_data_intact(broker, topic, expected)
+    assert_round_trip(broker)
+
+
 def test_huge_length_prefix(broker):
     # Kafka's limit (socket.request.max.bytes) is 100 MiB; all of these are above it.
     rss_before = broker.rss_bytes()
