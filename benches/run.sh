@@ -2,39 +2,48 @@
 # Rerun issue 5's references and benchmarks in one go on this machine, and
 # print each figure next to its reference from the same run.
 #
-#   benches/run.sh              full run (about 3 minutes)
+#   benches/run.sh              one full run (about 3 minutes)
+#   benches/run.sh --runs 3     three full runs; the table shows medians (and
+#                               each run's figure) of values and of ratios
 #   benches/run.sh --quick      CI-sized run (a few seconds per step): checks
 #                               that the benchmark runs; its figures mean little
 #   benches/run.sh --out F      also write every step's JSON to F
-#   benches/run.sh --keep       keep the temporary directory (logs, data)
+#   benches/run.sh --keep       keep the temporary directory (logs, results)
 #
-# Steps: (a) `dd ... conv=fdatasync` sequential-write reference in the temp
-# dir; (b) `sluice serve` on free loopback ports with its data in the same
-# temp dir; (c) `sluice bench produce` (1 KiB, acks=all, 8 partitions,
-# unthrottled), `sluice bench produce --rate 2000 --linger-ms 0` (p99),
-# `sluice bench consume` of the data just produced, librdkafka
+# Each run: (a) references in the temp dir: `dd ... bs=1M count=1024
+# conv=fdatasync` (sequential durable write rate, issue 5's reference), the
+# same with count=4096 (sustained rate; not in --quick), and `dd ... bs=4k
+# oflag=dsync` (latency of one small synchronous write); (b) a fresh `sluice serve` on free loopback
+# ports with its data in the same temp dir; (c) `sluice bench produce`
+# (1 KiB, acks=all, 8 partitions, unthrottled), `sluice bench consume` of the
+# data just produced, `sluice bench produce --rate 2000 --linger-ms 0` (p99),
+# `sluice bench e2e` at the same rate, librdkafka
 # (benches/librdkafka_produce.py: idempotent, acks=all, 1 KiB, 8 partitions)
-# for throughput and for p99 at 2,000 records/s, `sluice bench e2e`, and a
-# consume after a broker restart (tail cache empty); (d) the table.
+# for throughput (then consumed) and for p99 at 2,000 records/s, and a consume
+# after a broker restart (tail cache empty). Then (d) the table
+# (benches/summarize.py). The broker is stopped and the temp dir removed on
+# exit, also on failure or Ctrl-C.
 #
 # Environment:
 #   SLUICE_BIN        broker binary (default $CARGO_TARGET_DIR/release/sluice)
 #   CARGO_TARGET_DIR  default $HOME/.cache/sluice/target
 #   SLUICE_BENCH_BIN  bench binary if `sluice bench` is missing (default: the
 #                     sluice-bench crate's example, built if absent)
-#   TMPDIR            where the temp dir (dd file, broker data) goes
+#   TMPDIR            where the temp dir (dd files, broker data) goes
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QUICK=0
 KEEP=0
 OUT=""
+RUNS=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --keep) KEEP=1 ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        --runs) RUNS="$2"; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -42,11 +51,15 @@ done
 
 if [[ $QUICK -eq 1 ]]; then
     DD_COUNT=256       # MiB
+    DD_LONG_COUNT=0    # MiB; 0 = skip the sustained-write reference
+    DSYNC_COUNT=200    # 4 KiB synchronous writes
     THROUGHPUT_S=3     # seconds per throughput step
     LATENCY_S=3        # seconds per latency step
     E2E_S=3
 else
     DD_COUNT=1024
+    DD_LONG_COUNT=4096
+    DSYNC_COUNT=1000
     THROUGHPUT_S=15
     LATENCY_S=20
     E2E_S=10
@@ -138,7 +151,7 @@ peak_rss_kb() {
     awk '/^VmHWM:/ {print $2}' "/proc/$BROKER_PID/status" 2>/dev/null || echo 0
 }
 
-# step NAME CMD...: run a step whose stdout is one JSON object.
+# step NAME CMD...: run a step whose stdout is one JSON object, into $RES.
 step() {
     local name="$1"
     shift
@@ -150,15 +163,16 @@ step() {
     cat "$RES/$name.json" >&2
 }
 
-echo "sluice benchmarks ($([[ $QUICK -eq 1 ]] && echo quick || echo full)) in $TMP" >&2
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "sluice benchmarks ($([[ $QUICK -eq 1 ]] && echo quick || echo full), $RUNS run(s)) in $TMP" >&2
 
-# (a) the machine's durable sequential write rate.
-log "dd: dd if=/dev/zero of=\$TMP/ddtest bs=1M count=$DD_COUNT conv=fdatasync"
-DD_OUT="$(LC_ALL=C dd if=/dev/zero of="$TMP/ddtest" bs=1M count="$DD_COUNT" conv=fdatasync 2>&1 | tail -n 1)"
-rm -f "$TMP/ddtest"
-echo "$DD_OUT" >&2
-python3 - "$DD_OUT" >"$RES/dd.json" <<'EOF'
+# dd_json OUTFILE DD-ARGS...: run dd in $TMP and record its last line as JSON.
+dd_json() {
+    local out="$1"
+    shift
+    local line
+    line="$(LC_ALL=C dd if=/dev/zero "$@" 2>&1 | tail -n 1)"
+    echo "$line" >&2
+    python3 - "$line" >"$out" <<'EOF'
 import json, re, sys
 line = sys.argv[1]
 m = re.match(r"(\d+) bytes .* copied, ([\d.]+) s", line)
@@ -167,96 +181,74 @@ if not m:
 b, s = int(m.group(1)), float(m.group(2))
 print(json.dumps({"bytes": b, "elapsed_s": s, "mb_per_sec": round(b / 1e6 / s, 1), "dd": line}))
 EOF
+}
 
-# (b) the broker.
-log "broker: sluice serve --data-dir \$TMP/data --kafka-listen $BOOT"
-start_broker
+one_run() {
+    RES="$TMP/results/run$1"
+    mkdir -p "$RES"
+    echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    echo "{\"loadavg_before\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >"$RES/machine.json"
 
-# (c) the benchmarks.
-B=("${BENCH[@]}" --bootstrap "$BOOT" --json)
-step produce "${B[@]}" produce --topic bench-produce --partitions 8 --record-size 1024 --acks all \
-    --duration "${THROUGHPUT_S}s"
-step consume "${B[@]}" consume --topic bench-produce --from-beginning
-step produce_2000 "${B[@]}" produce --topic bench-latency --partitions 8 --record-size 1024 --acks all \
-    --rate 2000 --linger-ms 0 --duration "${LATENCY_S}s"
-step e2e_2000 "${B[@]}" e2e --topic bench-e2e --partitions 8 --record-size 1024 --acks all \
-    --rate 2000 --linger-ms 0 --duration "${E2E_S}s"
-if [[ $HAVE_RDKAFKA -eq 1 ]]; then
-    RK=(python3 "$ROOT/benches/librdkafka_produce.py" --bootstrap "$BOOT" --json --partitions 8 --record-size 1024)
-    step rdkafka "${RK[@]}" --topic bench-rdkafka --duration "$THROUGHPUT_S"
-    step rdkafka_consume "${B[@]}" consume --topic bench-rdkafka --from-beginning
-    step rdkafka_2000 "${RK[@]}" --topic bench-rdkafka-latency --rate 2000 --linger-ms 0 --duration "$LATENCY_S"
-else
-    log "confluent-kafka is not installed: skipping the librdkafka steps"
-fi
-echo "{\"peak_rss_kb\": $(peak_rss_kb)}" >"$RES/broker.json"
-# Cold read: a restarted broker has an empty tail cache (the OS page cache
-# may still hold the files).
-log "restarting the broker (empty tail cache)"
-stop_broker
-start_broker
-step consume_restart "${B[@]}" consume --topic bench-produce --from-beginning
-stop_broker
+    # (a) the machine's durable sequential write rate, and the latency of one
+    # small synchronous write (what each fsync on the produce path costs).
+    log "run $1: dd if=/dev/zero of=\$TMP/ddtest bs=1M count=$DD_COUNT conv=fdatasync"
+    dd_json "$RES/dd.json" of="$TMP/ddtest" bs=1M count="$DD_COUNT" conv=fdatasync
+    rm -f "$TMP/ddtest"
+    if [[ $DD_LONG_COUNT -gt 0 ]]; then
+        # The 1 GiB figure swings (0.4 to 2.4 GB/s here) with the host's write
+        # cache; 4 GiB, about what a produce step writes, is steadier.
+        log "run $1: dd if=/dev/zero of=\$TMP/ddtest bs=1M count=$DD_LONG_COUNT conv=fdatasync"
+        dd_json "$RES/dd_long.json" of="$TMP/ddtest" bs=1M count="$DD_LONG_COUNT" conv=fdatasync
+        rm -f "$TMP/ddtest"
+    fi
+    log "run $1: dd if=/dev/zero of=\$TMP/ddsync bs=4k count=$DSYNC_COUNT oflag=dsync"
+    dd_json "$RES/dsync.json" of="$TMP/ddsync" bs=4k count="$DSYNC_COUNT" oflag=dsync
+    rm -f "$TMP/ddsync"
 
-# (d) the table.
-python3 - "$RES" "$QUICK" "$OUT" <<'EOF'
-import json, os, sys
-res, quick, out = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
-def load(name):
-    p = os.path.join(res, name + ".json")
-    return json.load(open(p)) if os.path.exists(p) else None
-r = {n: load(n) for n in ["dd", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
-                          "rdkafka_consume", "rdkafka_2000", "consume_restart", "broker"]}
-dd = r["dd"]["mb_per_sec"]
-mbs = lambda k: r[k]["mb_per_sec"] if r[k] else None
-# (figure, value, unit, x dd, reference, ratio to reference, target, verdict)
-rows = [("dd conv=fdatasync sequential write", dd, "MB/s", 1.0, "", None, "(reference)", "")]
-def thr(label, key, ref_label=None, ref=None, target=None):
-    x = r[key]
-    if x is None:
-        rows.append((label, None, "MB/s", None, ref_label or "", None, "", "skipped"))
-        return
-    v = x["mb_per_sec"]
-    if ref_label == "dd":
-        ref = dd
-    ratio = v / ref if ref else None
-    verdict = "" if target is None else ("met" if ratio is not None and ratio >= target else "NOT met")
-    tgt = "" if target is None else f">= {target:g} x {ref_label}"
-    rows.append((label, v, f"MB/s, {x['records_per_sec']:.0f} rec/s", v / dd, ref_label or "", ratio, tgt, verdict))
-def lat(label, key, field, target_ms=None):
-    x = r[key]
-    if x is None or field not in x:
-        rows.append((label, None, "ms", None, "", None, "", "skipped"))
-        return
-    l = x[field]
-    v = l["p99"]
-    verdict = "" if target_ms is None else ("met" if v < target_ms else "NOT met")
-    tgt = "" if target_ms is None else f"< {target_ms:g} ms"
-    unit = f"ms p99 (p50 {l['p50']:.2f}, p99.9 {l['p999']:.2f}, max {l['max']:.2f})"
-    rows.append((label, v, unit, None, "", None, tgt, verdict))
-thr("librdkafka produce, idempotent, acks=all", "rdkafka", "dd", target=0.6)
-thr("sluice bench produce, acks=all", "produce", "dd", target=0.6)
-thr("consume just produced (librdkafka's data)", "rdkafka_consume", "librdkafka produce", mbs("rdkafka"), 1.0)
-thr("consume just produced (sluice bench's data)", "consume", "sluice bench produce", mbs("produce"), 1.0)
-thr("consume after broker restart (tail cache empty)", "consume_restart")
-lat("librdkafka produce @ 2000 rec/s, linger 0", "rdkafka_2000", "latency_ms", 5.0)
-lat("sluice bench produce @ 2000 rec/s, linger 0", "produce_2000", "latency_ms", 5.0)
-lat("sluice bench e2e @ 2000 rec/s (produce to consume)", "e2e_2000", "e2e_latency_ms")
-def num(v):
-    return "-" if v is None else (f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}")
-hdr = ("figure", "value", "unit", "x dd", "reference", "ratio", "target", "")
-table = [hdr] + [(a, num(b), c, num(d), e, num(f) if f is not None else "", g, h) for a, b, c, d, e, f, g, h in rows]
-w = [max(len(str(row[i])) for row in table) for i in range(len(hdr))]
-print()
-print("QUICK run: the figures only show that the benchmark runs" if quick else "full run")
-for i, row in enumerate(table):
-    print("  ".join(str(c).rjust(w[k]) if k in (1, 3, 5) and i else str(c).ljust(w[k]) for k, c in enumerate(row)).rstrip())
-    if i == 0:
-        print("  ".join("-" * x for x in w))
-if r["broker"]:
-    print(f"broker peak RSS during the produce/consume steps: {r['broker']['peak_rss_kb'] / 1024:.0f} MiB")
-if out:
-    with open(out, "w") as f:
-        json.dump(r, f, indent=2)
-    print(f"results written to {out}")
-EOF
+    # (b) a fresh broker.
+    rm -rf "$TMP/data"
+    log "run $1: sluice serve --data-dir \$TMP/data --kafka-listen $BOOT"
+    start_broker
+
+    # (c) the benchmarks.
+    local B=("${BENCH[@]}" --bootstrap "$BOOT" --json)
+    step produce "${B[@]}" produce --topic bench-produce --partitions 8 --record-size 1024 --acks all \
+        --duration "${THROUGHPUT_S}s"
+    step consume "${B[@]}" consume --topic bench-produce --from-beginning
+    step produce_2000 "${B[@]}" produce --topic bench-latency --partitions 8 --record-size 1024 --acks all \
+        --rate 2000 --linger-ms 0 --duration "${LATENCY_S}s"
+    step e2e_2000 "${B[@]}" e2e --topic bench-e2e --partitions 8 --record-size 1024 --acks all \
+        --rate 2000 --linger-ms 0 --duration "${E2E_S}s"
+    if [[ $HAVE_RDKAFKA -eq 1 ]]; then
+        local RK=(python3 "$ROOT/benches/librdkafka_produce.py" --bootstrap "$BOOT" --json --partitions 8
+            --record-size 1024)
+        step rdkafka "${RK[@]}" --topic bench-rdkafka --duration "$THROUGHPUT_S"
+        step rdkafka_consume "${B[@]}" consume --topic bench-rdkafka --from-beginning
+        step rdkafka_2000 "${RK[@]}" --topic bench-rdkafka-latency --rate 2000 --linger-ms 0 \
+            --duration "$LATENCY_S"
+    else
+        log "confluent-kafka is not installed: skipping the librdkafka steps"
+    fi
+    echo "{\"peak_rss_kb\": $(peak_rss_kb)}" >"$RES/broker.json"
+    # Cold read: a restarted broker has an empty tail cache (the OS page
+    # cache may still hold the files).
+    log "run $1: restarting the broker (empty tail cache)"
+    stop_broker
+    start_broker
+    step consume_restart "${B[@]}" consume --topic bench-produce --from-beginning
+    stop_broker
+    rm -rf "$TMP/data"
+}
+
+DIRS=()
+for k in $(seq "$RUNS"); do
+    one_run "$k"
+    DIRS+=("$TMP/results/run$k")
+done
+
+# (d) the table: medians over the runs of each figure and of its ratio to
+# the reference measured in the same run.
+ARGS=()
+[[ $QUICK -eq 1 ]] && ARGS+=(--quick)
+[[ -n "$OUT" ]] && ARGS+=(--out "$OUT")
+python3 "$ROOT/benches/summarize.py" "${ARGS[@]}" "${DIRS[@]}"

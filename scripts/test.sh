@@ -154,4 +154,7 @@ elif [[ $rc -ne 0 ]]; then
     die "end-to-end tests failed (pytest exit $rc)"
 fi
 
+banner "benchmark smoke run (benches/run.sh --quick; figures are not asserted)"
+SLUICE_BIN="$SLUICE_BIN" bash benches/run.sh --quick || die "benchmark smoke run failed"
+
 banner "all tests passed"

@@ -35,6 +35,8 @@ enum Command {
     Consume(sluice_client::cli::ConsumeArgs),
     /// List, describe and delete consumer groups; show lag; reset committed offsets.
     Group(sluice_client::cli::GroupArgs),
+    /// Load generator: produce, consume and end-to-end throughput and latency percentiles.
+    Bench(sluice_bench::BenchArgs),
     /// Offline maintenance of the stores (run with the broker stopped).
     Admin {
         #[command(subcommand)]
@@ -73,6 +75,7 @@ fn run() -> Result<()> {
             Command::Produce(args) => sluice_client::cli::run_produce(args).await,
             Command::Consume(args) => sluice_client::cli::run_consume(args).await,
             Command::Group(args) => sluice_client::cli::run_group(args).await,
+            Command::Bench(args) => sluice_bench::run_bench(args).await,
             Command::Admin {
                 command: AdminCommand::RebuildIndex(storage),
             } => {

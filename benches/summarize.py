@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Print the table of benches/run.sh from its result directories (one per run).
+
+Every figure is shown with its reference from the same run and the ratio;
+with several runs, the value and the ratio are medians over the runs (the
+median ratio is the median of the per-run ratios), and each run's figure is
+listed. Targets are issue 5's.
+
+    python3 benches/summarize.py [--quick] [--out FILE] RESULTS_DIR...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+STEPS = ["machine", "dd", "dd_long", "dsync", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
+         "rdkafka_consume", "rdkafka_2000", "consume_restart", "broker"]
+
+
+def load(d: str) -> dict:
+    r = {}
+    for n in STEPS:
+        p = os.path.join(d, n + ".json")
+        r[n] = json.load(open(p)) if os.path.exists(p) else None
+    return r
+
+
+def dsync_ms(r: dict) -> float | None:
+    x = r["dsync"]
+    if not x:
+        return None
+    writes = x["bytes"] / 4096
+    return x["elapsed_s"] / writes * 1000 if writes else None
+
+
+class Row:
+    """One figure: per-run values and ratios to a same-run reference."""
+
+    def __init__(self, label, unit, ref_label="", target=None, kind="ratio"):
+        self.label, self.unit, self.ref_label, self.target, self.kind = label, unit, ref_label, target, kind
+        self.values: list[float] = []
+        self.x_dd: list[float] = []
+        self.x_dd_long: list[float] = []
+        self.ratios: list[float] = []
+        self.detail: list[str] = []
+
+    def median(self, xs):
+        return statistics.median(xs) if xs else None
+
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        if self.kind == "ratio":
+            m = self.median(self.ratios)
+            if m is None:
+                return ""
+            if m >= self.target:
+                return "met"
+            # The 1 GiB dd swings with the host's write cache: say so when
+            # the sustained (4 GiB) reference would be met.
+            m4 = self.median(self.x_dd_long)
+            if self.ref_label == "dd" and m4 is not None and m4 >= self.target:
+                return "met vs dd 4G only"
+            return "NOT met"
+        m = self.median(self.values)
+        return "" if m is None else ("met" if m < self.target else "NOT met")
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return ""
+        if self.kind == "ratio":
+            return f">= {self.target:g} x {self.ref_label}"
+        return f"< {self.target:g} ms"
+
+
+def build(runs: list[dict]) -> list[Row]:
+    rows = {}
+
+    def row(key, *a, **k):
+        if key not in rows:
+            rows[key] = Row(*a, **k)
+        return rows[key]
+
+    for r in runs:
+        dd = r["dd"]["mb_per_sec"]
+        ref_mbs = {"dd": dd}
+        rw = row("dd", "dd conv=fdatasync sequential write", "MB/s")
+        rw.values.append(dd)
+        rw.x_dd.append(1.0)
+        dd_long = r["dd_long"]["mb_per_sec"] if r.get("dd_long") else None
+        if dd_long:
+            rw = row("dd_long", "dd 4 GiB conv=fdatasync (sustained)", "MB/s")
+            rw.values.append(dd_long)
+            rw.x_dd.append(dd_long / dd)
+            rw.x_dd_long.append(1.0)
+        ds = dsync_ms(r)
+        if ds is not None:
+            rw = row("dsync", "dd 4k oflag=dsync, one synchronous write", "ms")
+            rw.values.append(ds)
+
+        def thr(key, label, ref_label=None, target=None):
+            rw = row(key, label, "MB/s", ref_label or "", target)
+            x = r[key]
+            if x is None:
+                return None
+            v = x["mb_per_sec"]
+            rw.values.append(v)
+            rw.x_dd.append(v / dd)
+            if dd_long:
+                rw.x_dd_long.append(v / dd_long)
+            rw.detail.append(f"{x['records_per_sec']:.0f} rec/s")
+            if ref_label and ref_mbs.get(ref_label):
+                rw.ratios.append(v / ref_mbs[ref_label])
+            return v
+
+        ref_mbs["librdkafka produce"] = thr("rdkafka", "librdkafka produce, idempotent, acks=all", "dd", 0.6)
+        ref_mbs["sluice bench produce"] = thr("produce", "sluice bench produce, acks=all", "dd", 0.6)
+        thr("rdkafka_consume", "consume just produced (librdkafka's data)", "librdkafka produce", 1.0)
+        thr("consume", "consume just produced (sluice bench's data)", "sluice bench produce", 1.0)
+        thr("consume_restart", "consume after broker restart (tail cache empty)", "dd")
+
+        def lat(key, label, field, target=None):
+            rw = row(key, label, "ms p99", "", target, kind="latency")
+            x = r[key]
+            if x is None or field not in x:
+                return
+            l = x[field]
+            rw.values.append(l["p99"])
+            rw.detail.append(f"p50 {l['p50']:.1f} p99.9 {l['p999']:.1f} max {l['max']:.1f}")
+
+        lat("rdkafka_2000", "librdkafka produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
+        x = r["rdkafka_2000"]
+        if x and "librdkafka_rtt_ms" in x:
+            rw = row("rdkafka_rtt", "  librdkafka's own Produce rtt (its stats)", "ms p99", "", 5.0, kind="latency")
+            t = x["librdkafka_rtt_ms"]
+            rw.values.append(t["median_window_p99"])
+            rw.detail.append(f"p50 {t['median_window_p50']:.1f} (median of 1 s windows) max {t['max']:.1f}")
+        lat("produce_2000", "sluice bench produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
+        lat("e2e_2000", "sluice bench e2e @ 2000 rec/s (produce to consume)", "e2e_latency_ms")
+        if r["broker"]:
+            rw = row("rss", "broker peak RSS (produce/consume steps)", "MiB")
+            rw.values.append(r["broker"]["peak_rss_kb"] / 1024)
+    return list(rows.values())
+
+
+def num(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out")
+    ap.add_argument("dirs", nargs="+")
+    args = ap.parse_args()
+    runs = [load(d) for d in args.dirs]
+    rows = build(runs)
+    n = len(runs)
+    hdr = ("figure", "median" if n > 1 else "value", "unit", "x dd", "x dd 4G", "reference", "ratio", "target", "",
+           "per run")
+    table = [hdr]
+    for rw in rows:
+        if not rw.values:
+            table.append((rw.label, "-", rw.unit, "", "", rw.ref_label, "", rw.target_text(), "skipped", ""))
+            continue
+        per_run = ", ".join(num(v) for v in rw.values) if n > 1 else ""
+        if rw.detail and n == 1:
+            per_run = rw.detail[0]
+        table.append((
+            rw.label,
+            num(rw.median(rw.values)),
+            rw.unit,
+            num(rw.median(rw.x_dd)) if rw.x_dd else "",
+            num(rw.median(rw.x_dd_long)) if rw.x_dd_long else "",
+            rw.ref_label,
+            num(rw.median(rw.ratios)) if rw.ratios else "",
+            rw.target_text(),
+            rw.verdict(),
+            per_run,
+        ))
+    w = [max(len(str(row[i])) for row in table) for i in range(len(hdr))]
+    print()
+    if args.quick:
+        print("QUICK run: the figures only show that the benchmark runs")
+    else:
+        print(f"{n} full run(s)" + (": medians over the runs; ratios are medians of same-run ratios" if n > 1 else ""))
+    for i, row in enumerate(table):
+        cells = [str(c).rjust(w[k]) if k in (1, 3, 4, 6) and i else str(c).ljust(w[k]) for k, c in enumerate(row)]
+        print("  ".join(cells).rstrip())
+        if i == 0:
+            print("  ".join("-" * x for x in w))
+    loads = [r["machine"]["loadavg_before"] for r in runs if r.get("machine")]
+    if loads:
+        print("load average before each run: " + "; ".join(loads))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"runs": runs}, f, indent=2)
+        print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
