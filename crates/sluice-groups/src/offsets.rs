@@ -38,25 +38,19 @@ impl Coordinator {
             return Err(GroupError::InvalidGroupId);
         }
         let new_row = {
-            let consumers = self.inner.consumer_groups.lock().unwrap();
-            if let Some(cg) = consumers.get(&req.group_id).filter(|g| !g.members.is_empty()) {
-                // KIP-848 group: the commit's generation is the member's epoch.
-                match cg.members.get(&req.member_id) {
-                    _ if req.generation < 0 && req.member_id.is_empty() => return Err(GroupError::UnknownMemberId),
-                    None => return Err(GroupError::UnknownMemberId),
-                    Some(m) if m.epoch != req.generation => return Err(GroupError::StaleMemberEpoch),
-                    Some(_) => {}
+            // A member of a KIP-848 group: the commit's generation is its member epoch.
+            let consumer_member = {
+                let consumers = self.inner.consumer_groups.lock().unwrap();
+                match consumers.get(&req.group_id).filter(|g| !g.members.is_empty()) {
+                    None => false,
+                    Some(cg) => match cg.members.get(&req.member_id) {
+                        None => return Err(GroupError::UnknownMemberId),
+                        Some(m) if m.epoch != req.generation => return Err(GroupError::StaleMemberEpoch),
+                        Some(_) => true,
+                    },
                 }
-            }
-            drop(consumers);
+            };
             let mut groups = self.inner.groups.lock().unwrap();
-            let consumer_member = self
-                .inner
-                .consumer_groups
-                .lock()
-                .unwrap()
-                .get(&req.group_id)
-                .is_some_and(|g| g.members.contains_key(&req.member_id));
             match groups.get_mut(&req.group_id) {
                 _ if consumer_member => None,
                 Some(g) => {
