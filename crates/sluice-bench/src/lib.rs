@@ -376,7 +376,11 @@ async fn bench_consume(common: &CommonArgs, a: &ConsumeArgs) -> Result<Report> {
         max_wait: Duration::from_millis(a.max_wait_ms),
     };
     let control = Arc::new(ConsumeControl::default());
-    let progress = report_interval(common).map(|every| tokio::spawn(consume_progress(control.clone(), every)));
+    let progress = report_interval(common).map(|every| {
+        let c = control.clone();
+        let read = move || (c.records.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed));
+        tokio::spawn(report::print_progress(read, every, Instant::now()))
+    });
     let (started, ended) = consumer::consume(
         &common.bootstrap,
         &a.topic,
@@ -417,26 +421,6 @@ async fn bench_consume(common: &CommonArgs, a: &ConsumeArgs) -> Result<Report> {
         r.extra.push(("records_available_at_start".into(), json!(available)));
     }
     Ok(r)
-}
-
-async fn consume_progress(control: Arc<ConsumeControl>, every: Duration) {
-    let start = Instant::now();
-    let mut tick = tokio::time::interval_at((start + every).into(), every);
-    let (mut records, mut bytes, mut at) = (0u64, 0u64, start);
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let r = control.records.load(Ordering::Relaxed);
-        let b = control.bytes.load(Ordering::Relaxed);
-        let dt = now.duration_since(at).as_secs_f64().max(1e-9);
-        eprintln!(
-            "{:7.1} s: {:.1} records/s, {:.2} MB/s",
-            now.duration_since(start).as_secs_f64(),
-            (r - records) as f64 / dt,
-            (b - bytes) as f64 / 1e6 / dt
-        );
-        (records, bytes, at) = (r, b, now);
-    }
 }
 
 fn clamp_i32(v: u64) -> i32 {

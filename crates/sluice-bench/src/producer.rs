@@ -280,9 +280,11 @@ pub async fn run_producer(s: &ProducerSettings) -> Result<ProducerOutcome> {
     for client in clients {
         senders.push(tokio::spawn(sender(client, shared.clone(), s.clone())));
     }
-    let progress = s
-        .report_interval
-        .map(|every| tokio::spawn(progress(shared.clone(), every, start)));
+    let progress = s.report_interval.map(|every| {
+        let sh = shared.clone();
+        let read = move || (sh.acked.load(Ordering::Relaxed), sh.acked_bytes.load(Ordering::Relaxed));
+        tokio::spawn(crate::report::print_progress(read, every, start))
+    });
     let max_generator_lag = generate(&shared, s, start).await;
     let mut out = ProducerOutcome {
         acked: 0,
@@ -466,25 +468,6 @@ async fn sender(mut client: Client, shared: Arc<Shared>, s: ProducerSettings) ->
         }
     }
     st
-}
-
-async fn progress(shared: Arc<Shared>, every: Duration, start: Instant) {
-    let mut tick = tokio::time::interval_at((start + every).into(), every);
-    let (mut records, mut bytes, mut at) = (0u64, 0u64, start);
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let r = shared.acked.load(Ordering::Relaxed);
-        let b = shared.acked_bytes.load(Ordering::Relaxed);
-        let dt = now.duration_since(at).as_secs_f64().max(1e-9);
-        eprintln!(
-            "{:7.1} s: {:.1} records/s, {:.2} MB/s",
-            now.duration_since(start).as_secs_f64(),
-            (r - records) as f64 / dt,
-            (b - bytes) as f64 / 1e6 / dt
-        );
-        (records, bytes, at) = (r, b, now);
-    }
 }
 
 #[cfg(test)]

@@ -246,6 +246,26 @@ impl Report {
     }
 }
 
+/// Prints interim throughput to stderr every `every` from `start`, reading
+/// the cumulative (records, bytes) counters with `read`. Runs until aborted.
+pub async fn print_progress(read: impl Fn() -> (u64, u64), every: Duration, start: std::time::Instant) {
+    let mut tick = tokio::time::interval_at((start + every).into(), every);
+    let (mut records, mut bytes, mut at) = (0u64, 0u64, start);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        let (r, b) = read();
+        let dt = now.duration_since(at).as_secs_f64().max(1e-9);
+        eprintln!(
+            "{:7.1} s: {:.1} records/s, {:.2} MB/s",
+            now.duration_since(start).as_secs_f64(),
+            (r - records) as f64 / dt,
+            (b - bytes) as f64 / 1e6 / dt
+        );
+        (records, bytes, at) = (r, b, now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
