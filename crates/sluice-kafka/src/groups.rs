@@ -336,14 +336,26 @@ async fn fetch_group(
     })
 }
 
+/// A partition's committed offset as OffsetFetch reports it: -1 when none.
+fn committed_offset(o: &Option<OffsetEntry>) -> i64 {
+    o.as_ref().map_or(-1, |o| o.offset)
+}
+
+/// The committed leader epoch; the field exists from v5 on.
+fn committed_epoch(o: &Option<OffsetEntry>, version: i16) -> i32 {
+    if version >= 5 {
+        o.as_ref().map_or(-1, |o| o.leader_epoch)
+    } else {
+        -1
+    }
+}
+
+/// Commit metadata; an empty string when none was stored.
+fn committed_metadata(o: &Option<OffsetEntry>) -> StrBytes {
+    s(o.as_ref().and_then(|o| o.metadata.as_deref()).unwrap_or(""))
+}
+
 pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
-    let epoch_of = |o: &Option<OffsetEntry>| {
-        if version >= 5 {
-            o.as_ref().map_or(-1, |o| o.leader_epoch)
-        } else {
-            -1
-        }
-    };
     if version < 8 {
         let wanted = req
             .topics
@@ -360,12 +372,9 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
                                 .map(|(p, o)| {
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
-                                        .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
-                                        .with_committed_leader_epoch(epoch_of(&o))
-                                        .with_metadata(Some(s(o
-                                            .as_ref()
-                                            .and_then(|o| o.metadata.as_deref())
-                                            .unwrap_or(""))))
+                                        .with_committed_offset(committed_offset(&o))
+                                        .with_committed_leader_epoch(committed_epoch(&o, version))
+                                        .with_metadata(Some(committed_metadata(&o)))
                                 })
                                 .collect(),
                         )
@@ -392,12 +401,9 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
                                 .map(|(p, o)| {
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(p)
-                                        .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
-                                        .with_committed_leader_epoch(epoch_of(&o))
-                                        .with_metadata(Some(s(o
-                                            .as_ref()
-                                            .and_then(|o| o.metadata.as_deref())
-                                            .unwrap_or(""))))
+                                        .with_committed_offset(committed_offset(&o))
+                                        .with_committed_leader_epoch(committed_epoch(&o, version))
+                                        .with_metadata(Some(committed_metadata(&o)))
                                 })
                                 .collect(),
                         )
