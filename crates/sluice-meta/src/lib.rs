@@ -7,14 +7,16 @@
 //! in this file.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use uuid::Uuid;
+
+mod cluster;
+pub use cluster::{BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -113,40 +115,84 @@ pub struct CommittedOffset {
     pub commit_ms: i64,
 }
 
+/// Which SQL dialect the store speaks. Statements are shared; only what
+/// cannot be written portably (connection setup, DDL, the clock) differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The database server's clock in Unix milliseconds, as an SQL expression.
+    /// Leases are timed on it so that brokers' clocks never need to agree.
+    fn now_ms_sql(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MetaStore {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl MetaStore {
-    /// Opens (creating if needed) the store at `url` and applies migrations.
+    /// Opens the store at `url` (`sqlite://PATH`, created if missing, or
+    /// `postgres://...`) and applies migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        if !url.starts_with("sqlite:") {
-            bail!("unsupported metadata store URL {url:?}: expected sqlite://PATH");
-        }
-        let opts = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("bad sqlite URL {url:?}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit acknowledged to a producer survives power loss too.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(path) = url.strip_prefix("sqlite:") {
+            // rwc: create the file if it is missing.
+            let sep = if path.contains('?') { '&' } else { '?' };
+            (Backend::Sqlite, format!("sqlite:{path}{sep}mode=rwc"))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            bail!("unsupported metadata store URL {url:?}: expected sqlite://PATH or postgres://...");
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL for concurrent readers; FULL so that a commit acknowledged to a
+                        // producer survives power loss too.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
-            .with_context(|| format!("opening metadata store {url}"))?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .context("migrating metadata store")?;
-        Ok(Self { pool })
+            .with_context(|| format!("opening metadata store {}", redact(&url)))?;
+        let migrated = match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await,
+        };
+        migrated.context("migrating metadata store")?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for modules that keep their own tables in this store.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// The cluster id, created on first use.
     pub async fn cluster_id(&self) -> Result<String> {
         let fresh = Uuid::new_v4().simple().to_string();
-        sqlx::query("INSERT INTO cluster (key, value) VALUES ('cluster_id', ?) ON CONFLICT (key) DO NOTHING")
+        sqlx::query("INSERT INTO cluster (key, value) VALUES ('cluster_id', $1) ON CONFLICT (key) DO NOTHING")
             .bind(&fresh)
             .execute(&self.pool)
             .await?;
@@ -181,7 +227,7 @@ impl MetaStore {
         };
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO topics (topic_id, name, partitions, configs, created_ms) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO topics (topic_id, name, partitions, configs, created_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(topic.id.to_string())
@@ -196,6 +242,7 @@ impl MetaStore {
             return Ok(None);
         }
         insert_partitions(&mut tx, topic.id, 0, partitions).await?;
+        bump_topology(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(topic))
     }
@@ -205,28 +252,29 @@ impl MetaStore {
     pub async fn delete_topic(&self, topic_id: Uuid) -> Result<bool> {
         let id = topic_id.to_string();
         let mut tx = self.pool.begin().await?;
-        let name: Option<String> = sqlx::query("SELECT name FROM topics WHERE topic_id = ?")
+        let name: Option<String> = sqlx::query("SELECT name FROM topics WHERE topic_id = $1")
             .bind(&id)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| r.get(0));
-        let n = sqlx::query("DELETE FROM topics WHERE topic_id = ?")
+        let n = sqlx::query("DELETE FROM topics WHERE topic_id = $1")
             .bind(&id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         for table in ["partitions", "partition_epochs", "batches", "producer_state"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE topic_id = ?"))
+            sqlx::query(&format!("DELETE FROM {table} WHERE topic_id = $1"))
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(name) = name {
-            sqlx::query("DELETE FROM group_offsets WHERE topic = ?")
+            sqlx::query("DELETE FROM group_offsets WHERE topic = $1")
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;
         }
+        bump_topology(&mut tx).await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -234,7 +282,7 @@ impl MetaStore {
     /// Grows a topic to `new_count` partitions.
     pub async fn add_partitions(&self, topic_id: Uuid, new_count: i32) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT partitions FROM topics WHERE topic_id = ?")
+        let row = sqlx::query("SELECT partitions FROM topics WHERE topic_id = $1")
             .bind(topic_id.to_string())
             .fetch_one(&mut *tx)
             .await?;
@@ -242,23 +290,24 @@ impl MetaStore {
         if new_count <= old {
             bail!("topic already has {old} partitions");
         }
-        sqlx::query("UPDATE topics SET partitions = ? WHERE topic_id = ?")
+        sqlx::query("UPDATE topics SET partitions = $1 WHERE topic_id = $2")
             .bind(new_count)
             .bind(topic_id.to_string())
             .execute(&mut *tx)
             .await?;
         insert_partitions(&mut tx, topic_id, old, new_count).await?;
+        bump_topology(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn set_topic_configs(&self, topic_id: Uuid, configs: &BTreeMap<String, String>) -> Result<()> {
-        sqlx::query("UPDATE topics SET configs = ? WHERE topic_id = ?")
+        sqlx::query("UPDATE topics SET configs = $1 WHERE topic_id = $2")
             .bind(serde_json::to_string(configs)?)
             .bind(topic_id.to_string())
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.bump_topology().await
     }
 
     // ---- partitions and the offset index ----
@@ -287,7 +336,7 @@ impl MetaStore {
     /// and batches of partitions that did not are left out.
     pub async fn commit_flush(&self, commit: &FlushCommit) -> Result<Vec<bool>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
             .bind(&commit.object_key)
             .bind(commit.object_size)
             .bind(now_ms())
@@ -297,8 +346,8 @@ impl MetaStore {
         let mut fenced: Vec<(Uuid, i32)> = Vec::new();
         for w in &commit.watermarks {
             let n = sqlx::query(
-                "UPDATE partitions SET high_watermark = ?
-                 WHERE topic_id = ? AND partition = ? AND leader_epoch = ? AND high_watermark <= ?",
+                "UPDATE partitions SET high_watermark = $1
+                 WHERE topic_id = $2 AND partition = $3 AND leader_epoch = $4 AND high_watermark <= $5",
             )
             .bind(w.high_watermark)
             .bind(w.topic_id.to_string())
@@ -319,7 +368,7 @@ impl MetaStore {
             }
             sqlx::query(
                 "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(b.topic_id.to_string())
             .bind(b.partition)
@@ -346,8 +395,8 @@ impl MetaStore {
     pub async fn batches_from(&self, topic_id: Uuid, partition: i32, offset: i64, limit: i64) -> Result<Vec<BatchRow>> {
         let rows = sqlx::query(
             "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
-             FROM batches WHERE topic_id = ? AND partition = ? AND last_offset >= ?
-             ORDER BY base_offset LIMIT ?",
+             FROM batches WHERE topic_id = $1 AND partition = $2 AND last_offset >= $3
+             ORDER BY base_offset LIMIT $4",
         )
         .bind(topic_id.to_string())
         .bind(partition)
@@ -367,7 +416,7 @@ impl MetaStore {
     ) -> Result<Option<BatchRow>> {
         let row = sqlx::query(
             "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
-             FROM batches WHERE topic_id = ? AND partition = ? AND max_timestamp >= ?
+             FROM batches WHERE topic_id = $1 AND partition = $2 AND max_timestamp >= $3
              ORDER BY base_offset LIMIT 1",
         )
         .bind(topic_id.to_string())
@@ -382,7 +431,7 @@ impl MetaStore {
     pub async fn max_timestamp_batch(&self, topic_id: Uuid, partition: i32) -> Result<Option<BatchRow>> {
         let row = sqlx::query(
             "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
-             FROM batches WHERE topic_id = ? AND partition = ?
+             FROM batches WHERE topic_id = $1 AND partition = $2
              ORDER BY max_timestamp DESC, base_offset ASC LIMIT 1",
         )
         .bind(topic_id.to_string())
@@ -397,7 +446,7 @@ impl MetaStore {
     pub async fn batch_extents(&self, topic_id: Uuid, partition: i32) -> Result<Vec<(i64, i64, i64, i64)>> {
         let rows = sqlx::query(
             "SELECT base_offset, last_offset, max_timestamp, length FROM batches
-             WHERE topic_id = ? AND partition = ? ORDER BY base_offset",
+             WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset",
         )
         .bind(topic_id.to_string())
         .bind(partition)
@@ -412,7 +461,7 @@ impl MetaStore {
     /// Total stored bytes per partition of a topic.
     pub async fn partition_sizes(&self, topic_id: Uuid) -> Result<BTreeMap<i32, i64>> {
         let rows = sqlx::query(
-            "SELECT partition, COALESCE(SUM(length), 0) FROM batches WHERE topic_id = ? GROUP BY partition",
+            "SELECT partition, COALESCE(SUM(length), 0) FROM batches WHERE topic_id = $1 GROUP BY partition",
         )
         .bind(topic_id.to_string())
         .fetch_all(&self.pool)
@@ -426,8 +475,8 @@ impl MetaStore {
         let id = topic_id.to_string();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE partitions SET log_start_offset = ?
-             WHERE topic_id = ? AND partition = ? AND log_start_offset < ?",
+            "UPDATE partitions SET log_start_offset = $1
+             WHERE topic_id = $2 AND partition = $3 AND log_start_offset < $4",
         )
         .bind(offset)
         .bind(&id)
@@ -435,7 +484,7 @@ impl MetaStore {
         .bind(offset)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?")
+        sqlx::query("DELETE FROM batches WHERE topic_id = $1 AND partition = $2 AND last_offset < $3")
             .bind(&id)
             .bind(partition)
             .bind(offset)
@@ -448,7 +497,7 @@ impl MetaStore {
     /// Leader epoch history of a partition: (epoch, start offset), ascending.
     pub async fn epoch_history(&self, topic_id: Uuid, partition: i32) -> Result<Vec<(i32, i64)>> {
         let rows = sqlx::query(
-            "SELECT epoch, start_offset FROM partition_epochs WHERE topic_id = ? AND partition = ? ORDER BY epoch",
+            "SELECT epoch, start_offset FROM partition_epochs WHERE topic_id = $1 AND partition = $2 ORDER BY epoch",
         )
         .bind(topic_id.to_string())
         .bind(partition)
@@ -462,7 +511,7 @@ impl MetaStore {
     /// Objects that no batch references any more, created before `before_ms`.
     pub async fn unreferenced_objects(&self, before_ms: i64) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT object_key FROM objects o WHERE created_ms < ?
+            "SELECT object_key FROM objects o WHERE created_ms < $1
              AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_key = o.object_key)",
         )
         .bind(before_ms)
@@ -472,7 +521,7 @@ impl MetaStore {
     }
 
     pub async fn forget_object(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM objects WHERE object_key = ?")
+        sqlx::query("DELETE FROM objects WHERE object_key = $1")
             .bind(key)
             .execute(&self.pool)
             .await?;
@@ -480,7 +529,7 @@ impl MetaStore {
     }
 
     pub async fn object_known(&self, key: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM objects WHERE object_key = ?")
+        let row = sqlx::query("SELECT 1 FROM objects WHERE object_key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -490,7 +539,7 @@ impl MetaStore {
     // ---- producers ----
 
     pub async fn next_producer_id(&self) -> Result<i64> {
-        let row = sqlx::query("INSERT INTO producer_ids (created_ms) VALUES (?) RETURNING id")
+        let row = sqlx::query("INSERT INTO producer_ids (created_ms) VALUES ($1) RETURNING id")
             .bind(now_ms())
             .fetch_one(&self.pool)
             .await?;
@@ -520,7 +569,7 @@ impl MetaStore {
     pub async fn upsert_group(&self, g: &GroupRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO groups (group_id, protocol_type, generation, empty_since_ms, updated_ms, members)
-             VALUES (?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (group_id) DO UPDATE SET protocol_type = excluded.protocol_type,
                generation = excluded.generation, empty_since_ms = excluded.empty_since_ms,
                updated_ms = excluded.updated_ms, members = COALESCE(excluded.members, groups.members)",
@@ -559,11 +608,11 @@ impl MetaStore {
     /// Deletes a group and its committed offsets.
     pub async fn delete_group(&self, group_id: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let a = sqlx::query("DELETE FROM groups WHERE group_id = ?")
+        let a = sqlx::query("DELETE FROM groups WHERE group_id = $1")
             .bind(group_id)
             .execute(&mut *tx)
             .await?;
-        let b = sqlx::query("DELETE FROM group_offsets WHERE group_id = ?")
+        let b = sqlx::query("DELETE FROM group_offsets WHERE group_id = $1")
             .bind(group_id)
             .execute(&mut *tx)
             .await?;
@@ -577,7 +626,7 @@ impl MetaStore {
         for o in offsets {
             sqlx::query(
                 "INSERT INTO group_offsets (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (group_id, topic, partition) DO UPDATE SET committed_offset = excluded.committed_offset,
                    leader_epoch = excluded.leader_epoch, metadata = excluded.metadata, commit_ms = excluded.commit_ms",
             )
@@ -599,7 +648,7 @@ impl MetaStore {
     pub async fn fetch_offsets(&self, group_id: &str) -> Result<Vec<CommittedOffset>> {
         let rows = sqlx::query(
             "SELECT topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets
-             WHERE group_id = ? ORDER BY topic, partition",
+             WHERE group_id = $1 ORDER BY topic, partition",
         )
         .bind(group_id)
         .fetch_all(&self.pool)
@@ -618,7 +667,7 @@ impl MetaStore {
     }
 
     pub async fn delete_offsets(&self, group_id: &str, topic: &str, partition: i32) -> Result<()> {
-        sqlx::query("DELETE FROM group_offsets WHERE group_id = ? AND topic = ? AND partition = ?")
+        sqlx::query("DELETE FROM group_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3")
             .bind(group_id)
             .bind(topic)
             .bind(partition)
@@ -632,8 +681,8 @@ impl MetaStore {
     pub async fn expire_offsets(&self, empty_before_ms: i64) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "SELECT DISTINCT o.group_id FROM group_offsets o LEFT JOIN groups g ON g.group_id = o.group_id
-             WHERE (g.group_id IS NULL AND o.commit_ms < ?) OR (g.empty_since_ms IS NOT NULL AND g.empty_since_ms < ?
-               AND o.commit_ms < ?)",
+             WHERE (g.group_id IS NULL AND o.commit_ms < $1) OR (g.empty_since_ms IS NOT NULL AND g.empty_since_ms < $2
+               AND o.commit_ms < $3)",
         )
         .bind(empty_before_ms)
         .bind(empty_before_ms)
@@ -642,7 +691,7 @@ impl MetaStore {
         .await?;
         let groups: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         for g in &groups {
-            sqlx::query("DELETE FROM group_offsets WHERE group_id = ? AND commit_ms < ?")
+            sqlx::query("DELETE FROM group_offsets WHERE group_id = $1 AND commit_ms < $2")
                 .bind(g)
                 .bind(empty_before_ms)
                 .execute(&self.pool)
@@ -666,13 +715,13 @@ impl MetaStore {
             sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
         }
         for (id, name, partitions) in topics {
-            let exists = sqlx::query("SELECT partitions FROM topics WHERE topic_id = ?")
+            let exists = sqlx::query("SELECT partitions FROM topics WHERE topic_id = $1")
                 .bind(id.to_string())
                 .fetch_optional(&mut *tx)
                 .await?;
             match exists {
                 None => {
-                    sqlx::query("INSERT INTO topics (topic_id, name, partitions, configs, created_ms) VALUES (?, ?, ?, '{}', ?)")
+                    sqlx::query("INSERT INTO topics (topic_id, name, partitions, configs, created_ms) VALUES ($1, $2, $3, '{}', $4)")
                         .bind(id.to_string())
                         .bind(name)
                         .bind(partitions)
@@ -684,7 +733,7 @@ impl MetaStore {
                 Some(row) => {
                     let old: i32 = row.get(0);
                     if *partitions > old {
-                        sqlx::query("UPDATE topics SET partitions = ? WHERE topic_id = ?")
+                        sqlx::query("UPDATE topics SET partitions = $1 WHERE topic_id = $2")
                             .bind(partitions)
                             .bind(id.to_string())
                             .execute(&mut *tx)
@@ -695,7 +744,7 @@ impl MetaStore {
             }
         }
         for (key, size) in objects {
-            sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
                 .bind(key)
                 .bind(size)
                 .bind(now_ms())
@@ -705,7 +754,7 @@ impl MetaStore {
         for b in batches {
             sqlx::query(
                 "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(b.topic_id.to_string())
             .bind(b.partition)
@@ -728,24 +777,27 @@ impl MetaStore {
         )
         .execute(&mut *tx)
         .await?;
+        bump_topology(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
-async fn insert_partitions(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    topic_id: Uuid,
-    from: i32,
-    to: i32,
-) -> Result<()> {
+async fn bump_topology(tx: &mut Transaction<'_, Any>) -> Result<()> {
+    sqlx::query("UPDATE topology SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_partitions(tx: &mut Transaction<'_, Any>, topic_id: Uuid, from: i32, to: i32) -> Result<()> {
     for p in from..to {
-        sqlx::query("INSERT INTO partitions (topic_id, partition) VALUES (?, ?)")
+        sqlx::query("INSERT INTO partitions (topic_id, partition) VALUES ($1, $2)")
             .bind(topic_id.to_string())
             .bind(p)
             .execute(&mut **tx)
             .await?;
-        sqlx::query("INSERT INTO partition_epochs (topic_id, partition, epoch, start_offset) VALUES (?, ?, 0, 0)")
+        sqlx::query("INSERT INTO partition_epochs (topic_id, partition, epoch, start_offset) VALUES ($1, $2, 0, 0)")
             .bind(topic_id.to_string())
             .bind(p)
             .execute(&mut **tx)
@@ -754,10 +806,10 @@ async fn insert_partitions(
     Ok(())
 }
 
-async fn upsert_producer(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, p: &ProducerStateRow) -> Result<()> {
+async fn upsert_producer(tx: &mut Transaction<'_, Any>, p: &ProducerStateRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
-         VALUES (?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (topic_id, partition, producer_id)
          DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms",
     )
@@ -772,11 +824,22 @@ async fn upsert_producer(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, p: &Produ
     Ok(())
 }
 
-fn parse_uuid(s: &str) -> Result<Uuid> {
+/// A URL with its password hidden, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).with_context(|| format!("bad uuid {s:?} in metadata store"))
 }
 
-fn topic_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TopicRow> {
+fn topic_from_row(r: &AnyRow) -> Result<TopicRow> {
     Ok(TopicRow {
         id: parse_uuid(r.get(0))?,
         name: r.get(1),
@@ -786,7 +849,7 @@ fn topic_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TopicRow> {
     })
 }
 
-fn batch_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BatchRow> {
+fn batch_from_row(r: &AnyRow) -> Result<BatchRow> {
     Ok(BatchRow {
         topic_id: parse_uuid(r.get(0))?,
         partition: r.get(1),
@@ -800,12 +863,25 @@ fn batch_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BatchRow> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, MetaStore) {
+    /// A fresh store: SQLite in a temp dir, or a fresh database on the
+    /// PostgreSQL server at `SLUICE_TEST_POSTGRES` (e.g. postgres://postgres@127.0.0.1:5432).
+    pub(crate) async fn store() -> (tempfile::TempDir, MetaStore) {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/meta.db", dir.path().display());
+        let url = match std::env::var("SLUICE_TEST_POSTGRES") {
+            Ok(server) => {
+                let admin = MetaStore::open(&format!("{server}/postgres")).await.unwrap();
+                let db = format!("t{}", Uuid::new_v4().simple());
+                sqlx::query(&format!("CREATE DATABASE {db}"))
+                    .execute(admin.pool())
+                    .await
+                    .unwrap();
+                format!("{server}/{db}")
+            }
+            Err(_) => format!("sqlite://{}/meta.db", dir.path().display()),
+        };
         let m = MetaStore::open(&url).await.unwrap();
         (dir, m)
     }
