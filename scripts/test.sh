@@ -56,8 +56,11 @@ setup_system_packages() {
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+    # Cluster tests start their own PostgreSQL server from these binaries.
+    compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+    command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        echo "all present: kcat mold cc pkg-config curl node npm pip"
+        echo "all present: kcat mold cc pkg-config curl node npm pip postgresql"
         return
     fi
     echo "installing: ${missing[*]}"
@@ -75,7 +78,7 @@ setup_python_packages() {
         echo "retrying pip with --break-system-packages"
         "${pip[@]}" --break-system-packages
     fi
-    python3 -c 'import confluent_kafka, kafka, pytest, pytest_timeout; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
+    python3 -c 'import confluent_kafka, kafka, pytest, pytest_timeout, moto.server, boto3; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
 }
 
 setup_node_packages() {

@@ -109,8 +109,11 @@ class Broker:
     restart looks to clients like the same broker coming back.
     """
 
-    def __init__(self, bin: Path, workdir: Path, extra_args: Iterable[str] = (), name: str = "broker"):
+    def __init__(self, bin: Path, workdir: Path, extra_args: Iterable[str] = (), name: str = "broker",
+                 node_id: int = 0, extra_env: dict | None = None):
         self.bin = Path(bin)
+        self.node_id = node_id
+        self.extra_env = dict(extra_env or {})
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +133,7 @@ class Broker:
             "--kafka-listen", self.bootstrap,
             "--advertise", self.bootstrap,
             "--http-listen", f"127.0.0.1:{self.http_port}",
-            "--node-id", "0",
+            "--node-id", str(node_id),
             *self.extra_args,
         ]
         self.stdout_path = self.workdir / f"{name}.stdout.log"
@@ -154,6 +157,7 @@ class Broker:
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("RUST_LOG", "info")
         env.setdefault("NO_COLOR", "1")  # plain logs in the captured files
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = START_TIMEOUT) -> "Broker":
@@ -318,9 +322,10 @@ def make_broker(request, sluice_binary, tmp_path):
     brokers: list[Broker] = []
     request.node._sluice_brokers = brokers
 
-    def factory(*extra_args: str, start: bool = True, name: str | None = None) -> Broker:
+    def factory(*extra_args: str, start: bool = True, name: str | None = None, node_id: int = 0,
+                env: dict | None = None) -> Broker:
         name = name or f"broker{len(brokers)}"
-        b = Broker(sluice_binary, tmp_path / name, extra_args, name=name)
+        b = Broker(sluice_binary, tmp_path / name, extra_args, name=name, node_id=node_id, extra_env=env)
         brokers.append(b)
         if start:
             b.start()

@@ -482,6 +482,9 @@ impl Coordinator {
         if req.group_id.is_empty() {
             return JoinResponse::error(GroupError::InvalidGroupId, &req.member_id);
         }
+        if let Err(e) = self.check_owner(&req.group_id) {
+            return JoinResponse::error(e, &req.member_id);
+        }
         let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
         let o = &self.inner.opts;
         if session < o.min_session_timeout || session > o.max_session_timeout {
@@ -514,6 +517,7 @@ impl Coordinator {
     }
 
     pub async fn sync(&self, req: SyncRequest) -> SyncReply {
+        self.check_owner(&req.group_id)?;
         let (pending, row) = {
             let mut groups = self.inner.groups.lock().unwrap();
             let group = groups.get_mut(&req.group_id).ok_or(GroupError::UnknownMemberId)?;
@@ -537,6 +541,7 @@ impl Coordinator {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> Result<(), GroupError> {
+        self.check_owner(group_id)?;
         let mut groups = self.inner.groups.lock().unwrap();
         let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
         check_static(group, member_id, instance_id)?;
@@ -558,6 +563,7 @@ impl Coordinator {
         group_id: &str,
         members: &[LeaveMember],
     ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.check_owner(group_id)?;
         let (results, persist) = {
             let mut groups = self.inner.groups.lock().unwrap();
             let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
@@ -679,11 +685,15 @@ impl Coordinator {
 
     /// Restores the groups stored by a previous coordinator.
     pub async fn load(&self) -> anyhow::Result<usize> {
+        self.load_where(|_| true).await
+    }
+
+    pub(crate) async fn load_where(&self, wanted: impl Fn(&str) -> bool) -> anyhow::Result<usize> {
         let rows = self.inner.meta.list_groups().await?;
         let mut groups = self.inner.groups.lock().unwrap();
         let mut n = 0;
         // Only classic groups store members; KIP-848 groups rejoin on their own.
-        for row in rows.iter().filter(|r| r.members.is_some()) {
+        for row in rows.iter().filter(|r| r.members.is_some() && wanted(&r.group_id)) {
             groups.insert(row.group_id.clone(), Group::restore(row));
             n += 1;
         }

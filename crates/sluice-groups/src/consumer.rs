@@ -31,6 +31,7 @@ pub enum HeartbeatError {
     InvalidRegularExpression,
     GroupIdNotFound,
     UnreleasedInstanceId,
+    NotCoordinator,
 }
 
 #[derive(Debug, Clone)]
@@ -357,6 +358,9 @@ impl Coordinator {
         topics: &TopicInfo,
     ) -> Result<HeartbeatResponse, HeartbeatError> {
         let interval = self.inner.opts.consumer_heartbeat_interval.as_millis() as i32;
+        if !self.owns(&req.group_id) {
+            return Err(HeartbeatError::NotCoordinator);
+        }
         let (resp, row) = {
             if self
                 .inner

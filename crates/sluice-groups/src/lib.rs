@@ -12,7 +12,7 @@ pub mod consumer;
 mod offsets;
 pub mod protocol;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ pub enum GroupError {
     OffsetMetadataTooLarge,
     GroupSubscribedToTopic,
     CoordinatorNotAvailable,
+    /// Another broker coordinates this group now.
+    NotCoordinator,
     /// KIP-848: an offset commit carried a member epoch other than the member's.
     StaleMemberEpoch,
     Storage,
@@ -103,6 +105,8 @@ pub(crate) struct Inner {
     pub opts: GroupOptions,
     pub groups: Mutex<HashMap<String, classic::Group>>,
     pub consumer_groups: Mutex<HashMap<String, consumer::ConsumerGroup>>,
+    /// The group shards this broker coordinates; `None`: every group.
+    pub shards: Mutex<Option<HashSet<i32>>>,
 }
 
 impl Coordinator {
@@ -115,6 +119,7 @@ impl Coordinator {
             opts,
             groups: Mutex::new(HashMap::new()),
             consumer_groups: Mutex::new(HashMap::new()),
+            shards: Mutex::new(None),
         });
         tokio::spawn(classic::tick_loop(inner.clone()));
         tokio::spawn(consumer::tick_loop(inner.clone()));
@@ -124,5 +129,63 @@ impl Coordinator {
 
     pub fn options(&self) -> &GroupOptions {
         &self.inner.opts
+    }
+
+    /// Whether this broker coordinates `group_id`.
+    pub fn owns(&self, group_id: &str) -> bool {
+        self.inner
+            .shards
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(|s| s.contains(&sluice_meta::group_shard(group_id)))
+    }
+
+    pub(crate) fn check_owner(&self, group_id: &str) -> Result<(), GroupError> {
+        if self.owns(group_id) {
+            Ok(())
+        } else {
+            Err(GroupError::NotCoordinator)
+        }
+    }
+
+    /// Switches from coordinating every group to coordinating only the
+    /// shards handed to it with [`Coordinator::take_shard`].
+    pub fn use_shards(&self) {
+        let mut shards = self.inner.shards.lock().unwrap();
+        if shards.is_none() {
+            *shards = Some(HashSet::new());
+            self.inner.groups.lock().unwrap().clear();
+            self.inner.consumer_groups.lock().unwrap().clear();
+        }
+    }
+
+    /// Starts coordinating the groups of `shard`, restoring their stored state.
+    pub async fn take_shard(&self, shard: i32) -> anyhow::Result<usize> {
+        let restored = self.load_where(|g| sluice_meta::group_shard(g) == shard).await?;
+        if let Some(s) = self.inner.shards.lock().unwrap().as_mut() {
+            s.insert(shard);
+        }
+        Ok(restored)
+    }
+
+    /// Stops coordinating the groups of `shard`; their members find the new
+    /// coordinator through FindCoordinator.
+    pub fn release_shard(&self, shard: i32) {
+        if let Some(s) = self.inner.shards.lock().unwrap().as_mut() {
+            s.remove(&shard);
+        }
+        let theirs = |g: &String| sluice_meta::group_shard(g) == shard;
+        self.inner.groups.lock().unwrap().retain(|g, _| !theirs(g));
+        self.inner.consumer_groups.lock().unwrap().retain(|g, _| !theirs(g));
+    }
+
+    pub fn owned_shards(&self) -> Option<Vec<i32>> {
+        let shards = self.inner.shards.lock().unwrap();
+        shards.as_ref().map(|s| {
+            let mut v: Vec<i32> = s.iter().copied().collect();
+            v.sort_unstable();
+            v
+        })
     }
 }

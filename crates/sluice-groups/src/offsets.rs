@@ -37,6 +37,7 @@ impl Coordinator {
         if req.group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
+        self.check_owner(&req.group_id)?;
         let new_row = {
             // A member of a KIP-848 group: the commit's generation is its member epoch.
             let consumer_member = {

@@ -24,24 +24,28 @@ pub(crate) struct PartitionLag {
 /// Lag per committed partition: high watermark minus committed offset.
 pub(crate) async fn lags(state: &AppState, group: &str) -> Result<Vec<PartitionLag>, String> {
     let offsets = state.groups.fetch_offsets(group).await.map_err(|e| format!("{e:?}"))?;
-    Ok(offsets
-        .into_iter()
-        .filter_map(|o| {
-            let end = state
-                .log
-                .topic(&o.topic)?
-                .partition(o.partition)?
-                .offsets()
-                .high_watermark;
-            Some(PartitionLag {
-                topic: o.topic,
-                partition: o.partition,
-                committed_offset: o.offset,
-                log_end_offset: end,
-                lag: (end - o.offset).max(0),
-            })
-        })
-        .collect())
+    let mut out = Vec::with_capacity(offsets.len());
+    for o in offsets {
+        let Some(part) = state.log.topic(&o.topic).and_then(|t| t.partition(o.partition)) else {
+            continue;
+        };
+        // Another broker may lead the partition: its committed watermark is in the store.
+        let end = match part.led_offsets() {
+            Ok(offsets) => offsets.high_watermark,
+            Err(_) => match state.log.meta().get_partition(part.topic_id, part.index).await {
+                Ok(Some(row)) => row.high_watermark,
+                _ => continue,
+            },
+        };
+        out.push(PartitionLag {
+            topic: o.topic,
+            partition: o.partition,
+            committed_offset: o.offset,
+            log_end_offset: end,
+            lag: (end - o.offset).max(0),
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) async fn all_lags(state: &AppState) -> Result<Vec<(String, Vec<PartitionLag>)>, String> {

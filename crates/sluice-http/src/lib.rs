@@ -1,6 +1,7 @@
 //! HTTP: `/health`, Prometheus `/metrics`, and the REST admin API under
 //! `/api/v1`. Later roles merge their routers into [`router`].
 
+mod cluster;
 mod groups;
 
 use std::sync::{Arc, LazyLock};
@@ -8,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 use anyhow::Result;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use prometheus::{register_int_gauge_vec, Encoder, IntGaugeVec, TextEncoder};
 use sluice_groups::Coordinator;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 pub struct AppState {
     pub log: Log,
     pub groups: Coordinator,
+    pub cluster: sluice_cluster::Cluster,
 }
 
 static GROUP_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -36,6 +38,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/groups", get(groups::list))
         .route("/api/v1/groups/{id}", get(groups::describe))
+        .route("/api/v1/cluster", get(cluster::status))
+        .route("/api/v1/cluster/brokers/{id}/drain", post(cluster::drain))
+        .route("/api/v1/cluster/brokers/{id}/undrain", post(cluster::undrain))
         .with_state(state)
 }
 

@@ -40,6 +40,7 @@ pub(crate) fn code(e: GroupError) -> i16 {
         GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
         GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::NotCoordinator => ResponseError::NotCoordinator,
         GroupError::StaleMemberEpoch => ResponseError::StaleMemberEpoch,
         GroupError::Storage => ResponseError::CoordinatorNotAvailable,
     };
@@ -59,44 +60,46 @@ fn s(v: &str) -> StrBytes {
     errors::str(v)
 }
 
-/// Key types: 0 group, 1 transaction. This broker coordinates every group;
-/// transactions are not served.
+/// Key types: 0 group, 1 transaction. A group's coordinator is the leader of
+/// its shard; transactions are not served.
 pub(crate) fn find_coordinator(
     broker: &Arc<Broker>,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let node = BrokerId(broker.config.node_id);
-    let host = s(&broker.config.advertised_host);
-    let port = broker.config.advertised_port;
-    let error = if req.key_type == 0 {
-        0
-    } else {
-        ResponseError::CoordinatorNotAvailable.code()
+    let lookup = |key: &str| -> Result<(BrokerId, StrBytes, i32), &'static str> {
+        if req.key_type != 0 {
+            return Err("only group coordinators are served");
+        }
+        broker
+            .cluster
+            .group_coordinator(key)
+            .map(|b| (BrokerId(b.node_id), s(&b.host), b.port))
+            .ok_or("the group's coordinator is moving; retry")
     };
     if version < 4 {
-        let resp = FindCoordinatorResponse::default().with_error_code(error);
-        let resp = if version >= 1 && error != 0 {
-            resp.with_error_message(Some(s("only group coordinators are served")))
-        } else {
-            resp
-        };
-        return if error == 0 {
-            resp.with_node_id(node).with_host(host).with_port(port)
-        } else {
-            resp.with_node_id(BrokerId(-1))
+        return match lookup(req.key.as_str()) {
+            Ok((node, host, port)) => FindCoordinatorResponse::default()
+                .with_node_id(node)
+                .with_host(host)
+                .with_port(port),
+            Err(msg) => FindCoordinatorResponse::default()
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_error_message((version >= 1).then(|| s(msg)))
+                .with_node_id(BrokerId(-1)),
         };
     }
     let coordinators = req
         .coordinator_keys
-        .into_iter()
+        .iter()
         .map(|key| {
-            let c = FoundCoordinator::default().with_key(key).with_error_code(error);
-            if error == 0 {
-                c.with_node_id(node).with_host(host.clone()).with_port(port)
-            } else {
-                c.with_node_id(BrokerId(-1))
-                    .with_error_message(Some(s("only group coordinators are served")))
+            let c = FoundCoordinator::default().with_key(key.clone());
+            match lookup(key.as_str()) {
+                Ok((node, host, port)) => c.with_node_id(node).with_host(host).with_port(port),
+                Err(msg) => c
+                    .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                    .with_node_id(BrokerId(-1))
+                    .with_error_message(Some(s(msg))),
             }
         })
         .collect();
@@ -624,6 +627,9 @@ pub(crate) async fn consumer_group_heartbeat(
                 }
                 HeartbeatError::UnreleasedInstanceId => {
                     (ResponseError::UnreleasedInstanceId, "instance id still in use")
+                }
+                HeartbeatError::NotCoordinator => {
+                    (ResponseError::NotCoordinator, "another broker coordinates the group")
                 }
             };
             fail(code.code(), msg)

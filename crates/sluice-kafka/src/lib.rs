@@ -38,6 +38,7 @@ pub struct BrokerConfig {
 pub struct Broker {
     pub log: Log,
     pub groups: sluice_groups::Coordinator,
+    pub cluster: sluice_cluster::Cluster,
     pub config: BrokerConfig,
 }
 

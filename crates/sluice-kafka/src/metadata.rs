@@ -9,7 +9,9 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::*;
+use sluice_cluster::View;
 use sluice_log::{LogError, Topic};
+use sluice_meta::Slot;
 
 use crate::{errors, Broker};
 
@@ -17,7 +19,7 @@ use crate::{errors, Broker};
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub(crate) async fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let node = BrokerId(broker.config.node_id);
+    let view = broker.cluster.view();
     let wanted = match req.topics {
         // v0: an empty list means all topics; v1+: null means all.
         None => None,
@@ -29,16 +31,16 @@ pub(crate) async fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version
             .log
             .topics()
             .iter()
-            .map(|t| describe_topic(broker, t, version))
+            .map(|t| describe_topic(&view, t, version))
             .collect(),
         Some(list) => {
             let auto_create = broker.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
             let mut out = Vec::with_capacity(list.len());
             for t in list {
                 out.push(match t.name {
-                    Some(name) => lookup_or_create(broker, name, auto_create, version).await,
+                    Some(name) => lookup_or_create(broker, &view, name, auto_create, version).await,
                     None => match broker.log.topic_by_id(t.topic_id) {
-                        Some(topic) => describe_topic(broker, &topic, version),
+                        Some(topic) => describe_topic(&view, &topic, version),
                         None => MetadataResponseTopic::default()
                             .with_topic_id(t.topic_id)
                             .with_error_code(ResponseError::UnknownTopicId.code()),
@@ -48,20 +50,41 @@ pub(crate) async fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version
             out
         }
     };
+    let brokers = broker
+        .cluster
+        .live_brokers()
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(errors::str(&b.host))
+                .with_port(b.port)
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(errors::str(&broker.config.advertised_host))
-            .with_port(broker.config.advertised_port)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(errors::str(&broker.config.cluster_id)))
-        .with_controller_id(node)
+        .with_controller_id(BrokerId(controller_id(broker)))
         .with_topics(topics)
         .with_cluster_authorized_operations(OPERATIONS_OMITTED)
 }
 
-async fn lookup_or_create(broker: &Broker, name: TopicName, auto_create: bool, version: i16) -> MetadataResponseTopic {
+async fn lookup_or_create(
+    broker: &Broker,
+    view: &View,
+    name: TopicName,
+    auto_create: bool,
+    version: i16,
+) -> MetadataResponseTopic {
     if let Some(topic) = broker.log.topic(name.as_str()) {
-        return describe_topic(broker, &topic, version);
+        return describe_topic(view, &topic, version);
+    }
+    // Another broker may have just created it: look in the store before saying no.
+    if let Err(e) = broker.log.refresh_topics().await {
+        tracing::warn!(error = %format!("{e:#}"), "refreshing topics");
+    }
+    if let Some(topic) = broker.log.topic(name.as_str()) {
+        return describe_topic(view, &topic, version);
     }
     let missing = MetadataResponseTopic::default()
         .with_name(Some(name.clone()))
@@ -74,10 +97,10 @@ async fn lookup_or_create(broker: &Broker, name: TopicName, auto_create: bool, v
         .create_topic(name.as_str(), None, BTreeMap::new(), false)
         .await
     {
-        Ok(topic) => describe_topic(broker, &topic, version),
+        Ok(topic) => describe_topic(view, &topic, version),
         // Someone else created it meanwhile.
         Err(LogError::TopicExists) => match broker.log.topic(name.as_str()) {
-            Some(topic) => describe_topic(broker, &topic, version),
+            Some(topic) => describe_topic(view, &topic, version),
             None => missing.with_error_code(ResponseError::LeaderNotAvailable.code()),
         },
         Err(e) => missing.with_error_code(errors::code(&e)),
@@ -85,17 +108,30 @@ async fn lookup_or_create(broker: &Broker, name: TopicName, auto_create: bool, v
 }
 
 /// Fields a version lacks must keep their defaults, or encoding fails.
-fn describe_topic(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config.node_id);
+/// Each partition's live leader as this broker last read it; a partition
+/// whose leader is gone answers LEADER_NOT_AVAILABLE until the controller
+/// reassigns it, so that clients refresh and retry.
+fn describe_topic(view: &View, topic: &Topic, version: i16) -> MetadataResponseTopic {
     let partitions = (0..topic.partition_count())
         .filter_map(|i| topic.partition(i))
         .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p.index)
-                .with_leader_id(node)
-                .with_leader_epoch(if version >= 7 { p.offsets().leader_epoch } else { -1 })
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+            // A partition created since the view was read: the log knows its leader.
+            let leader = view.leader(Slot::Partition(topic.id, p.index)).or_else(|| {
+                (!view.leaders.contains_key(&Slot::Partition(topic.id, p.index)) && p.leader() >= 0)
+                    .then(|| (p.leader(), p.offsets().leader_epoch))
+            });
+            let out = MetadataResponsePartition::default().with_partition_index(p.index);
+            match leader {
+                Some((node, epoch)) => out
+                    .with_leader_id(BrokerId(node))
+                    .with_leader_epoch(if version >= 7 { epoch } else { -1 })
+                    .with_replica_nodes(vec![BrokerId(node)])
+                    .with_isr_nodes(vec![BrokerId(node)]),
+                None => out
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_leader_epoch(-1),
+            }
         })
         .collect();
     MetadataResponseTopic::default()
@@ -106,13 +142,26 @@ fn describe_topic(broker: &Broker, topic: &Topic, version: i16) -> MetadataRespo
 }
 
 pub(crate) fn describe_cluster(broker: &Arc<Broker>, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let brokers = broker
+        .cluster
+        .live_brokers()
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.node_id))
+                .with_host(errors::str(&b.host))
+                .with_port(b.port)
+        })
+        .collect();
     DescribeClusterResponse::default()
         .with_endpoint_type(1)
         .with_cluster_id(errors::str(&broker.config.cluster_id))
-        .with_controller_id(BrokerId(broker.config.node_id))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.config.node_id))
-            .with_host(errors::str(&broker.config.advertised_host))
-            .with_port(broker.config.advertised_port)])
+        .with_controller_id(BrokerId(controller_id(broker)))
+        .with_brokers(brokers)
         .with_cluster_authorized_operations(OPERATIONS_OMITTED)
+}
+
+/// The controller's id, or -1 while nobody holds the lease.
+fn controller_id(broker: &Broker) -> i32 {
+    broker.cluster.controller().unwrap_or(-1)
 }

@@ -56,7 +56,7 @@ pub(crate) async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest, 
 /// (offset, timestamp, leader epoch) for one ListOffsets query.
 async fn lookup(broker: &Broker, topic: &Topic, partition: i32, timestamp: i64) -> Result<(i64, i64, i32), LogError> {
     let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
-    let o = part.offsets();
+    let o = part.led_offsets()?;
     let found = match timestamp {
         LATEST | LATEST_TIERED => Some((o.high_watermark, -1)),
         EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Some((o.log_start, -1)),

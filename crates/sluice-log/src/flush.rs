@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::object::{self, FooterEntry};
 use crate::producer::{self, ProducerEntry, SeqCheck};
-use crate::{batch, AppendRequest, Appended, Inner, LogError, Partition, TailBatch, METRICS};
+use crate::{batch, AppendRequest, Appended, Control, FlushMsg, Inner, LogError, Partition, TailBatch, METRICS};
 
 type PartKey = (Uuid, i32);
 type ProducerKey = (Uuid, i32, i64);
@@ -29,7 +29,7 @@ struct TailBudget {
     bytes: usize,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>, states: Vec<ProducerStateRow>) {
+pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, states: Vec<ProducerStateRow>) {
     let mut producers: HashMap<ProducerKey, ProducerEntry> = states
         .into_iter()
         .map(|s| {
@@ -48,9 +48,18 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>
     };
     let interval = inner.opts.flush_interval;
     while let Some(first) = rx.recv().await {
+        let first = match first {
+            FlushMsg::Append(r) => r,
+            FlushMsg::Control(control) => {
+                apply_control(control, &mut producers);
+                continue;
+            }
+        };
         let deadline = tokio::time::Instant::now() + interval;
         let mut pending_bytes = first.data.len();
         let mut group = vec![first];
+        // A control message ends the gathering: it applies after this flush.
+        let mut after = None;
         while pending_bytes < inner.opts.flush_bytes {
             let next = match rx.try_recv() {
                 Ok(r) => r,
@@ -59,10 +68,41 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>
                     _ => break,
                 },
             };
-            pending_bytes += next.data.len();
-            group.push(next);
+            match next {
+                FlushMsg::Append(next) => {
+                    pending_bytes += next.data.len();
+                    group.push(next);
+                }
+                FlushMsg::Control(control) => {
+                    after = Some(control);
+                    break;
+                }
+            }
         }
         flush(&inner, group, &mut producers, &mut tail).await;
+        if let Some(control) = after {
+            apply_control(control, &mut producers);
+        }
+    }
+}
+
+fn apply_control(msg: Control, producers: &mut HashMap<ProducerKey, ProducerEntry>) {
+    match msg {
+        Control::Producers(key, states) => {
+            producers.retain(|k, _| (k.0, k.1) != key);
+            for s in states {
+                producers.insert(
+                    (s.topic_id, s.partition, s.producer_id),
+                    ProducerEntry {
+                        epoch: s.epoch,
+                        recent: s.recent.into(),
+                    },
+                );
+            }
+        }
+        Control::Barrier(done) => {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -94,6 +134,10 @@ async fn flush(
             continue;
         }
         let key = (req.topic.id, req.partition.index);
+        if !next.contains_key(&key) && !req.partition.state.lock().unwrap().led {
+            outcomes.push(Outcome::Refused(LogError::NotLeader));
+            continue;
+        }
         let slot = next.entry(key).or_insert_with(|| {
             let s = req.partition.state.lock().unwrap();
             (req.partition.clone(), s.high_watermark, s.leader_epoch)

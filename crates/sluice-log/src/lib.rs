@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod config;
 mod flush;
+mod leadership;
 pub mod object;
 pub mod producer;
 mod read;
@@ -17,13 +18,14 @@ mod retention;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
 use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
-use sluice_meta::{MetaStore, TopicRow};
+use sluice_meta::{MetaStore, PartitionRow, TopicRow};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -166,6 +168,8 @@ pub(crate) struct TailBatch {
 pub struct Partition {
     pub topic_id: Uuid,
     pub index: i32,
+    /// The leader per the latest metadata this broker has read; -1: none.
+    leader: AtomicI32,
     state: Mutex<PartitionState>,
 }
 
@@ -173,6 +177,8 @@ pub(crate) struct PartitionState {
     log_start: i64,
     high_watermark: i64,
     leader_epoch: i32,
+    /// Whether this broker serves the partition, as leader at `leader_epoch`.
+    led: bool,
     tail: VecDeque<TailBatch>,
 }
 
@@ -193,6 +199,23 @@ impl Partition {
             leader_epoch: s.leader_epoch,
         }
     }
+
+    /// The offsets, if this broker leads the partition; reads and writes go to leaders only.
+    pub fn led_offsets(&self) -> Result<Offsets, LogError> {
+        if !self.is_led() {
+            return Err(LogError::NotLeader);
+        }
+        Ok(self.offsets())
+    }
+
+    pub fn is_led(&self) -> bool {
+        self.state.lock().unwrap().led
+    }
+
+    /// The leader as last read from the metadata store (-1: none).
+    pub fn leader(&self) -> i32 {
+        self.leader.load(Ordering::Relaxed)
+    }
 }
 
 /// The outcome of an acknowledged append.
@@ -200,6 +223,19 @@ impl Partition {
 pub struct Appended {
     pub base_offset: i64,
     pub log_start_offset: i64,
+}
+
+/// What the flusher is asked to do, in order.
+pub(crate) enum FlushMsg {
+    Append(AppendRequest),
+    Control(Control),
+}
+
+pub(crate) enum Control {
+    /// Replace the idempotent-producer state of a partition (on taking it over).
+    Producers((Uuid, i32), Vec<sluice_meta::ProducerStateRow>),
+    /// Answered once everything queued before it is flushed.
+    Barrier(oneshot::Sender<()>),
 }
 
 pub(crate) struct AppendRequest {
@@ -221,7 +257,13 @@ pub(crate) struct Inner {
     store: DataStore,
     opts: LogOptions,
     topics: RwLock<Topics>,
-    appends: mpsc::Sender<AppendRequest>,
+    appends: mpsc::Sender<FlushMsg>,
+    /// Set while this broker's lease is in doubt: it then serves no writes.
+    suspended: AtomicBool,
+    /// Brokers that new partitions go to, least loaded first.
+    placement: RwLock<Vec<i32>>,
+    /// Whether this broker runs the store-wide garbage collection.
+    gc: AtomicBool,
     /// Bumped after every commit, so that long-polling readers wake.
     committed: watch::Sender<u64>,
     /// Serialises topic creation and deletion.
@@ -240,12 +282,16 @@ impl Log {
     pub async fn open(meta: MetaStore, store: DataStore, opts: LogOptions) -> Result<Self> {
         let (tx, rx) = mpsc::channel(4096);
         let (committed, _) = watch::channel(0);
+        let opts_node = opts.node_id;
         let inner = Arc::new(Inner {
             meta,
             store,
             opts,
             topics: RwLock::new(Topics::default()),
             appends: tx,
+            suspended: AtomicBool::new(false),
+            placement: RwLock::new(vec![opts_node]),
+            gc: AtomicBool::new(true),
             committed,
             admin: tokio::sync::Mutex::new(()),
         });
@@ -321,13 +367,15 @@ impl Log {
             };
             return Ok(self.inner.topic_from_row(&row, &[]));
         }
+        let leaders = self.inner.placement.read().unwrap().clone();
         let row = self
             .inner
             .meta
-            .create_topic(name, partitions, &configs)
+            .create_topic(name, partitions, &configs, &leaders)
             .await?
             .ok_or(LogError::TopicExists)?;
-        let topic = self.inner.topic_from_row(&row, &[]);
+        let parts = self.inner.meta.list_topic_partitions(row.id).await?;
+        let topic = self.inner.topic_from_row(&row, &parts);
         self.inner.register(topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
@@ -356,10 +404,12 @@ impl Log {
         if validate_only {
             return Ok(());
         }
-        self.inner.meta.add_partitions(topic.id, count).await?;
+        let leaders = self.inner.placement.read().unwrap().clone();
+        self.inner.meta.add_partitions(topic.id, count, &leaders).await?;
+        let rows = self.inner.meta.list_topic_partitions(topic.id).await?;
         let mut parts = topic.partitions.write().unwrap();
         for index in current..count {
-            parts.push(Arc::new(Partition::new(topic.id, index, 0, 0, 0)));
+            parts.push(self.inner.partition_from_rows(topic.id, index, &rows));
         }
         Ok(())
     }
@@ -398,6 +448,9 @@ impl Log {
         data: Bytes,
     ) -> Result<oneshot::Receiver<Result<Appended, LogError>>, LogError> {
         let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        if !part.is_led() || self.inner.suspended.load(Ordering::Relaxed) {
+            return Err(LogError::NotLeader);
+        }
         let max = topic.config().max_message_bytes.max(0) as usize;
         let batches = batch::validate_batches(&data, max)?;
         if batches.len() > 1 && batches.iter().any(|b| b.producer_id >= 0) {
@@ -419,7 +472,7 @@ impl Log {
         // A full queue holds the caller back until the flusher catches up.
         self.inner
             .appends
-            .send(req)
+            .send(FlushMsg::Append(req))
             .await
             .map_err(|_| LogError::Storage("log is shutting down".into()))?;
         Ok(rx)
@@ -429,7 +482,7 @@ impl Log {
     /// Returns the new low watermark.
     pub async fn delete_records(&self, topic: &Topic, partition: i32, offset: i64) -> Result<i64, LogError> {
         let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
-        let o = part.offsets();
+        let o = part.led_offsets()?;
         let target = if offset == -1 { o.high_watermark } else { offset };
         if target < 0 || target > o.high_watermark {
             return Err(LogError::OffsetOutOfRange);
@@ -462,7 +515,7 @@ impl Log {
         epoch: i32,
     ) -> Result<Option<(i32, i64)>, LogError> {
         let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
-        let o = part.offsets();
+        let o = part.led_offsets()?;
         if epoch > o.leader_epoch {
             return Ok(None);
         }
@@ -481,14 +534,19 @@ impl Log {
 }
 
 impl Partition {
-    fn new(topic_id: Uuid, index: i32, log_start: i64, high_watermark: i64, leader_epoch: i32) -> Self {
+    fn new(topic_id: Uuid, index: i32, row: Option<&PartitionRow>, node_id: i32) -> Self {
+        let (log_start, high_watermark, leader_epoch, leader) = row
+            .map(|p| (p.log_start_offset, p.high_watermark, p.leader_epoch, p.leader))
+            .unwrap_or((0, 0, 0, -1));
         Self {
             topic_id,
             index,
+            leader: AtomicI32::new(leader),
             state: Mutex::new(PartitionState {
                 log_start,
                 high_watermark,
                 leader_epoch,
+                led: leader == node_id,
                 tail: VecDeque::new(),
             }),
         }
@@ -496,15 +554,14 @@ impl Partition {
 }
 
 impl Inner {
-    fn topic_from_row(&self, row: &TopicRow, parts: &[sluice_meta::PartitionRow]) -> Arc<Topic> {
+    fn partition_from_rows(&self, topic_id: Uuid, index: i32, parts: &[PartitionRow]) -> Arc<Partition> {
+        let row = parts.iter().find(|p| p.topic_id == topic_id && p.partition == index);
+        Arc::new(Partition::new(topic_id, index, row, self.opts.node_id))
+    }
+
+    fn topic_from_row(&self, row: &TopicRow, parts: &[PartitionRow]) -> Arc<Topic> {
         let partitions = (0..row.partitions)
-            .map(|i| {
-                let p = parts.iter().find(|p| p.topic_id == row.id && p.partition == i);
-                let (ls, hw, ep) = p
-                    .map(|p| (p.log_start_offset, p.high_watermark, p.leader_epoch))
-                    .unwrap_or((0, 0, 0));
-                Arc::new(Partition::new(row.id, i, ls, hw, ep))
-            })
+            .map(|i| self.partition_from_rows(row.id, i, parts))
             .collect();
         Arc::new(Topic {
             id: row.id,

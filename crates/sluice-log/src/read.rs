@@ -45,6 +45,9 @@ impl Log {
         let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
         let (offsets, tail_start) = {
             let s = part.state.lock().unwrap();
+            if !s.led {
+                return Err(LogError::NotLeader);
+            }
             let o = Offsets {
                 log_start: s.log_start,
                 high_watermark: s.high_watermark,

@@ -23,8 +23,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
         }
         since_orphan_sweep += inner.opts.retention_check_interval;
-        // Listing the store is costly: sweep for orphans at most every grace/4.
-        if since_orphan_sweep >= inner.opts.gc_orphan_grace / 4 {
+        // Listing the store is costly: sweep for orphans at most every grace/4,
+        // and only on the one broker that collects garbage.
+        let gc = inner.gc.load(std::sync::atomic::Ordering::Relaxed);
+        if gc && since_orphan_sweep >= inner.opts.gc_orphan_grace / 4 {
             since_orphan_sweep = Duration::ZERO;
             if let Err(e) = collect_orphans(&inner, inner.opts.gc_orphan_grace).await {
                 tracing::warn!(error = %format!("{e:#}"), "orphan collection failed");
@@ -43,7 +45,8 @@ pub(crate) async fn pass(inner: &Inner) -> Result<()> {
             continue;
         }
         let parts: Vec<_> = topic.partitions.read().unwrap().clone();
-        for part in parts {
+        // Each leader applies retention to its own partitions.
+        for part in parts.into_iter().filter(|p| p.is_led()) {
             let o = part.offsets();
             let extents = inner.meta.batch_extents(topic.id, part.index).await?;
             let mut start = o.log_start;
@@ -71,7 +74,10 @@ pub(crate) async fn pass(inner: &Inner) -> Result<()> {
             }
         }
     }
-    delete_unreferenced(inner).await
+    if inner.gc.load(std::sync::atomic::Ordering::Relaxed) {
+        delete_unreferenced(inner).await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn advance_log_start(inner: &Inner, part: &Partition, offset: i64) -> Result<()> {

@@ -271,6 +271,9 @@ async fn timestamps_and_rebuild() {
     let log = Log::open(meta, fx.store(), opts()).await.unwrap();
     let t = log.topic("ts").unwrap();
     assert_eq!((t.id, t.partition_count()), (id, 2));
+    // Rebuilt partitions have no leader until the cluster layer assigns one.
+    assert_eq!(log.read(&t, 0, 0, 1 << 20).await.unwrap_err(), LogError::NotLeader);
+    log.take_leadership(&[(id, 0, 1), (id, 1, 1)]).await.unwrap();
     let r = log.read(&t, 0, 0, 1 << 20).await.unwrap();
     assert_eq!(values(&r.batches, 0).len(), 10);
     assert_eq!(t.partition(1).unwrap().offsets().high_watermark, 2);

@@ -14,6 +14,11 @@ use crate::{parse_uuid, MetaStore};
 /// Number of group-coordinator shards (rows of `group_shards`).
 pub const GROUP_SHARDS: i32 = 16;
 
+/// The group-coordinator shard a group belongs to.
+pub fn group_shard(group_id: &str) -> i32 {
+    (crc32c::crc32c(group_id.as_bytes()) % GROUP_SHARDS as u32) as i32
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerRow {
     pub node_id: i32,
@@ -240,47 +245,55 @@ impl MetaStore {
     /// still at `from_epoch`. A partition's new epoch starts at its high
     /// watermark. Returns the new epoch, or None if someone else changed it first.
     pub async fn set_leader(&self, slot: Slot, from_epoch: i32, to: i32) -> Result<Option<i32>> {
+        Ok(self.set_leaders(&[(slot, from_epoch, to)]).await?[0])
+    }
+
+    /// [`MetaStore::set_leader`] for many slots in one transaction.
+    pub async fn set_leaders(&self, moves: &[(Slot, i32, i32)]) -> Result<Vec<Option<i32>>> {
         let mut tx = self.pool.begin().await?;
-        let changed = match slot {
-            Slot::Partition(topic_id, partition) => {
-                let n = sqlx::query(
-                    "UPDATE partitions SET leader = $1, leader_epoch = leader_epoch + 1, next_leader = -1
-                     WHERE topic_id = $2 AND partition = $3 AND leader_epoch = $4",
-                )
-                .bind(to)
-                .bind(topic_id.to_string())
-                .bind(partition)
-                .bind(from_epoch)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 1 {
-                    record_epoch_start(&mut tx, topic_id, partition, from_epoch + 1).await?;
+        let mut out = Vec::with_capacity(moves.len());
+        for &(slot, from_epoch, to) in moves {
+            let changed = match slot {
+                Slot::Partition(topic_id, partition) => {
+                    let n = sqlx::query(
+                        "UPDATE partitions SET leader = $1, leader_epoch = leader_epoch + 1, next_leader = -1
+                         WHERE topic_id = $2 AND partition = $3 AND leader_epoch = $4",
+                    )
+                    .bind(to)
+                    .bind(topic_id.to_string())
+                    .bind(partition)
+                    .bind(from_epoch)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 1 {
+                        record_epoch_start(&mut tx, topic_id, partition, from_epoch + 1).await?;
+                    }
+                    n == 1
                 }
-                n == 1
-            }
-            Slot::GroupShard(shard) => {
-                sqlx::query(
-                    "UPDATE group_shards SET leader = $1, leader_epoch = leader_epoch + 1, next_leader = -1
-                     WHERE shard = $2 AND leader_epoch = $3",
-                )
-                .bind(to)
-                .bind(shard)
-                .bind(from_epoch)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1
-            }
-        };
-        if !changed {
-            return Ok(None);
+                Slot::GroupShard(shard) => {
+                    sqlx::query(
+                        "UPDATE group_shards SET leader = $1, leader_epoch = leader_epoch + 1, next_leader = -1
+                         WHERE shard = $2 AND leader_epoch = $3",
+                    )
+                    .bind(to)
+                    .bind(shard)
+                    .bind(from_epoch)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1
+                }
+            };
+            out.push(changed.then_some(from_epoch + 1));
         }
-        sqlx::query("UPDATE topology SET version = version + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        if out.iter().any(Option::is_some) {
+            sqlx::query("UPDATE topology SET version = version + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(Some(from_epoch + 1))
+        Ok(out)
     }
 
     /// Asks the leader of `slot` (at `epoch`) to hand it to `to` (-1: cancel).
@@ -369,7 +382,7 @@ mod tests {
     #[tokio::test]
     async fn leadership_changes_are_fenced_on_the_epoch() {
         let (_d, m) = store().await;
-        let t = m.create_topic("t", 1, &BTreeMap::new()).await.unwrap().unwrap();
+        let t = m.create_topic("t", 1, &BTreeMap::new(), &[]).await.unwrap().unwrap();
         let slot = Slot::Partition(t.id, 0);
         let v0 = m.topology_version().await.unwrap();
         assert_eq!(m.set_leader(slot, 0, 1).await.unwrap(), Some(1));

@@ -16,7 +16,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use uuid::Uuid;
 
 mod cluster;
-pub use cluster::{BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
+pub use cluster::{group_shard, BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -42,6 +42,8 @@ pub struct PartitionRow {
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub leader_epoch: i32,
+    /// The broker leading it; -1 when nobody does.
+    pub leader: i32,
 }
 
 /// One stored record batch: where it lives and which offsets it covers.
@@ -211,12 +213,14 @@ impl MetaStore {
         rows.iter().map(topic_from_row).collect()
     }
 
-    /// Creates a topic with its partitions; `None` if the name is taken.
+    /// Creates a topic with its partitions, partition `i` led by
+    /// `leaders[i % len]` (nobody if `leaders` is empty); `None` if the name is taken.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
         configs: &BTreeMap<String, String>,
+        leaders: &[i32],
     ) -> Result<Option<TopicRow>> {
         let topic = TopicRow {
             id: Uuid::new_v4(),
@@ -241,7 +245,7 @@ impl MetaStore {
         if inserted == 0 {
             return Ok(None);
         }
-        insert_partitions(&mut tx, topic.id, 0, partitions).await?;
+        insert_partitions(&mut tx, topic.id, 0, partitions, leaders).await?;
         bump_topology(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(topic))
@@ -279,8 +283,8 @@ impl MetaStore {
         Ok(n > 0)
     }
 
-    /// Grows a topic to `new_count` partitions.
-    pub async fn add_partitions(&self, topic_id: Uuid, new_count: i32) -> Result<()> {
+    /// Grows a topic to `new_count` partitions, the new ones led as in [`MetaStore::create_topic`].
+    pub async fn add_partitions(&self, topic_id: Uuid, new_count: i32, leaders: &[i32]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("SELECT partitions FROM topics WHERE topic_id = $1")
             .bind(topic_id.to_string())
@@ -295,7 +299,7 @@ impl MetaStore {
             .bind(topic_id.to_string())
             .execute(&mut *tx)
             .await?;
-        insert_partitions(&mut tx, topic_id, old, new_count).await?;
+        insert_partitions(&mut tx, topic_id, old, new_count, leaders).await?;
         bump_topology(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -313,21 +317,32 @@ impl MetaStore {
     // ---- partitions and the offset index ----
 
     pub async fn list_partitions(&self) -> Result<Vec<PartitionRow>> {
-        let rows =
-            sqlx::query("SELECT topic_id, partition, log_start_offset, high_watermark, leader_epoch FROM partitions")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PartitionRow {
-                    topic_id: parse_uuid(r.get(0))?,
-                    partition: r.get(1),
-                    log_start_offset: r.get(2),
-                    high_watermark: r.get(3),
-                    leader_epoch: r.get(4),
-                })
-            })
-            .collect()
+        let rows = sqlx::query(&format!("SELECT {PARTITION_COLUMNS} FROM partitions"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(partition_from_row).collect()
+    }
+
+    pub async fn list_topic_partitions(&self, topic_id: Uuid) -> Result<Vec<PartitionRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PARTITION_COLUMNS} FROM partitions WHERE topic_id = $1"
+        ))
+        .bind(topic_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(partition_from_row).collect()
+    }
+
+    /// One partition as stored now: what a broker taking it over starts from.
+    pub async fn get_partition(&self, topic_id: Uuid, partition: i32) -> Result<Option<PartitionRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {PARTITION_COLUMNS} FROM partitions WHERE topic_id = $1 AND partition = $2"
+        ))
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(partition_from_row).transpose()
     }
 
     /// Commits one flush: the object, its batches, new high watermarks and
@@ -550,19 +565,51 @@ impl MetaStore {
         let rows = sqlx::query("SELECT topic_id, partition, producer_id, epoch, recent FROM producer_state")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ProducerStateRow {
-                    topic_id: parse_uuid(r.get(0))?,
-                    partition: r.get(1),
-                    producer_id: r.get(2),
-                    epoch: r.get::<i32, _>(3) as i16,
-                    recent: serde_json::from_str(r.get(4))?,
-                })
-            })
-            .collect()
+        producer_states_from_rows(&rows)
     }
 
+    /// Idempotent-producer state of one partition, for a broker taking it over.
+    pub async fn load_partition_producers(&self, topic_id: Uuid, partition: i32) -> Result<Vec<ProducerStateRow>> {
+        let rows = sqlx::query(
+            "SELECT topic_id, partition, producer_id, epoch, recent FROM producer_state
+             WHERE topic_id = $1 AND partition = $2",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .fetch_all(&self.pool)
+        .await?;
+        producer_states_from_rows(&rows)
+    }
+}
+
+fn producer_states_from_rows(rows: &[AnyRow]) -> Result<Vec<ProducerStateRow>> {
+    rows.iter()
+        .map(|r| {
+            Ok(ProducerStateRow {
+                topic_id: parse_uuid(r.get(0))?,
+                partition: r.get(1),
+                producer_id: r.get(2),
+                epoch: r.get::<i32, _>(3) as i16,
+                recent: serde_json::from_str(r.get(4))?,
+            })
+        })
+        .collect()
+}
+
+const PARTITION_COLUMNS: &str = "topic_id, partition, log_start_offset, high_watermark, leader_epoch, leader";
+
+fn partition_from_row(r: &AnyRow) -> Result<PartitionRow> {
+    Ok(PartitionRow {
+        topic_id: parse_uuid(r.get(0))?,
+        partition: r.get(1),
+        log_start_offset: r.get(2),
+        high_watermark: r.get(3),
+        leader_epoch: r.get(4),
+        leader: r.get(5),
+    })
+}
+
+impl MetaStore {
     // ---- consumer groups ----
 
     /// Records that a group exists (or changed generation), and whether it is empty.
@@ -728,7 +775,7 @@ impl MetaStore {
                         .bind(now_ms())
                         .execute(&mut *tx)
                         .await?;
-                    insert_partitions(&mut tx, *id, 0, *partitions).await?;
+                    insert_partitions(&mut tx, *id, 0, *partitions, &[]).await?;
                 }
                 Some(row) => {
                     let old: i32 = row.get(0);
@@ -738,7 +785,7 @@ impl MetaStore {
                             .bind(id.to_string())
                             .execute(&mut *tx)
                             .await?;
-                        insert_partitions(&mut tx, *id, old, *partitions).await?;
+                        insert_partitions(&mut tx, *id, old, *partitions, &[]).await?;
                     }
                 }
             }
@@ -790,11 +837,23 @@ async fn bump_topology(tx: &mut Transaction<'_, Any>) -> Result<()> {
     Ok(())
 }
 
-async fn insert_partitions(tx: &mut Transaction<'_, Any>, topic_id: Uuid, from: i32, to: i32) -> Result<()> {
+async fn insert_partitions(
+    tx: &mut Transaction<'_, Any>,
+    topic_id: Uuid,
+    from: i32,
+    to: i32,
+    leaders: &[i32],
+) -> Result<()> {
     for p in from..to {
-        sqlx::query("INSERT INTO partitions (topic_id, partition) VALUES ($1, $2)")
+        let leader = if leaders.is_empty() {
+            -1
+        } else {
+            leaders[p as usize % leaders.len()]
+        };
+        sqlx::query("INSERT INTO partitions (topic_id, partition, leader) VALUES ($1, $2, $3)")
             .bind(topic_id.to_string())
             .bind(p)
+            .bind(leader)
             .execute(&mut **tx)
             .await?;
         sqlx::query("INSERT INTO partition_epochs (topic_id, partition, epoch, start_offset) VALUES ($1, $2, 0, 0)")
@@ -902,8 +961,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn topic_lifecycle_and_index() {
         let (_d, m) = store().await;
-        let t = m.create_topic("a", 2, &BTreeMap::new()).await.unwrap().unwrap();
-        assert!(m.create_topic("a", 1, &BTreeMap::new()).await.unwrap().is_none());
+        let t = m.create_topic("a", 2, &BTreeMap::new(), &[7]).await.unwrap().unwrap();
+        assert!(m.create_topic("a", 1, &BTreeMap::new(), &[]).await.unwrap().is_none());
         let commit = FlushCommit {
             object_key: "o1".into(),
             object_size: 200,
@@ -930,7 +989,8 @@ pub(crate) mod tests {
         assert!(m.batches_from(t.id, 1, 0, 10).await.unwrap().is_empty());
         let parts = m.list_partitions().await.unwrap();
         let p0 = parts.iter().find(|p| p.partition == 0).unwrap();
-        assert_eq!(p0.high_watermark, 10);
+        assert_eq!((p0.high_watermark, p0.leader), (10, 7));
+        assert_eq!(m.get_partition(t.id, 1).await.unwrap().unwrap().high_watermark, 0);
 
         m.advance_log_start(t.id, 0, 10).await.unwrap();
         assert!(m.batches_from(t.id, 0, 0, 10).await.unwrap().is_empty());
@@ -939,7 +999,7 @@ pub(crate) mod tests {
             vec!["o1".to_string()]
         );
 
-        m.add_partitions(t.id, 4).await.unwrap();
+        m.add_partitions(t.id, 4, &[]).await.unwrap();
         assert_eq!(m.list_partitions().await.unwrap().len(), 4);
         assert!(m.delete_topic(t.id).await.unwrap());
         assert!(m.list_topics().await.unwrap().is_empty());
@@ -993,7 +1053,7 @@ pub(crate) mod tests {
         let a = m.next_producer_id().await.unwrap();
         let b = m.next_producer_id().await.unwrap();
         assert_ne!(a, b);
-        let t = m.create_topic("p", 1, &BTreeMap::new()).await.unwrap().unwrap();
+        let t = m.create_topic("p", 1, &BTreeMap::new(), &[]).await.unwrap().unwrap();
         let state = ProducerStateRow {
             topic_id: t.id,
             partition: 0,

@@ -48,6 +48,14 @@ pub struct Config {
     pub group_consumer_session_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub group_consumer_heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub broker_lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cluster_poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub handoff_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +95,10 @@ impl Default for Config {
             offsets_retention_minutes: 10080,
             group_consumer_session_timeout: Duration::from_secs(45),
             group_consumer_heartbeat_interval: Duration::from_secs(5),
+            broker_lease: Duration::from_secs(2),
+            cluster_poll_interval: Duration::from_millis(200),
+            handoff_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -206,6 +218,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_consumer_heartbeat_interval: Option<String>,
+    /// How long a broker's lease in the metadata store lasts without renewal; its partitions move this long after it dies. [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_lease: Option<String>,
+    /// How often brokers read the cluster's state and the controller rebalances. [default: 200ms]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_poll_interval: Option<String>,
+    /// How long a leader may take to hand a partition over before the controller forces the move. [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff_timeout: Option<String>,
+    /// On SIGTERM, how long to wait for this broker's partitions to move to others before exiting. [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<String>,
 }
 
 /// Maps `SLUICE_FLUSH_INTERVAL` to `flush.interval`, `SLUICE_KAFKA_LISTEN` to `kafka-listen`.
@@ -242,6 +270,10 @@ const ENV_KEYS: &[&str] = &[
     "offsets_retention_minutes",
     "group_consumer_session_timeout",
     "group_consumer_heartbeat_interval",
+    "broker_lease",
+    "cluster_poll_interval",
+    "handoff_timeout",
+    "drain_timeout",
 ];
 
 pub fn resolve(args: &ServeArgs) -> Result<Config> {

@@ -1,6 +1,7 @@
 //! `sluice`: the one binary. `serve` runs the broker; the other commands are
 //! clients and offline tools.
 
+mod cluster_cli;
 mod config;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ enum Command {
     Consume(sluice_client::cli::ConsumeArgs),
     /// List, describe and delete consumer groups; show lag; reset committed offsets.
     Group(sluice_client::cli::GroupArgs),
+    /// Cluster status, and draining brokers before maintenance.
+    Cluster(cluster_cli::ClusterArgs),
     /// Load generator: produce, consume and end-to-end throughput and latency percentiles.
     Bench(sluice_bench::BenchArgs),
     /// Offline maintenance of the stores (run with the broker stopped).
@@ -76,6 +79,7 @@ fn run() -> Result<()> {
             Command::Consume(args) => sluice_client::cli::run_consume(args).await,
             Command::Group(args) => sluice_client::cli::run_group(args).await,
             Command::Bench(args) => sluice_bench::run_bench(args).await,
+            Command::Cluster(args) => cluster_cli::run(args).await,
             Command::Admin {
                 command: AdminCommand::RebuildIndex(storage),
             } => {
@@ -124,15 +128,30 @@ async fn serve(cfg: Config) -> Result<()> {
             ..Default::default()
         },
     );
-    let restored = groups.load().await?;
-    if restored > 0 {
-        tracing::info!(groups = restored, "restored consumer groups");
-    }
-    let log = Log::open(meta, store, opts).await?;
+    // Groups are restored per coordinator shard as the cluster hands shards to this broker.
+    let log = Log::open(meta.clone(), store, opts).await?;
     let (host, port) = cfg.advertised()?;
+    let cluster = sluice_cluster::Cluster::start(
+        meta,
+        log.clone(),
+        groups.clone(),
+        sluice_cluster::ClusterOptions {
+            node_id: cfg.node_id,
+            host: host.clone(),
+            port,
+            http: advertised_http(&cfg.http_listen, &host),
+            lease: cfg.broker_lease,
+            poll_interval: cfg.cluster_poll_interval,
+            handoff_timeout: cfg.handoff_timeout,
+            drain_timeout: cfg.drain_timeout,
+        },
+    )
+    .await
+    .context("joining the cluster")?;
     let broker = Arc::new(Broker {
         log,
         groups,
+        cluster: cluster.clone(),
         config: BrokerConfig {
             node_id: cfg.node_id,
             advertised_host: host,
@@ -158,13 +177,26 @@ async fn serve(cfg: Config) -> Result<()> {
     let http_state = Arc::new(sluice_http::AppState {
         log: broker.log.clone(),
         groups: broker.groups.clone(),
+        cluster: cluster.clone(),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let kafka = tokio::spawn(sluice_kafka::serve(kafka, broker.clone()));
+    let http = tokio::spawn(sluice_http::serve(http, sluice_http::router(http_state)));
     tokio::select! {
-        r = sluice_kafka::serve(kafka, broker.clone()) => r.context("Kafka listener failed"),
-        r = sluice_http::serve(http, sluice_http::router(http_state)) => r.context("HTTP listener failed"),
-        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
-        _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
+        r = kafka => return r?.context("Kafka listener failed"),
+        r = http => return r?.context("HTTP listener failed"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; handing partitions over"),
+        _ = term.recv() => tracing::info!("terminated; handing partitions over"),
+    }
+    // Keep serving while the partitions move, so that clients see no errors.
+    cluster.shutdown().await
+}
+
+/// The HTTP address other brokers and tools can reach, from the listen address.
+fn advertised_http(listen: &str, host: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some((h, port)) if matches!(h.trim_matches(['[', ']']), "0.0.0.0" | "::" | "") => format!("{host}:{port}"),
+        _ => listen.to_string(),
     }
 }
 

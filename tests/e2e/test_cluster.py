@@ -1,0 +1,296 @@
+"""Cluster mode: three stateless brokers sharing a real PostgreSQL server and a
+real S3 API server (moto), driven by librdkafka.
+
+* SIGKILL the leader of a partition under idempotent acks=all load: every
+  acknowledged record is read back exactly once, and produce to the dead
+  broker's partitions resumes within the target (5 s).
+* SIGSTOP a broker past its lease, then resume it: its partitions moved
+  meanwhile, it suspended its own writes, and nothing it wrote late counts.
+* Scale from one broker to three: partitions spread with no data copied.
+* Rolling restart of every broker (SIGTERM drains) under load: zero errors.
+* Metadata, DescribeCluster, `sluice cluster status|drain` and GET /api/v1/cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from conftest import create_topic, http_get, wait_until
+from loadgen import LoadProducer, check_exactly_once
+import services
+
+# The failover target of the issue; the figures measured are printed.
+FAILOVER_TARGET_S = 5.0
+
+
+@pytest.fixture
+def cluster(make_broker):
+    """Factory: cluster(n) -> n started brokers (node ids 1..n) on one fresh
+    PostgreSQL database and one fresh S3 bucket. `add()` starts one more."""
+    pg = services.postgres()
+    s3 = services.s3()
+    meta = pg.create_database()
+    bucket = s3.create_bucket()
+    nodes = []
+
+    class Cluster(list):
+        bucket_name = bucket
+        s3_server = s3
+
+        def add(self, start: bool = True):
+            node_id = len(self) + 1
+            b = make_broker(
+                "--meta", meta, "--store", f"s3://{bucket}/sluice",
+                "--flush-interval", "5ms",
+                name=f"node{node_id}", node_id=node_id, env=s3.env(), start=start,
+            )
+            self.append(b)
+            return b
+
+        @property
+        def bootstrap(self) -> str:
+            return ",".join(b.bootstrap for b in self if b.running())
+
+    def start(n: int) -> Cluster:
+        c = Cluster()
+        for _ in range(n):
+            c.add()
+        nodes.append(c)
+        return c
+
+    return start
+
+
+def status(broker) -> dict:
+    code, body, _ = http_get(broker.http + "/api/v1/cluster")
+    assert code == 200, body
+    return json.loads(body)
+
+
+def leaders(broker, topic: str) -> dict[int, int]:
+    return {p["partition"]: p["leader"] for p in status(broker)["partitions"] if p["topic"] == topic}
+
+
+def balanced(broker, topic: str, nodes: set[int], partitions: int) -> bool:
+    """Every partition led by a live node, each node leading its fair share."""
+    s = status(broker)
+    alive = {b["node_id"] for b in s["brokers"] if b["alive"]}
+    lead = leaders(broker, topic)
+    if len(lead) != partitions or set(lead.values()) - nodes or not nodes <= alive:
+        return False
+    counts = [list(lead.values()).count(n) for n in nodes]
+    return max(counts) - min(counts) <= 1 and all(p["next_leader"] == -1 for p in s["partitions"])
+
+
+def first_ack_after(load: LoadProducer, t0: float, partitions: set[int]) -> dict[int, float]:
+    """Seconds from t0 to the first acknowledgement of each partition after t0."""
+    out: dict[int, float] = {}
+    with load.lock:
+        for t, p in load.ack_times:
+            if t > t0 and p in partitions and p not in out:
+                out[p] = t - t0
+    return out
+
+
+def test_metadata_lists_live_brokers_and_spread_leaders(cluster):
+    c = cluster(3)
+    create_topic(c[0], "spread", 6)
+    wait_until(lambda: balanced(c[0], "spread", {1, 2, 3}, 6), 15, what="partitions spread over 3 brokers")
+
+    admin = AdminClient({"bootstrap.servers": c[1].bootstrap})
+    # Each broker re-reads the cluster every --cluster-poll-interval (200 ms).
+    def settled():
+        m = admin.list_topics(timeout=10)
+        lead = {p.id: p.leader for p in m.topics["spread"].partitions.values()}
+        return sorted(m.brokers) == [1, 2, 3] and lead == leaders(c[2], "spread") and m
+
+    md = wait_until(settled, 5, what="Metadata to show all brokers and the current leaders")
+    assert {md.brokers[i].port for i in (1, 2, 3)} == {b.kafka_port for b in c}
+    assert {p.leader for p in md.topics["spread"].partitions.values()} == {1, 2, 3}
+    desc = admin.describe_cluster(request_timeout=10).result()
+    assert sorted(n.id for n in desc.nodes) == [1, 2, 3]
+    s = status(c[0])
+    assert desc.controller.id == s["controller"]
+    assert [b["partitions"] for b in s["brokers"]] == [2, 2, 2]
+    assert sum(b["group_shards"] for b in s["brokers"]) == 16
+
+    out = c[0].run_cli("cluster", "status", "--http", c[1].http, "--partitions", check=True).stdout
+    assert f"controller: {s['controller']}" in out
+    assert out.count("true ") >= 3 and "spread" in out, out
+
+    # Groups work across brokers: each group's coordinator is its shard's leader.
+    consumer = Consumer({"bootstrap.servers": c.bootstrap, "group.id": "g-cluster", "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe(["spread"])
+        wait_until(lambda: consumer.poll(0.2) is None and len(consumer.assignment()) == 6, 30, what="group assignment")
+        consumer.commit(offsets=[TopicPartition("spread", p, 0) for p in range(6)], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def test_sigkill_leader_under_load_loses_nothing(cluster):
+    c = cluster(3)
+    topic, n = "failover", 6
+    create_topic(c[0], topic, n)
+    wait_until(lambda: balanced(c[0], topic, {1, 2, 3}, n), 15, what="partitions spread")
+    load = LoadProducer(c.bootstrap, topic, n, rate=1500)
+    load.start()
+    time.sleep(2.0)
+
+    victim_id = leaders(c[0], topic)[0]
+    victim = c[victim_id - 1]
+    affected = {p for p, l in leaders(c[0], topic).items() if l == victim_id}
+    with load.lock:
+        acked_before = len(load.acked)
+    t0 = time.monotonic()
+    victim.kill()
+    survivor = next(b for b in c if b.running())
+    wait_until(lambda: all(l != victim_id for l in leaders(survivor, topic).values()), 15,
+               what="partitions moved off the killed broker")
+    moved_after = time.monotonic() - t0
+    wait_until(lambda: len(first_ack_after(load, t0, affected)) == len(affected), 30,
+               what="produce to every affected partition to resume")
+    resumed = first_ack_after(load, t0, affected)
+    time.sleep(1.0)
+    left = load.finish(timeout=60)
+    worst = max(resumed.values())
+    print(f"failover: leaders moved {moved_after:.2f}s after SIGKILL; produce resumed per partition "
+          f"{ {p: round(t, 2) for p, t in sorted(resumed.items())} } s (worst {worst:.2f}s, target {FAILOVER_TARGET_S}s); "
+          f"acked {len(load.acked)} (before kill {acked_before}), failed {len(load.failed)}")
+    assert load.error is None, load.error
+    assert left == 0 and not load.failed, f"{left} unresolved; failures {list(load.failed.items())[:5]}"
+    assert worst < FAILOVER_TARGET_S, f"produce resumed only after {worst:.2f}s"
+    problems, _ = check_exactly_once(survivor.bootstrap, topic, n, load)
+    assert not problems, "\n".join(problems)
+
+
+def test_sigstopped_broker_is_fenced_and_rejoins(cluster):
+    c = cluster(3)
+    topic, n = "fence", 6
+    create_topic(c[0], topic, n)
+    wait_until(lambda: balanced(c[0], topic, {1, 2, 3}, n), 15, what="partitions spread")
+    load = LoadProducer(c.bootstrap, topic, n, rate=1000, **{"message.timeout.ms": 120000})
+    load.start()
+    time.sleep(1.5)
+
+    frozen = c[1]
+    before = {p["partition"]: p["epoch"] for p in status(c[0])["partitions"] if p["topic"] == topic and p["leader"] == 2}
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: all(l != 2 for l in leaders(c[0], topic).values()), 15,
+                   what="the stopped broker's partitions to move")
+        time.sleep(1.0)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    after = {p["partition"]: p["epoch"] for p in status(c[0])["partitions"] if p["topic"] == topic}
+    # Each move bumped the leader epoch: commits the stopped broker makes at its old epoch are refused.
+    assert before and all(after[p] > e for p, e in before.items()), (before, after)
+    # On waking, the broker sees its lease went stale and serves no writes until it has renewed.
+    wait_until(lambda: "suspending writes" in frozen.log(), 10, what="the woken broker to suspend its writes")
+    # It rejoins and gets its share back.
+    wait_until(lambda: balanced(c[0], topic, {1, 2, 3}, n), 30, what="rebalance after resume")
+    time.sleep(1.0)
+    left = load.finish(timeout=90)
+    assert load.error is None, load.error
+    assert left == 0 and not load.failed, f"{left} unresolved; failures {list(load.failed.items())[:5]}"
+    problems, _ = check_exactly_once(c[0].bootstrap, topic, n, load)
+    assert not problems, "\n".join(problems)
+
+
+def test_scale_out_moves_partitions_without_copying_data(cluster):
+    c = cluster(1)
+    topic, n = "scale", 6
+    create_topic(c[0], topic, n)
+    load = LoadProducer(c.bootstrap, topic, n, rate=2000)
+    load.start()
+    time.sleep(2.0)
+    assert load.finish(timeout=30) == 0 and not load.failed
+    objects = c.s3_server.count_objects(c.bucket_name)
+    assert objects > 0
+
+    t0 = time.monotonic()
+    c.add()
+    c.add()
+    wait_until(lambda: balanced(c[0], topic, {1, 2, 3}, n), 15, what="partitions spread to the new brokers")
+    spread = time.monotonic() - t0
+    print(f"scale-out: 1 -> 3 brokers, partitions balanced {spread:.2f}s after the new brokers started")
+    assert spread < FAILOVER_TARGET_S + 2, spread
+    # No data moved: the object store holds exactly the objects it held before.
+    assert c.s3_server.count_objects(c.bucket_name) == objects
+    problems, _ = check_exactly_once(c.bootstrap, topic, n, load)
+    assert not problems, "\n".join(problems)
+
+    # Drain a broker through the CLI: everything it led moves; undrain brings a share back.
+    c[0].run_cli("cluster", "drain", "2", "--http", c[0].http, check=True)
+    wait_until(lambda: balanced(c[0], topic, {1, 3}, n), 15, what="node 2 drained")
+    assert next(b for b in status(c[2])["brokers"] if b["node_id"] == 2)["draining"] is True
+    c[0].run_cli("cluster", "undrain", "2", "--http", c[0].http, check=True)
+    wait_until(lambda: balanced(c[0], topic, {1, 2, 3}, n), 15, what="node 2 back")
+
+
+def test_rolling_restart_under_load_has_no_client_errors(cluster):
+    c = cluster(3)
+    topic, n = "rolling", 6
+    create_topic(c[0], topic, n)
+    wait_until(lambda: balanced(c[0], topic, {1, 2, 3}, n), 15, what="partitions spread")
+    load = LoadProducer(c.bootstrap, topic, n, rate=1000)
+    load.start()
+    errors: list[str] = []
+    transport_events = []
+    consumed: list[tuple[int, int]] = []
+
+    def on_error(e):
+        # A stopped broker refuses connections until it is back: a connection event, not a failed request.
+        (transport_events if e.code() == KafkaError._TRANSPORT else errors).append(str(e))
+
+    consumer = Consumer({
+        "bootstrap.servers": c.bootstrap, "group.id": "rolling", "auto.offset.reset": "earliest",
+        "topic.metadata.refresh.interval.ms": 1000, "error_cb": on_error,
+    })
+    consumer.subscribe([topic])
+
+    def pump(seconds: float):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            m = consumer.poll(0.1)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    errors.append(f"consumer message: {m.error()}")
+                continue
+            consumed.append((m.partition(), m.offset()))
+
+    pump(3.0)
+    for b in c:
+        b.stop()  # SIGTERM: hands its partitions over, then exits
+        pump(0.5)
+        b.start()
+        wait_until(lambda: (pump(0.2), balanced(c[0] if b is not c[0] else c[1], topic, {1, 2, 3}, n))[1], 30,
+                   what=f"{b.name} back with its share")
+    pump(2.0)
+    left = load.finish(timeout=60)
+    acked_offsets = {(p, off) for (p, _), off in load.acked.items()}
+    deadline = time.monotonic() + 30
+    while not acked_offsets <= set(consumed) and time.monotonic() < deadline:
+        pump(0.5)
+    positions = {tp.partition: tp.offset for tp in consumer.position(consumer.assignment())}
+    consumer.close()
+    assert load.error is None, load.error
+    assert left == 0 and not load.failed, f"producer failures: {list(load.failed.items())[:5]}"
+    assert not errors, errors[:10]
+    print(f"rolling restart: acked {len(load.acked)}, consumed {len(consumed)}, "
+          f"connection events {len(transport_events)}, errors 0")
+    problems, log = check_exactly_once(c[0].bootstrap, topic, n, load)
+    assert not problems, "\n".join(problems)
+    # The group consumed everything acknowledged; redelivery after a move is allowed, loss is not.
+    seen = set(consumed)
+    missing = [(p, off) for (p, _), off in load.acked.items() if (p, off) not in seen]
+    assert not missing, f"{len(missing)} acknowledged records never consumed, e.g. {missing[:5]}; positions {positions}"
