@@ -821,6 +821,10 @@ class Wire:
                 flexible_response_header: bool = False) -> Reader:
         """Send a request and return a Reader positioned after the response header."""
         corr = self.send_request(api_key, api_version, body, flexible_request)
+        return self.response(corr, flexible_response_header)
+
+    def response(self, corr: int, flexible_response_header: bool = False) -> Reader:
+        """Read the response to request `corr`; a Reader positioned after its header."""
         r = Reader(self.recv_frame())
         got = r.i32()
         assert got == corr, f"correlation id mismatch: sent {corr}, got {got}"
@@ -857,12 +861,20 @@ class Wire:
 
     def produce(self, topic: str, partition: int, batch: bytes | None, acks: int = -1, timeout_ms: int = 10000) -> dict:
         """Produce v7 (non-flexible) of one batch to one partition; returns the partition response."""
+        return self.produce_response(self.produce_send(topic, partition, batch, acks, timeout_ms), topic)
+
+    def produce_send(self, topic: str, partition: int, batch: bytes | None, acks: int = -1,
+                     timeout_ms: int = 10000) -> int:
+        """Send a Produce v7 request without waiting; returns its correlation id."""
         body = (
             kstring(None)  # transactional_id
             + struct.pack(">hi", acks, timeout_ms)
             + karray([kstring(topic) + karray([struct.pack(">i", partition) + kbytes(batch)])])
         )
-        r = self.request(API_PRODUCE, 7, body)
+        return self.send_request(API_PRODUCE, 7, body)
+
+    def produce_response(self, corr: int, topic: str) -> dict:
+        r = self.response(corr)
         topics = r.array(lambda r: (r.string(), r.array(lambda r: {
             "partition": r.i32(),
             "error_code": r.i16(),
