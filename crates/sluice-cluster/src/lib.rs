@@ -357,6 +357,10 @@ fn check_lease(inner: &Inner, safe: Duration) {
     if stale != inner.log.is_suspended() {
         if stale {
             tracing::warn!("broker lease not renewed in time; suspending writes");
+            // Group state is re-read from the store when the shards are taken again.
+            for shard in inner.groups.owned_shards().unwrap_or_default() {
+                inner.groups.release_shard(shard);
+            }
         } else {
             tracing::info!("broker lease renewed; resuming writes");
         }

@@ -8,7 +8,9 @@
 //! ones are found through the index and read as object ranges.
 
 pub mod batch;
+mod compaction;
 pub mod config;
+mod counting;
 mod flush;
 mod leadership;
 pub mod object;
@@ -29,7 +31,9 @@ use sluice_meta::{MetaStore, PartitionRow, TopicRow};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+pub use compaction::CompactionReport;
 pub use config::{TopicConfig, TopicDefaults};
+pub use counting::{store_counts, StoreCounts};
 pub use read::{ReadResult, TimestampOffset};
 pub use retention::{rebuild_index, RebuildReport};
 pub use store::DataStore;
@@ -80,6 +84,7 @@ pub(crate) struct Metrics {
     pub objects_deleted: IntCounter,
     pub tail_reads: IntCounter,
     pub object_reads: IntCounter,
+    pub compactions: IntCounter,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -101,6 +106,11 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     )
     .unwrap(),
     object_reads: register_int_counter!("sluice_log_object_reads_total", "Ranged reads from data objects").unwrap(),
+    compactions: register_int_counter!(
+        "sluice_log_compactions_total",
+        "Segments written by compacting flush objects"
+    )
+    .unwrap(),
 });
 
 #[derive(Debug, Clone)]
@@ -115,6 +125,10 @@ pub struct LogOptions {
     pub retention_check_interval: Duration,
     /// Age before an object unknown to the metadata store is deleted.
     pub gc_orphan_grace: Duration,
+    /// Flush objects older than this are compacted into per-partition segments.
+    pub compaction_min_age: Duration,
+    /// Largest segment compaction writes.
+    pub segment_bytes: usize,
     pub defaults: TopicDefaults,
 }
 
@@ -127,6 +141,8 @@ impl Default for LogOptions {
             tail_cache_bytes: 256 << 20,
             retention_check_interval: Duration::from_secs(30),
             gc_orphan_grace: Duration::from_secs(600),
+            compaction_min_age: Duration::from_secs(60),
+            segment_bytes: 64 << 20,
             defaults: TopicDefaults::default(),
         }
     }
@@ -494,6 +510,11 @@ impl Log {
     /// Runs one retention and garbage-collection pass now.
     pub async fn enforce_retention(&self) -> Result<()> {
         retention::pass(&self.inner).await
+    }
+
+    /// Compacts this broker's partitions' older flush objects into segments now.
+    pub async fn compact(&self) -> Result<CompactionReport> {
+        compaction::pass(&self.inner).await
     }
 
     /// Deletes objects that no commit recorded, older than `grace`.

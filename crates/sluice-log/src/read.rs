@@ -5,7 +5,7 @@ use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_meta::BatchRow;
 
-use crate::{Log, LogError, Offsets, Topic, METRICS};
+use crate::{Inner, Log, LogError, Offsets, Topic, METRICS};
 
 /// Batches read from a partition, with its offsets at the time of reading.
 #[derive(Debug, Clone, Default)]
@@ -91,7 +91,19 @@ impl Log {
                     break;
                 }
             }
-            out.batches.extend(self.read_rows(&chosen).await?);
+            match self.inner.read_rows(&chosen).await {
+                Ok(batches) => out.batches.extend(batches),
+                // Compaction may have moved these batches and collected their object
+                // since the index was read: read the index again, once.
+                Err(_) => {
+                    let again = self
+                        .inner
+                        .meta
+                        .batches_from(topic.id, partition, chosen[0].base_offset, chosen.len() as i64)
+                        .await?;
+                    out.batches.extend(self.inner.read_rows(&again).await?);
+                }
+            }
         }
 
         // The tail cache: batches still in memory since their flush.
@@ -109,10 +121,12 @@ impl Log {
         }
         Ok(out)
     }
+}
 
+impl Inner {
     /// Reads the given index rows, one ranged GET per run of adjacent batches
     /// in the same object.
-    async fn read_rows(&self, rows: &[BatchRow]) -> Result<Vec<Bytes>, LogError> {
+    pub(crate) async fn read_rows(&self, rows: &[BatchRow]) -> Result<Vec<Bytes>, LogError> {
         let mut out = Vec::with_capacity(rows.len());
         let mut i = 0;
         while i < rows.len() {
@@ -126,7 +140,6 @@ impl Log {
             let start = rows[i].position as u64;
             let end = (rows[j - 1].position + rows[j - 1].length as i64) as u64;
             let data = self
-                .inner
                 .store
                 .get_range(&rows[i].object_key, start, end)
                 .await
@@ -140,7 +153,9 @@ impl Log {
         }
         Ok(out)
     }
+}
 
+impl Log {
     /// The earliest offset whose record timestamp is >= `timestamp`; None if
     /// no record is that recent.
     pub async fn offset_for_timestamp(
@@ -181,7 +196,7 @@ impl Log {
         row: &BatchRow,
         pred: impl Fn(i64) -> bool,
     ) -> Result<Option<TimestampOffset>, LogError> {
-        let data = self.read_rows(std::slice::from_ref(row)).await?.remove(0);
+        let data = self.inner.read_rows(std::slice::from_ref(row)).await?.remove(0);
         let mut buf = data;
         let set = RecordBatchDecoder::decode(&mut buf)
             .map_err(|e| LogError::Storage(format!("decoding stored batch: {e:#}")))?;

@@ -22,6 +22,18 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if let Err(e) = pass(&inner).await {
             tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
         }
+        match crate::compaction::pass(&inner).await {
+            Ok(r) if r.segments > 0 => {
+                tracing::info!(
+                    segments = r.segments,
+                    batches = r.batches,
+                    bytes = r.bytes,
+                    "compacted flush objects"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "compaction failed"),
+        }
         since_orphan_sweep += inner.opts.retention_check_interval;
         // Listing the store is costly: sweep for orphans at most every grace/4,
         // and only on the one broker that collects garbage.

@@ -12,6 +12,8 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use crate::counting::CountingStore;
+
 #[derive(Clone)]
 pub struct DataStore {
     inner: Arc<dyn ObjectStore>,
@@ -61,7 +63,7 @@ impl DataStore {
             other => bail!("unsupported store scheme {other:?} in {url:?}"),
         };
         Ok(Self {
-            inner,
+            inner: Arc::new(CountingStore::new(inner)),
             local_root,
             url: url.to_string(),
         })

@@ -309,3 +309,56 @@ async fn topic_deletion_and_partitions() {
     assert_ne!(t2.id, t.id);
     assert_eq!(t2.partition(0).unwrap().offsets().high_watermark, 0);
 }
+
+#[tokio::test]
+async fn compaction_moves_history_into_segments_without_changing_it() {
+    let fx = Fixture::new();
+    let log = fx
+        .open(LogOptions {
+            compaction_min_age: Duration::ZERO,
+            tail_cache_bytes: 0,
+            ..opts()
+        })
+        .await;
+    let t = log.create_topic("c", Some(2), BTreeMap::new(), false).await.unwrap();
+    // Each append is its own flush: ten objects, each holding both partitions.
+    let now = sluice_meta::now_ms();
+    for i in 0..10 {
+        let (a, b) = (
+            make_batch(3, -1, 0, now + i, Compression::None),
+            make_batch(2, -1, 0, now + i, Compression::Lz4),
+        );
+        let (ra, rb) = tokio::join!(log.append(&t, 0, a), log.append(&t, 1, b));
+        ra.unwrap();
+        rb.unwrap();
+    }
+    let read_all = |p: i32| {
+        let (log, t) = (log.clone(), t.clone());
+        async move { values(&log.read(&t, p, 0, 1 << 20).await.unwrap().batches, 0) }
+    };
+    let (p0, p1) = (read_all(0).await, read_all(1).await);
+    assert_eq!((p0.len(), p1.len()), (30, 20));
+    let objects_before = fx.store().list("data").await.unwrap().len();
+
+    let report = log.compact().await.unwrap();
+    assert_eq!((report.segments, report.batches), (2, 20));
+    // Nothing left to compact: segments are not compacted again.
+    assert_eq!(log.compact().await.unwrap().segments, 0);
+    log.enforce_retention().await.unwrap();
+    let objects_after = fx.store().list("data").await.unwrap();
+    assert_eq!(
+        objects_after.len(),
+        2,
+        "only the segments remain (was {objects_before})"
+    );
+    assert!(objects_after.iter().all(|o| o.key.ends_with(".segment")));
+    assert_eq!((read_all(0).await, read_all(1).await), (p0, p1));
+    // Appends continue after compaction at the next offsets.
+    assert_eq!(
+        log.append(&t, 0, make_batch(1, -1, 0, now, Compression::None))
+            .await
+            .unwrap()
+            .base_offset,
+        30
+    );
+}

@@ -406,6 +406,48 @@ impl MetaStore {
         Ok(applied)
     }
 
+    /// Points batches of one partition at a new object (a compacted segment):
+    /// `moved` is (base offset, old object key, position in the new object).
+    /// All or nothing: false, and no change, if any row no longer sits in its
+    /// old object (retention or another compaction got there first).
+    pub async fn relocate_batches(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        object_key: &str,
+        object_size: i64,
+        moved: &[(i64, String, i64)],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
+            .bind(object_key)
+            .bind(object_size)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        for (base_offset, old_key, position) in moved {
+            let n = sqlx::query(
+                "UPDATE batches SET object_key = $1, position = $2
+                 WHERE topic_id = $3 AND partition = $4 AND base_offset = $5 AND object_key = $6",
+            )
+            .bind(object_key)
+            .bind(position)
+            .bind(topic_id.to_string())
+            .bind(partition)
+            .bind(base_offset)
+            .bind(old_key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Up to `limit` batches holding offsets at or after `offset`, in order.
     pub async fn batches_from(&self, topic_id: Uuid, partition: i32, offset: i64, limit: i64) -> Result<Vec<BatchRow>> {
         let rows = sqlx::query(

@@ -49,6 +49,9 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub group_consumer_heartbeat_interval: Duration,
     #[serde(with = "humantime_serde")]
+    pub compaction_min_age: Duration,
+    pub segment_bytes: usize,
+    #[serde(with = "humantime_serde")]
     pub broker_lease: Duration,
     #[serde(with = "humantime_serde")]
     pub cluster_poll_interval: Duration,
@@ -95,6 +98,8 @@ impl Default for Config {
             offsets_retention_minutes: 10080,
             group_consumer_session_timeout: Duration::from_secs(45),
             group_consumer_heartbeat_interval: Duration::from_secs(5),
+            compaction_min_age: Duration::from_secs(60),
+            segment_bytes: 64 << 20,
             broker_lease: Duration::from_secs(2),
             cluster_poll_interval: Duration::from_millis(200),
             handoff_timeout: Duration::from_secs(5),
@@ -218,6 +223,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_consumer_heartbeat_interval: Option<String>,
+    /// Flush objects older than this are compacted into per-partition segments (each retention check). [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_min_age: Option<String>,
+    /// Largest segment that compaction writes. [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<usize>,
     /// How long a broker's lease in the metadata store lasts without renewal; its partitions move this long after it dies. [default: 2s]
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -270,6 +283,8 @@ const ENV_KEYS: &[&str] = &[
     "offsets_retention_minutes",
     "group_consumer_session_timeout",
     "group_consumer_heartbeat_interval",
+    "compaction_min_age",
+    "segment_bytes",
     "broker_lease",
     "cluster_poll_interval",
     "handoff_timeout",

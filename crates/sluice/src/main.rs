@@ -109,6 +109,8 @@ async fn serve(cfg: Config) -> Result<()> {
         tail_cache_bytes: cfg.tail_cache_bytes,
         retention_check_interval: cfg.retention_check_interval,
         gc_orphan_grace: cfg.gc_orphan_grace,
+        compaction_min_age: cfg.compaction_min_age,
+        segment_bytes: cfg.segment_bytes,
         defaults: TopicDefaults {
             partitions: cfg.default_partitions,
             retention_ms: cfg.retention_ms,

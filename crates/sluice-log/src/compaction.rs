@@ -1,0 +1,144 @@
+//! Compaction of small objects into per-partition segments.
+//!
+//! A flush writes one object holding every partition's batches of that
+//! moment, so reading one partition's history touches every object: one GET
+//! per flush. Compaction copies a partition's older batches, byte for byte,
+//! into one segment object, then repoints their index rows at it in one
+//! transaction that checks the rows were not changed meanwhile. Offsets and
+//! bytes do not change; flush objects whose every batch has moved become
+//! unreferenced and are garbage-collected. Run by each partition's leader.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use bytes::BytesMut;
+use sluice_meta::{now_ms, BatchRow};
+use uuid::Uuid;
+
+use crate::object::{self, FooterEntry};
+use crate::{Inner, Partition, Topic, METRICS};
+
+/// Segment objects end in this, so compaction never picks them up again.
+pub(crate) const SEGMENT_SUFFIX: &str = ".segment";
+
+/// Index rows looked at per partition per pass.
+const SCAN_ROWS: i64 = 100_000;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub segments: usize,
+    pub batches: usize,
+    pub bytes: u64,
+}
+
+/// When a flush object was written, from its key (`data/<ms>-<node>-<uuid>.sobj`).
+fn written_ms(key: &str) -> Option<i64> {
+    key.strip_prefix("data/")?.split('-').next()?.parse().ok()
+}
+
+pub(crate) async fn pass(inner: &Inner) -> Result<CompactionReport> {
+    let topics: Vec<Arc<Topic>> = inner.topics.read().unwrap().by_id.values().cloned().collect();
+    let mut report = CompactionReport::default();
+    for topic in topics {
+        let parts: Vec<_> = topic.partitions.read().unwrap().clone();
+        for part in parts.into_iter().filter(|p| p.is_led()) {
+            let r = compact_partition(inner, &topic, &part).await?;
+            report.segments += r.segments;
+            report.batches += r.batches;
+            report.bytes += r.bytes;
+        }
+    }
+    Ok(report)
+}
+
+/// Compacts the oldest run of batches still in flush objects older than
+/// `compaction_min_age`, up to `segment_bytes`.
+async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Result<CompactionReport> {
+    let cutoff = now_ms() - inner.opts.compaction_min_age.as_millis() as i64;
+    let start = part.offsets().log_start;
+    let rows = inner.meta.batches_from(topic.id, part.index, start, SCAN_ROWS).await?;
+    let mut run: Vec<BatchRow> = Vec::new();
+    let mut bytes = 0usize;
+    for r in rows {
+        let old_flush =
+            !r.object_key.ends_with(SEGMENT_SUFFIX) && written_ms(&r.object_key).is_some_and(|t| t < cutoff);
+        if !old_flush {
+            // Keep runs contiguous: stop at a segment only if there is a run already.
+            if run.is_empty() && r.object_key.ends_with(SEGMENT_SUFFIX) {
+                continue;
+            }
+            break;
+        }
+        if !run.is_empty() && bytes + r.length as usize > inner.opts.segment_bytes {
+            break;
+        }
+        bytes += r.length as usize;
+        run.push(r);
+    }
+    let objects = {
+        let mut keys: Vec<&str> = run.iter().map(|r| r.object_key.as_str()).collect();
+        keys.dedup();
+        keys.len()
+    };
+    // One source object gains nothing unless its other partitions move too; wait for more.
+    if objects < 2 {
+        return Ok(CompactionReport::default());
+    }
+    let mut body = BytesMut::with_capacity(bytes + 4096);
+    let mut footer = Vec::with_capacity(run.len());
+    for (batch, row) in inner.read_rows(&run).await?.into_iter().zip(&run) {
+        footer.push(FooterEntry {
+            topic_id: topic.id,
+            topic: topic.name.clone(),
+            partition: part.index,
+            base_offset: row.base_offset,
+            last_offset: row.last_offset,
+            max_timestamp: row.max_timestamp,
+            position: body.len() as u64,
+            length: row.length as u32,
+        });
+        body.extend_from_slice(&batch);
+    }
+    object::finish(&mut body, &footer);
+    let object = body.freeze();
+    let key = format!(
+        "data/{:013}-{}-{}{SEGMENT_SUFFIX}",
+        now_ms(),
+        inner.opts.node_id,
+        Uuid::new_v4().simple()
+    );
+    inner.store.put(&key, object.clone()).await?;
+    let moved: Vec<(i64, String, i64)> = run
+        .iter()
+        .zip(&footer)
+        .map(|(r, f)| (r.base_offset, r.object_key.clone(), f.position as i64))
+        .collect();
+    if !inner
+        .meta
+        .relocate_batches(topic.id, part.index, &key, object.len() as i64, &moved)
+        .await?
+    {
+        // Retention or another leader changed these rows; the segment is an orphan now.
+        inner.store.delete(&key).await?;
+        return Ok(CompactionReport::default());
+    }
+    METRICS.compactions.inc();
+    tracing::debug!(topic = %topic.name, partition = part.index, batches = run.len(), objects, bytes, segment = %key, "compacted");
+    Ok(CompactionReport {
+        segments: 1,
+        batches: run.len(),
+        bytes: bytes as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_object_time_comes_from_the_key() {
+        assert_eq!(written_ms("data/0001700000000123-3-abc.sobj"), Some(1_700_000_000_123));
+        assert_eq!(written_ms("elsewhere/1-2-3.sobj"), None);
+    }
+}
