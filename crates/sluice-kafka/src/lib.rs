@@ -39,6 +39,8 @@ pub struct Broker {
     pub log: Log,
     pub groups: sluice_groups::Coordinator,
     pub config: BrokerConfig,
+    /// Schema validation of produced records; `None` turns it off.
+    pub schemas: Option<sluice_schema::Enforcer>,
 }
 
 pub(crate) struct Metrics {

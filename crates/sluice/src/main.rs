@@ -35,6 +35,8 @@ enum Command {
     Consume(sluice_client::cli::ConsumeArgs),
     /// List, describe and delete consumer groups; show lag; reset committed offsets.
     Group(sluice_client::cli::GroupArgs),
+    /// Register, get, list, check and delete schemas in the schema registry.
+    Schema(sluice_schema::cli::SchemaArgs),
     /// Load generator: produce, consume and end-to-end throughput and latency percentiles.
     Bench(sluice_bench::BenchArgs),
     /// Offline maintenance of the stores (run with the broker stopped).
@@ -75,6 +77,7 @@ fn run() -> Result<()> {
             Command::Produce(args) => sluice_client::cli::run_produce(args).await,
             Command::Consume(args) => sluice_client::cli::run_consume(args).await,
             Command::Group(args) => sluice_client::cli::run_group(args).await,
+            Command::Schema(args) => sluice_schema::cli::run(args).await,
             Command::Bench(args) => sluice_bench::run_bench(args).await,
             Command::Admin {
                 command: AdminCommand::RebuildIndex(storage),
@@ -128,6 +131,7 @@ async fn serve(cfg: Config) -> Result<()> {
     if restored > 0 {
         tracing::info!(groups = restored, "restored consumer groups");
     }
+    let registry = sluice_schema::Registry::new(&meta);
     let log = Log::open(meta, store, opts).await?;
     let (host, port) = cfg.advertised()?;
     let broker = Arc::new(Broker {
@@ -141,6 +145,7 @@ async fn serve(cfg: Config) -> Result<()> {
             auto_create_topics: cfg.auto_create_topics,
             max_frame_bytes: cfg.max_frame_bytes,
         },
+        schemas: Some(sluice_schema::Enforcer::new(registry.clone())),
     });
     let kafka = TcpListener::bind(&cfg.kafka_listen)
         .await
@@ -148,9 +153,13 @@ async fn serve(cfg: Config) -> Result<()> {
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", cfg.http_listen))?;
+    let registry_listener = TcpListener::bind(&cfg.registry_listen)
+        .await
+        .with_context(|| format!("binding schema registry listener {}", cfg.registry_listen))?;
     tracing::info!(
         kafka = %cfg.kafka_listen,
         http = %cfg.http_listen,
+        registry = %cfg.registry_listen,
         store = %cfg.store_url()?,
         meta = %cfg.meta_url()?,
         "sluice is serving"
@@ -163,6 +172,7 @@ async fn serve(cfg: Config) -> Result<()> {
     tokio::select! {
         r = sluice_kafka::serve(kafka, broker.clone()) => r.context("Kafka listener failed"),
         r = sluice_http::serve(http, sluice_http::router(http_state)) => r.context("HTTP listener failed"),
+        r = sluice_schema::serve(registry_listener, registry) => r.context("schema registry listener failed"),
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
         _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
     }
