@@ -93,9 +93,9 @@ def test_rest_api_with_schema_registry_client(broker):
     assert c.register_schema("other-value", Schema(USER_V1, "AVRO")) == id1
 
     # Config: global and per subject.
-    assert c.get_config().compatibility_level.value == "BACKWARD"
-    c.set_config("users-value", config={"compatibility": "NONE"})
-    assert c.get_config("users-value").compatibility_level.value == "NONE"
+    assert c.get_compatibility() == "BACKWARD"
+    c.set_compatibility("users-value", "NONE")
+    assert c.get_compatibility("users-value") == "NONE"
     assert c.register_schema("users-value", Schema(USER_BAD, "AVRO")) > id2
 
     # Errors carry Confluent's codes.
@@ -286,7 +286,7 @@ def test_protobuf_validation(broker):
     errs = produce_each(broker, topic, [good[0], bad, good[1], b"junk", good[2]])
     assert [e.code() if e else None for e in errs] == [None, KafkaError.INVALID_RECORD, None,
                                                         KafkaError.INVALID_RECORD, None]
-    de = ProtobufDeserializer(Order, {"use.deprecated.format": False})
+    de = ProtobufDeserializer(Order, {"use.deprecated.format": False}, c)
     recs = consume_confluent(broker.bootstrap, topic)[0]
     got = [de(r.value, ctx) for r in recs]
     assert [(o.id, o.item, list(o.tags)) for o in got] == [(i, f"item-{i}", ["a", "b"]) for i in range(3)]
@@ -316,7 +316,7 @@ def test_json_schema_validation(broker):
     errs = produce_each(broker, topic, [good[0], missing_field, good[1], not_json, good[2]])
     assert [e.code() if e else None for e in errs] == [None, KafkaError.INVALID_RECORD, None,
                                                         KafkaError.INVALID_RECORD, None]
-    de = JSONDeserializer(JSON_SCHEMA)
+    de = JSONDeserializer(JSON_SCHEMA, schema_registry_client=c)
     recs = consume_confluent(broker.bootstrap, topic)[0]
     assert [de(r.value, ctx) for r in recs] == [{"sensor": f"s{i}", "value": i * 1.5} for i in range(3)]
 

@@ -175,14 +175,20 @@ pub async fn run(args: SchemaArgs) -> Result<()> {
             println!("deleted {v}");
         }
         SchemaCommand::Bench { duration, record_size } => {
-            let r = bench_avro_validation(duration, record_size)?;
-            println!(
-                "full Avro validation: {} records of {} bytes in {:.2}s: {:.0} records/s, {:.1} MB/s (one core)",
-                r.records,
-                r.record_bytes,
-                r.elapsed.as_secs_f64(),
-                r.records_per_sec(),
-                r.records_per_sec() * r.record_bytes as f64 / 1e6
+            let report = |what: &str, r: &BenchResult| {
+                println!(
+                    "{what}: {} records of {} bytes in {:.2}s: {:.0} records/s, {:.1} MB/s (one core)",
+                    r.records,
+                    r.record_bytes,
+                    r.elapsed.as_secs_f64(),
+                    r.records_per_sec(),
+                    r.records_per_sec() * r.record_bytes as f64 / 1e6
+                )
+            };
+            report("full Avro validation, decoder only", &bench_avro_validation(duration, record_size)?);
+            report(
+                "full Avro validation, produce path (batch decode, subject check, decode)",
+                &bench_enforcer(duration, record_size).await?,
             );
         }
     }
@@ -323,6 +329,78 @@ pub fn bench_record(i: i64, size: usize) -> Vec<u8> {
     let pad = size.saturating_sub(b.len() + 2);
     avro_str(&mut b, &vec![0xab; pad]);
     b
+}
+
+/// What the produce path does per batch: decode the v2 batch, check each
+/// record's schema id against the subject, decode the payload. Uses a
+/// throwaway SQLite metadata store.
+pub async fn bench_enforcer(duration: Duration, size: usize) -> Result<BenchResult> {
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+    let path = std::env::temp_dir().join(format!("sluice-schema-bench-{}.db", std::process::id()));
+    let meta = sluice_meta::MetaStore::open(&format!("sqlite://{}", path.display())).await?;
+    let registry = crate::Registry::new(&meta);
+    let id = registry.register("bench-value", SchemaType::Avro, BENCH_SCHEMA, &[]).await?;
+    let enforcer = crate::Enforcer::new(registry);
+    let policy = crate::Policy {
+        key: None,
+        value: Some(crate::enforce::Strategy::Topic),
+        full: true,
+    };
+    let per_batch = 100;
+    let records: Vec<Record> = (0..per_batch)
+        .map(|i| {
+            let mut v = vec![0u8];
+            v.extend_from_slice(&(id as u32).to_be_bytes());
+            v.extend_from_slice(&bench_record(i, size));
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: -1,
+                timestamp: 0,
+                key: None,
+                value: Some(bytes::Bytes::from(v)),
+                headers: Default::default(),
+            }
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &opts)?;
+    let batch = buf.freeze();
+    let start = Instant::now();
+    let mut n = 0u64;
+    let result = async {
+        while start.elapsed() < duration {
+            enforcer
+                .check("bench", &policy, &batch)
+                .await
+                .map_err(|r| anyhow::anyhow!(r.message))?;
+            n += per_batch as u64;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let elapsed = start.elapsed();
+    drop(meta);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    result?;
+    Ok(BenchResult {
+        records: n,
+        record_bytes: records[0].value.as_ref().map_or(0, |v| v.len()),
+        elapsed,
+    })
 }
 
 pub fn bench_avro_validation(duration: Duration, size: usize) -> Result<BenchResult> {

@@ -280,3 +280,80 @@ fn bench_avro_validation() {
         r.record_bytes
     );
 }
+
+#[tokio::test]
+async fn enforcer_accepts_valid_batches() {
+    // A short run of the produce-path benchmark doubles as a check that valid records pass.
+    let r = crate::cli::bench_enforcer(std::time::Duration::from_millis(50), 1024).await.unwrap();
+    assert!(r.records >= 100);
+}
+
+#[tokio::test]
+async fn enforcer_rejects_a_batch_with_per_record_errors() {
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+    let (reg, _dir) = registry().await;
+    let id = reg
+        .register("t-value", SchemaType::Avro, r#""string""#, &[])
+        .await
+        .unwrap();
+    let enforcer = crate::Enforcer::new(reg);
+    let policy = crate::Policy {
+        key: None,
+        value: Some(crate::enforce::Strategy::Topic),
+        full: true,
+    };
+    let framed = |body: &[u8]| {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&(id as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    };
+    let values: Vec<Option<Vec<u8>>> = vec![
+        Some(framed(&[4, b'o', b'k'])),
+        Some(b"junk".to_vec()),
+        None,
+        Some(framed(&[9, b'x'])),
+    ];
+    let records: Vec<Record> = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: 0,
+            key: None,
+            value: v.map(bytes::Bytes::from),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::Gzip,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &opts).unwrap();
+    let r = enforcer.check("t", &policy, &buf.freeze()).await.unwrap_err();
+    let indexes: Vec<i32> = r.record_errors.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, vec![1, 3], "{r:?}");
+    assert!(r.record_errors[0].1.contains("wire format"), "{r:?}");
+    assert!(r.message.starts_with("2 record(s) failed"), "{r:?}");
+
+    let mut other = crate::Policy { ..policy };
+    other.value = Some(crate::enforce::Strategy::TopicRecord);
+    assert!(enforcer
+        .check("t", &other, &{
+            let mut b = bytes::BytesMut::new();
+            RecordBatchEncoder::encode(&mut b, &records[..1], &opts).unwrap();
+            b.freeze()
+        })
+        .await
+        .is_err());
+}
