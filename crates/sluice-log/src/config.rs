@@ -75,14 +75,46 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("unclean.leader.election.enable", Kind::Inert, "false"),
     // Schema validation of produced records (sluice-schema), with Confluent's names as aliases.
     ("sluice.key.schema.validation", Kind::OneOf(&["true", "false"]), "false"),
-    ("sluice.value.schema.validation", Kind::OneOf(&["true", "false"]), "false"),
-    ("confluent.key.schema.validation", Kind::OneOf(&["true", "false"]), "false"),
-    ("confluent.value.schema.validation", Kind::OneOf(&["true", "false"]), "false"),
-    ("sluice.key.subject.name.strategy", Kind::SubjectStrategy, "TopicNameStrategy"),
-    ("sluice.value.subject.name.strategy", Kind::SubjectStrategy, "TopicNameStrategy"),
-    ("confluent.key.subject.name.strategy", Kind::SubjectStrategy, "TopicNameStrategy"),
-    ("confluent.value.subject.name.strategy", Kind::SubjectStrategy, "TopicNameStrategy"),
-    ("sluice.schema.validation.level", Kind::OneOf(&["header", "full"]), "full"),
+    (
+        "sluice.value.schema.validation",
+        Kind::OneOf(&["true", "false"]),
+        "false",
+    ),
+    (
+        "confluent.key.schema.validation",
+        Kind::OneOf(&["true", "false"]),
+        "false",
+    ),
+    (
+        "confluent.value.schema.validation",
+        Kind::OneOf(&["true", "false"]),
+        "false",
+    ),
+    (
+        "sluice.key.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "sluice.value.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "confluent.key.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "confluent.value.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "sluice.schema.validation.level",
+        Kind::OneOf(&["header", "full"]),
+        "full",
+    ),
 ];
 
 /// The parsed settings the log acts on.

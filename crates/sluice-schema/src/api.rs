@@ -31,7 +31,10 @@ fn reply(v: Value) -> Response {
 pub fn router(registry: Registry) -> Router {
     Router::new()
         .route("/", get(|| async { reply(json!({})) }))
-        .route("/schemas/types", get(|| async { reply(json!(["JSON", "PROTOBUF", "AVRO"])) }))
+        .route(
+            "/schemas/types",
+            get(|| async { reply(json!(["JSON", "PROTOBUF", "AVRO"])) }),
+        )
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/schemas/ids/{id}/schema", get(raw_schema_by_id))
         .route("/schemas/ids/{id}/versions", get(versions_of_id))
@@ -39,15 +42,35 @@ pub fn router(registry: Registry) -> Router {
         .route("/subjects", get(subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
         .route("/subjects/{subject}/versions", get(versions).post(register))
-        .route("/subjects/{subject}/versions/{version}", get(version).delete(delete_version))
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(version).delete(delete_version),
+        )
         .route("/subjects/{subject}/versions/{version}/schema", get(raw_version))
-        .route("/subjects/{subject}/versions/{version}/referencedby", get(referenced_by))
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(referenced_by),
+        )
         .route("/compatibility/subjects/{subject}/versions", post(compat_all))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(compat_version))
-        .route("/config", get(global_config).put(put_global_config).delete(delete_global_config))
-        .route("/config/{subject}", get(subject_config).put(put_subject_config).delete(delete_subject_config))
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(compat_version),
+        )
+        .route(
+            "/config",
+            get(global_config).put(put_global_config).delete(delete_global_config),
+        )
+        .route(
+            "/config/{subject}",
+            get(subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
+        )
         .route("/mode", get(global_mode).put(put_global_mode))
-        .route("/mode/{subject}", get(subject_mode).put(put_subject_mode).delete(delete_subject_mode))
+        .route(
+            "/mode/{subject}",
+            get(subject_mode).put(put_subject_mode).delete(delete_subject_mode),
+        )
         .with_state(registry)
 }
 
@@ -77,8 +100,9 @@ fn schema_request(body: &Bytes) -> Result<SchemaRequest> {
         .ok_or_else(|| RegistryError::invalid_schema("Empty schema"))?;
     let ty = match b.schema_type.as_deref() {
         None | Some("") => SchemaType::Avro,
-        Some(t) => SchemaType::parse(t)
-            .ok_or_else(|| RegistryError::invalid_schema(format!("unknown schema type {t}")))?,
+        Some(t) => {
+            SchemaType::parse(t).ok_or_else(|| RegistryError::invalid_schema(format!("unknown schema type {t}")))?
+        }
     };
     Ok(SchemaRequest {
         ty,
@@ -133,11 +157,19 @@ fn parse_id(id: &str) -> Result<i64> {
 async fn schema_by_id(State(reg): State<Registry>, Path(id): Path<String>, Query(q): Params) -> Result<Response> {
     let id = parse_id(&id)?;
     let s = reg.schema(id).await?;
-    if reg.versions_of_schema(id, q.get("subject").map(String::as_str), true).await?.is_empty() {
+    if reg
+        .versions_of_schema(id, q.get("subject").map(String::as_str), true)
+        .await?
+        .is_empty()
+    {
         return Err(RegistryError::schema_not_found());
     }
     let text = schema_text(&reg, id, &s.text, &q).await?;
-    Ok(reply(with_type_and_refs(json!({"schema": text}), s.schema_type, &s.refs)))
+    Ok(reply(with_type_and_refs(
+        json!({"schema": text}),
+        s.schema_type,
+        &s.refs,
+    )))
 }
 
 async fn raw_schema_by_id(State(reg): State<Registry>, Path(id): Path<String>, Query(q): Params) -> Result<Response> {
@@ -149,7 +181,11 @@ async fn raw_schema_by_id(State(reg): State<Registry>, Path(id): Path<String>, Q
 
 async fn versions_of_id(State(reg): State<Registry>, Path(id): Path<String>, Query(q): Params) -> Result<Response> {
     let rows = reg
-        .versions_of_schema(parse_id(&id)?, q.get("subject").map(String::as_str), flag(&q, "deleted"))
+        .versions_of_schema(
+            parse_id(&id)?,
+            q.get("subject").map(String::as_str),
+            flag(&q, "deleted"),
+        )
         .await?;
     let out: Vec<Value> = rows
         .iter()
@@ -160,7 +196,11 @@ async fn versions_of_id(State(reg): State<Registry>, Path(id): Path<String>, Que
 
 async fn subjects_of_id(State(reg): State<Registry>, Path(id): Path<String>, Query(q): Params) -> Result<Response> {
     let rows = reg
-        .versions_of_schema(parse_id(&id)?, q.get("subject").map(String::as_str), flag(&q, "deleted"))
+        .versions_of_schema(
+            parse_id(&id)?,
+            q.get("subject").map(String::as_str),
+            flag(&q, "deleted"),
+        )
         .await?;
     let mut out: Vec<&str> = rows.iter().map(|v| v.subject.as_str()).collect();
     out.dedup();
@@ -192,11 +232,17 @@ async fn lookup(
     body: Bytes,
 ) -> Result<Response> {
     let r = schema_request(&body)?;
-    let v = reg.lookup(&subject, r.ty, &r.text, &r.refs, flag(&q, "deleted")).await?;
+    let v = reg
+        .lookup(&subject, r.ty, &r.text, &r.refs, flag(&q, "deleted"))
+        .await?;
     Ok(reply(version_json(&reg, &v, &q).await?))
 }
 
-async fn delete_subject(State(reg): State<Registry>, Path(subject): Path<String>, Query(q): Params) -> Result<Response> {
+async fn delete_subject(
+    State(reg): State<Registry>,
+    Path(subject): Path<String>,
+    Query(q): Params,
+) -> Result<Response> {
     Ok(reply(json!(reg.delete_subject(&subject, flag(&q, "permanent")).await?)))
 }
 
@@ -238,7 +284,9 @@ async fn referenced_by(
     State(reg): State<Registry>,
     Path((subject, version)): Path<(String, String)>,
 ) -> Result<Response> {
-    Ok(reply(json!(reg.referenced_by(&subject, VersionSpec::parse(&version)?).await?)))
+    Ok(reply(json!(
+        reg.referenced_by(&subject, VersionSpec::parse(&version)?).await?
+    )))
 }
 
 // ---- compatibility ----
@@ -302,10 +350,16 @@ async fn delete_global_config(State(reg): State<Registry>) -> Result<Response> {
     Ok(reply(json!({"compatibilityLevel": old})))
 }
 
-async fn subject_config(State(reg): State<Registry>, Path(subject): Path<String>, Query(q): Params) -> Result<Response> {
+async fn subject_config(
+    State(reg): State<Registry>,
+    Path(subject): Path<String>,
+    Query(q): Params,
+) -> Result<Response> {
     match reg.setting(&subject, "compatibility").await? {
         Some(l) => Ok(reply(json!({"compatibilityLevel": l}))),
-        None if flag(&q, "defaultToGlobal") => Ok(reply(json!({"compatibilityLevel": reg.compatibility(GLOBAL).await?}))),
+        None if flag(&q, "defaultToGlobal") => {
+            Ok(reply(json!({"compatibilityLevel": reg.compatibility(GLOBAL).await?})))
+        }
         None => Err(RegistryError::subject_compat_not_configured(&subject)),
     }
 }

@@ -12,7 +12,12 @@ use crate::formats::{self, SchemaType};
 #[derive(Args, Debug)]
 pub struct SchemaArgs {
     /// Schema registry URL.
-    #[arg(long, global = true, env = "SLUICE_REGISTRY", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_REGISTRY",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub registry: String,
     #[command(subcommand)]
     pub command: SchemaCommand,
@@ -109,7 +114,9 @@ pub async fn run(args: SchemaArgs) -> Result<()> {
     match args.command {
         SchemaCommand::Register { subject, input } => {
             let body = input.body()?;
-            let v = client.send("POST", &format!("/subjects/{}/versions", enc(&subject)), Some(body)).await?;
+            let v = client
+                .send("POST", &format!("/subjects/{}/versions", enc(&subject)), Some(body))
+                .await?;
             println!("{}", v["id"]);
         }
         SchemaCommand::Get { subject, version, id } => {
@@ -117,7 +124,11 @@ pub async fn run(args: SchemaArgs) -> Result<()> {
                 (Some(id), _) => client.send("GET", &format!("/schemas/ids/{id}"), None).await?,
                 (None, Some(s)) => {
                     client
-                        .send("GET", &format!("/subjects/{}/versions/{}", enc(&s), enc(&version)), None)
+                        .send(
+                            "GET",
+                            &format!("/subjects/{}/versions/{}", enc(&s), enc(&version)),
+                            None,
+                        )
                         .await?
                 }
                 (None, None) => bail!("give a subject or --id"),
@@ -148,7 +159,11 @@ pub async fn run(args: SchemaArgs) -> Result<()> {
         } => {
             let body = input.body()?;
             let path = match version {
-                Some(v) => format!("/compatibility/subjects/{}/versions/{}?verbose=true", enc(&subject), enc(&v)),
+                Some(v) => format!(
+                    "/compatibility/subjects/{}/versions/{}?verbose=true",
+                    enc(&subject),
+                    enc(&v)
+                ),
                 None => format!("/compatibility/subjects/{}/versions?verbose=true", enc(&subject)),
             };
             let v = client.send("POST", &path, Some(body)).await?;
@@ -185,7 +200,10 @@ pub async fn run(args: SchemaArgs) -> Result<()> {
                     r.records_per_sec() * r.record_bytes as f64 / 1e6
                 )
             };
-            report("full Avro validation, decoder only", &bench_avro_validation(duration, record_size)?);
+            report(
+                "full Avro validation, decoder only",
+                &bench_avro_validation(duration, record_size)?,
+            );
             report(
                 "full Avro validation, produce path (batch decode, subject check, decode)",
                 &bench_enforcer(duration, record_size).await?,
@@ -221,16 +239,17 @@ impl Client {
             .request(method, &url)
             .header("Accept", crate::api::CONTENT_TYPE);
         if let Some(b) = body {
-            req = req
-                .header("Content-Type", crate::api::CONTENT_TYPE)
-                .body(b.to_string());
+            req = req.header("Content-Type", crate::api::CONTENT_TYPE).body(b.to_string());
         }
         let resp = req.send().await.with_context(|| format!("connecting to {url}"))?;
         let status = resp.status();
         let text = resp.text().await?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let msg = v["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let msg = v["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             bail!("{} (HTTP {status}, error code {})", msg, v["error_code"]);
         }
         Ok(v)
@@ -253,7 +272,9 @@ impl SchemaInput {
         };
         let mut refs = Vec::new();
         for r in &self.refs {
-            let (name, rest) = r.split_once('=').with_context(|| format!("bad --ref {r}: NAME=SUBJECT:VERSION"))?;
+            let (name, rest) = r
+                .split_once('=')
+                .with_context(|| format!("bad --ref {r}: NAME=SUBJECT:VERSION"))?;
             let (subject, version) = rest
                 .rsplit_once(':')
                 .with_context(|| format!("bad --ref {r}: NAME=SUBJECT:VERSION"))?;
@@ -340,7 +361,9 @@ pub async fn bench_enforcer(duration: Duration, size: usize) -> Result<BenchResu
     let path = std::env::temp_dir().join(format!("sluice-schema-bench-{}.db", std::process::id()));
     let meta = sluice_meta::MetaStore::open(&format!("sqlite://{}", path.display())).await?;
     let registry = crate::Registry::new(&meta);
-    let id = registry.register("bench-value", SchemaType::Avro, BENCH_SCHEMA, &[]).await?;
+    let id = registry
+        .register("bench-value", SchemaType::Avro, BENCH_SCHEMA, &[])
+        .await?;
     let enforcer = crate::Enforcer::new(registry);
     let policy = crate::Policy {
         key: None,

@@ -18,7 +18,10 @@ use crate::registry::Registry;
 /// Topic config keys; the first of each pair is Sluice's, the second Confluent's alias.
 pub const KEY_VALIDATION: [&str; 2] = ["sluice.key.schema.validation", "confluent.key.schema.validation"];
 pub const VALUE_VALIDATION: [&str; 2] = ["sluice.value.schema.validation", "confluent.value.schema.validation"];
-pub const KEY_STRATEGY: [&str; 2] = ["sluice.key.subject.name.strategy", "confluent.key.subject.name.strategy"];
+pub const KEY_STRATEGY: [&str; 2] = [
+    "sluice.key.subject.name.strategy",
+    "confluent.key.subject.name.strategy",
+];
 pub const VALUE_STRATEGY: [&str; 2] = [
     "sluice.value.subject.name.strategy",
     "confluent.value.subject.name.strategy",
@@ -84,7 +87,11 @@ impl Policy {
     /// `None` when the topic validates neither keys nor values.
     pub fn from_configs(configs: &BTreeMap<String, String>) -> Option<Self> {
         let on = |keys: &[&str]| first(configs, keys).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let strategy = |keys: &[&str]| first(configs, keys).and_then(Strategy::parse).unwrap_or(Strategy::Topic);
+        let strategy = |keys: &[&str]| {
+            first(configs, keys)
+                .and_then(Strategy::parse)
+                .unwrap_or(Strategy::Topic)
+        };
         let key = on(&KEY_VALIDATION).then(|| strategy(&KEY_STRATEGY));
         let value = on(&VALUE_VALIDATION).then(|| strategy(&VALUE_STRATEGY));
         if key.is_none() && value.is_none() {
@@ -199,7 +206,8 @@ impl Enforcer {
             return Err(format!("schema id {id} is not registered under subject {subject}"));
         }
         if let Some(p) = parsed.filter(|_| full) {
-            p.validate(body).map_err(|e| format!("does not match schema id {id}: {e}"))?;
+            p.validate(body)
+                .map_err(|e| format!("does not match schema id {id}: {e}"))?;
         }
         Ok(())
     }

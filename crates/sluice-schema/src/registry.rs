@@ -409,7 +409,11 @@ impl Registry {
         if let Some(m) = self.store.setting(subject, "mode").await? {
             return Ok(m);
         }
-        Ok(self.store.setting(GLOBAL, "mode").await?.unwrap_or_else(|| DEFAULT_MODE.into()))
+        Ok(self
+            .store
+            .setting(GLOBAL, "mode")
+            .await?
+            .unwrap_or_else(|| DEFAULT_MODE.into()))
     }
 
     async fn ensure_writable(&self, subject: &str) -> Result<()> {

@@ -91,11 +91,13 @@ impl Store {
     }
 
     pub async fn id_by_fingerprint(&self, fingerprint: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query("SELECT id FROM schema_registry_schemas WHERE fingerprint = $1")
-            .bind(fingerprint)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.get(0)))
+        Ok(
+            sqlx::query("SELECT id FROM schema_registry_schemas WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get(0)),
+        )
     }
 
     pub async fn schema(&self, id: i64) -> Result<Option<StoredSchema>> {
@@ -168,7 +170,9 @@ impl Store {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(last_err.map(Into::into).unwrap_or_else(|| crate::error::RegistryError::store("version race")))
+        Err(last_err
+            .map(Into::into)
+            .unwrap_or_else(|| crate::error::RegistryError::store("version race")))
     }
 
     pub async fn soft_delete(&self, subject: &str, version: i32) -> Result<()> {

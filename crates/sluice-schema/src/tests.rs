@@ -29,48 +29,301 @@ const A_ID_UNION: &str = r#"{"name":"id","type":["null","long"],"default":null}"
 fn cases() -> Vec<(&'static str, SchemaType, String, String, &'static str, bool)> {
     use SchemaType::*;
     let a = |f: &[&str]| avro_rec(&f.join(","));
-    let enum_s = |syms: &str, default: &str| {
-        format!(r#"{{"type":"enum","name":"Color","symbols":[{syms}]{default}}}"#)
-    };
+    let enum_s = |syms: &str, default: &str| format!(r#"{{"type":"enum","name":"Color","symbols":[{syms}]{default}}}"#);
     let proto = |body: &str| format!("syntax = \"proto3\";\npackage t;\nmessage User {{ {body} }}\n");
     let json = |props: &str, extra: &str| format!(r#"{{"type":"object","properties":{{{props}}}{extra}}}"#);
     vec![
-        ("avro: add field with default", Avro, a(&[A_ID]), a(&[A_ID, A_NAME_DEFAULT]), "BACKWARD", true),
-        ("avro: add field without default", Avro, a(&[A_ID]), a(&[A_ID, A_NAME]), "BACKWARD", false),
-        ("avro: add field without default, forward", Avro, a(&[A_ID]), a(&[A_ID, A_NAME]), "FORWARD", true),
-        ("avro: remove field without default, forward", Avro, a(&[A_ID, A_NAME]), a(&[A_ID]), "FORWARD", false),
-        ("avro: remove field with default, full", Avro, a(&[A_ID, A_NAME_DEFAULT]), a(&[A_ID]), "FULL", true),
-        ("avro: add field without default, none", Avro, a(&[A_ID]), a(&[A_ID, A_NAME]), "NONE", true),
-        ("avro: promote int to long", Avro, a(&[A_ID_INT]), a(&[A_ID]), "BACKWARD", true),
-        ("avro: demote long to int", Avro, a(&[A_ID]), a(&[A_ID_INT]), "BACKWARD", false),
-        ("avro: promote int to long, full", Avro, a(&[A_ID_INT]), a(&[A_ID]), "FULL", false),
-        ("avro: long to string", Avro, a(&[A_ID]), a(&[A_ID_STRING]), "BACKWARD", false),
-        ("avro: long to nullable long", Avro, a(&[A_ID]), a(&[A_ID_UNION]), "BACKWARD", true),
-        ("avro: nullable long to long", Avro, a(&[A_ID_UNION]), a(&[A_ID]), "BACKWARD", false),
-        ("avro: enum symbol added", Avro, enum_s(r#""R","G""#, ""), enum_s(r#""R","G","B""#, ""), "BACKWARD", true),
-        ("avro: enum symbol removed", Avro, enum_s(r#""R","G","B""#, ""), enum_s(r#""R","G""#, ""), "BACKWARD", false),
-        ("avro: enum symbol removed, reader default", Avro, enum_s(r#""R","G","B""#, ""), enum_s(r#""R","G""#, r#","default":"R""#), "BACKWARD", true),
-        ("avro: record renamed", Avro, a(&[A_ID]), a(&[A_ID]).replace("User", "Person"), "BACKWARD", false),
-        ("avro: type change to array", Avro, r#""string""#.into(), r#"{"type":"array","items":"string"}"#.into(), "BACKWARD", false),
-        ("protobuf: add field", Protobuf, proto("int64 id = 1;"), proto("int64 id = 1; string name = 2;"), "FULL", true),
-        ("protobuf: remove field", Protobuf, proto("int64 id = 1; string name = 2;"), proto("int64 id = 1;"), "BACKWARD", true),
-        ("protobuf: int32 to int64", Protobuf, proto("int32 id = 1;"), proto("int64 id = 1;"), "BACKWARD", true),
-        ("protobuf: int64 to string", Protobuf, proto("int64 id = 1;"), proto("string id = 1;"), "BACKWARD", false),
-        ("protobuf: scalar to message", Protobuf, proto("int64 id = 1;"), proto("User id = 1;"), "BACKWARD", false),
-        ("protobuf: message removed", Protobuf, proto("int64 id = 1; message Inner { int32 x = 1; }"), proto("int64 id = 1;"), "BACKWARD", false),
-        ("protobuf: package changed", Protobuf, proto("int64 id = 1;"), proto("int64 id = 1;").replace("package t;", "package u;"), "BACKWARD", false),
-        ("protobuf: repeated changed", Protobuf, proto("int64 id = 1;"), proto("repeated int64 id = 1;"), "BACKWARD", false),
-        ("json: add property to closed model", Json, json(r#""id":{"type":"integer"}"#, r#","additionalProperties":false"#), json(r#""id":{"type":"integer"},"n":{"type":"string"}"#, r#","additionalProperties":false"#), "BACKWARD", true),
-        ("json: add property to open model", Json, json(r#""id":{"type":"integer"}"#, ""), json(r#""id":{"type":"integer"},"n":{"type":"string"}"#, ""), "BACKWARD", false),
-        ("json: remove property from open model", Json, json(r#""id":{"type":"integer"},"n":{"type":"string"}"#, ""), json(r#""id":{"type":"integer"}"#, ""), "BACKWARD", true),
-        ("json: integer widened to number", Json, json(r#""id":{"type":"integer"}"#, ""), json(r#""id":{"type":"number"}"#, ""), "BACKWARD", true),
-        ("json: number narrowed to integer", Json, json(r#""id":{"type":"number"}"#, ""), json(r#""id":{"type":"integer"}"#, ""), "BACKWARD", false),
-        ("json: required added", Json, json(r#""id":{"type":"integer"}"#, ""), json(r#""id":{"type":"integer"}"#, r#","required":["id"]"#), "BACKWARD", false),
-        ("json: required removed", Json, json(r#""id":{"type":"integer"}"#, r#","required":["id"]"#), json(r#""id":{"type":"integer"}"#, ""), "BACKWARD", true),
-        ("json: maxLength decreased", Json, json(r#""s":{"type":"string","maxLength":10}"#, ""), json(r#""s":{"type":"string","maxLength":5}"#, ""), "BACKWARD", false),
-        ("json: maxLength decreased, forward", Json, json(r#""s":{"type":"string","maxLength":10}"#, ""), json(r#""s":{"type":"string","maxLength":5}"#, ""), "FORWARD", true),
-        ("json: enum narrowed", Json, json(r#""c":{"enum":["r","g","b"]}"#, ""), json(r#""c":{"enum":["r","g"]}"#, ""), "BACKWARD", false),
-        ("json: enum widened", Json, json(r#""c":{"enum":["r","g"]}"#, ""), json(r#""c":{"enum":["r","g","b"]}"#, ""), "BACKWARD", true),
+        (
+            "avro: add field with default",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID, A_NAME_DEFAULT]),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "avro: add field without default",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID, A_NAME]),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "avro: add field without default, forward",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID, A_NAME]),
+            "FORWARD",
+            true,
+        ),
+        (
+            "avro: remove field without default, forward",
+            Avro,
+            a(&[A_ID, A_NAME]),
+            a(&[A_ID]),
+            "FORWARD",
+            false,
+        ),
+        (
+            "avro: remove field with default, full",
+            Avro,
+            a(&[A_ID, A_NAME_DEFAULT]),
+            a(&[A_ID]),
+            "FULL",
+            true,
+        ),
+        (
+            "avro: add field without default, none",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID, A_NAME]),
+            "NONE",
+            true,
+        ),
+        (
+            "avro: promote int to long",
+            Avro,
+            a(&[A_ID_INT]),
+            a(&[A_ID]),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "avro: demote long to int",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID_INT]),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "avro: promote int to long, full",
+            Avro,
+            a(&[A_ID_INT]),
+            a(&[A_ID]),
+            "FULL",
+            false,
+        ),
+        (
+            "avro: long to string",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID_STRING]),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "avro: long to nullable long",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID_UNION]),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "avro: nullable long to long",
+            Avro,
+            a(&[A_ID_UNION]),
+            a(&[A_ID]),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "avro: enum symbol added",
+            Avro,
+            enum_s(r#""R","G""#, ""),
+            enum_s(r#""R","G","B""#, ""),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "avro: enum symbol removed",
+            Avro,
+            enum_s(r#""R","G","B""#, ""),
+            enum_s(r#""R","G""#, ""),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "avro: enum symbol removed, reader default",
+            Avro,
+            enum_s(r#""R","G","B""#, ""),
+            enum_s(r#""R","G""#, r#","default":"R""#),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "avro: record renamed",
+            Avro,
+            a(&[A_ID]),
+            a(&[A_ID]).replace("User", "Person"),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "avro: type change to array",
+            Avro,
+            r#""string""#.into(),
+            r#"{"type":"array","items":"string"}"#.into(),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "protobuf: add field",
+            Protobuf,
+            proto("int64 id = 1;"),
+            proto("int64 id = 1; string name = 2;"),
+            "FULL",
+            true,
+        ),
+        (
+            "protobuf: remove field",
+            Protobuf,
+            proto("int64 id = 1; string name = 2;"),
+            proto("int64 id = 1;"),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "protobuf: int32 to int64",
+            Protobuf,
+            proto("int32 id = 1;"),
+            proto("int64 id = 1;"),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "protobuf: int64 to string",
+            Protobuf,
+            proto("int64 id = 1;"),
+            proto("string id = 1;"),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "protobuf: scalar to message",
+            Protobuf,
+            proto("int64 id = 1;"),
+            proto("User id = 1;"),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "protobuf: message removed",
+            Protobuf,
+            proto("int64 id = 1; message Inner { int32 x = 1; }"),
+            proto("int64 id = 1;"),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "protobuf: package changed",
+            Protobuf,
+            proto("int64 id = 1;"),
+            proto("int64 id = 1;").replace("package t;", "package u;"),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "protobuf: repeated changed",
+            Protobuf,
+            proto("int64 id = 1;"),
+            proto("repeated int64 id = 1;"),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "json: add property to closed model",
+            Json,
+            json(r#""id":{"type":"integer"}"#, r#","additionalProperties":false"#),
+            json(
+                r#""id":{"type":"integer"},"n":{"type":"string"}"#,
+                r#","additionalProperties":false"#,
+            ),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "json: add property to open model",
+            Json,
+            json(r#""id":{"type":"integer"}"#, ""),
+            json(r#""id":{"type":"integer"},"n":{"type":"string"}"#, ""),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "json: remove property from open model",
+            Json,
+            json(r#""id":{"type":"integer"},"n":{"type":"string"}"#, ""),
+            json(r#""id":{"type":"integer"}"#, ""),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "json: integer widened to number",
+            Json,
+            json(r#""id":{"type":"integer"}"#, ""),
+            json(r#""id":{"type":"number"}"#, ""),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "json: number narrowed to integer",
+            Json,
+            json(r#""id":{"type":"number"}"#, ""),
+            json(r#""id":{"type":"integer"}"#, ""),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "json: required added",
+            Json,
+            json(r#""id":{"type":"integer"}"#, ""),
+            json(r#""id":{"type":"integer"}"#, r#","required":["id"]"#),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "json: required removed",
+            Json,
+            json(r#""id":{"type":"integer"}"#, r#","required":["id"]"#),
+            json(r#""id":{"type":"integer"}"#, ""),
+            "BACKWARD",
+            true,
+        ),
+        (
+            "json: maxLength decreased",
+            Json,
+            json(r#""s":{"type":"string","maxLength":10}"#, ""),
+            json(r#""s":{"type":"string","maxLength":5}"#, ""),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "json: maxLength decreased, forward",
+            Json,
+            json(r#""s":{"type":"string","maxLength":10}"#, ""),
+            json(r#""s":{"type":"string","maxLength":5}"#, ""),
+            "FORWARD",
+            true,
+        ),
+        (
+            "json: enum narrowed",
+            Json,
+            json(r#""c":{"enum":["r","g","b"]}"#, ""),
+            json(r#""c":{"enum":["r","g"]}"#, ""),
+            "BACKWARD",
+            false,
+        ),
+        (
+            "json: enum widened",
+            Json,
+            json(r#""c":{"enum":["r","g"]}"#, ""),
+            json(r#""c":{"enum":["r","g","b"]}"#, ""),
+            "BACKWARD",
+            true,
+        ),
     ]
 }
 
@@ -81,13 +334,17 @@ async fn compatibility_rules_per_format() {
     for (i, (what, ty, old, new, level, expected)) in cases().into_iter().enumerate() {
         let subject = format!("case-{i}");
         reg.set_setting(&subject, "compatibility", level).await.unwrap();
-        reg.register(&subject, ty, &old, &[]).await.unwrap_or_else(|e| panic!("{what}: old: {e}"));
+        reg.register(&subject, ty, &old, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: old: {e}"));
         let messages = reg
             .check_compatibility(&subject, None, ty, &new, &[])
             .await
             .unwrap_or_else(|e| panic!("{what}: new: {e}"));
         if messages.is_empty() != expected {
-            failures.push(format!("{what}: expected compatible={expected}, got messages {messages:?}"));
+            failures.push(format!(
+                "{what}: expected compatible={expected}, got messages {messages:?}"
+            ));
         }
         let registered = reg.register(&subject, ty, &new, &[]).await;
         match (expected, registered) {
@@ -106,7 +363,11 @@ async fn transitive_levels_check_every_version() {
     let v2 = avro_rec(&[A_ID, A_NAME_DEFAULT].join(","));
     // v3 drops the default: readable from v2's data (it has name) but not from v1's.
     let v3 = avro_rec(&[A_ID, A_NAME].join(","));
-    for (level, v3_ok) in [("BACKWARD", true), ("BACKWARD_TRANSITIVE", false), ("FULL_TRANSITIVE", false)] {
+    for (level, v3_ok) in [
+        ("BACKWARD", true),
+        ("BACKWARD_TRANSITIVE", false),
+        ("FULL_TRANSITIVE", false),
+    ] {
         let s = format!("transitive-{level}");
         reg.set_setting(&s, "compatibility", level).await.unwrap();
         reg.register(&s, SchemaType::Avro, &v1, &[]).await.unwrap();
@@ -151,7 +412,10 @@ async fn references_resolve_and_block_deletes() {
         version: 1,
     }];
     let id = reg.register("user", SchemaType::Avro, user, &refs).await.unwrap();
-    assert_eq!(reg.referenced_by("address", VersionSpec::Latest).await.unwrap(), vec![id]);
+    assert_eq!(
+        reg.referenced_by("address", VersionSpec::Latest).await.unwrap(),
+        vec![id]
+    );
     assert_eq!(reg.delete_subject("address", false).await.unwrap_err().code, 42206);
     // Without the reference the type is unknown: 422, not a crash.
     let e = reg.register("user2", SchemaType::Avro, user, &[]).await.unwrap_err();
@@ -162,7 +426,9 @@ async fn references_resolve_and_block_deletes() {
     assert!(p.validate(&[8, b'O', b's']).is_err());
 
     let dep = "syntax = \"proto3\";\npackage t;\nmessage Money { int64 cents = 1; }\n";
-    reg.register("money.proto", SchemaType::Protobuf, dep, &[]).await.unwrap();
+    reg.register("money.proto", SchemaType::Protobuf, dep, &[])
+        .await
+        .unwrap();
     let main = "syntax = \"proto3\";\npackage t;\nimport \"money.proto\";\nimport \"google/protobuf/timestamp.proto\";\nmessage Order { Money total = 1; google.protobuf.Timestamp at = 2; }\n";
     let prefs = vec![Reference {
         name: "money.proto".into(),
@@ -190,10 +456,16 @@ async fn malformed_schemas_are_422() {
     let (reg, _dir) = registry().await;
     for (ty, text) in [
         (SchemaType::Avro, "{not json"),
-        (SchemaType::Avro, r#"{"type":"record","name":"R","fields":[{"name":"x","type":"nope"}]}"#),
+        (
+            SchemaType::Avro,
+            r#"{"type":"record","name":"R","fields":[{"name":"x","type":"nope"}]}"#,
+        ),
         (SchemaType::Avro, r#"{"type":"enum","name":"E","symbols":["A","A"]}"#),
         (SchemaType::Protobuf, "syntax = \"proto3\"; message M { int32 x = 1"),
-        (SchemaType::Protobuf, "syntax = \"proto3\"; message M { Unknown x = 1; }"),
+        (
+            SchemaType::Protobuf,
+            "syntax = \"proto3\"; message M { Unknown x = 1; }",
+        ),
         (SchemaType::Json, "[1,2]"),
         (SchemaType::Json, r#"{"type": 12}"#),
     ] {
@@ -249,12 +521,19 @@ fn protobuf_validation_uses_message_indexes() {
 fn policy_from_topic_configs() {
     use crate::enforce::{Policy, Strategy};
     use std::collections::BTreeMap;
-    let m = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+    let m = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
     assert_eq!(Policy::from_configs(&m(&[])), None);
     assert_eq!(
         Policy::from_configs(&m(&[
             ("confluent.value.schema.validation", "true"),
-            ("confluent.value.subject.name.strategy", "io.confluent.kafka.serializers.subject.RecordNameStrategy"),
+            (
+                "confluent.value.subject.name.strategy",
+                "io.confluent.kafka.serializers.subject.RecordNameStrategy"
+            ),
             ("sluice.schema.validation.level", "header"),
         ])),
         Some(Policy {
@@ -284,7 +563,9 @@ fn bench_avro_validation() {
 #[tokio::test]
 async fn enforcer_accepts_valid_batches() {
     // A short run of the produce-path benchmark doubles as a check that valid records pass.
-    let r = crate::cli::bench_enforcer(std::time::Duration::from_millis(50), 1024).await.unwrap();
+    let r = crate::cli::bench_enforcer(std::time::Duration::from_millis(50), 1024)
+        .await
+        .unwrap();
     assert!(r.records >= 100);
 }
 

@@ -137,7 +137,11 @@ impl Compiler<'_> {
     }
 
     /// Named types compile once; a second mention (or a recursive one) reuses the index.
-    fn named(&mut self, fullname: String, body: impl FnOnce(&mut Self, usize) -> Result<Node, String>) -> Result<usize, String> {
+    fn named(
+        &mut self,
+        fullname: String,
+        body: impl FnOnce(&mut Self, usize) -> Result<Node, String>,
+    ) -> Result<usize, String> {
         if let Some(&i) = self.by_name.get(&fullname) {
             return Ok(i);
         }
@@ -280,7 +284,9 @@ impl AvroSchema {
             },
             Node::Int => {
                 let v = long(d, pos)?;
-                i32::try_from(v).map(|_| ()).map_err(|_| format!("int out of range: {v}"))
+                i32::try_from(v)
+                    .map(|_| ())
+                    .map_err(|_| format!("int out of range: {v}"))
             }
             Node::Long => long(d, pos).map(|_| ()),
             Node::Float => take(d, pos, 4).map(|_| ()),
@@ -288,7 +294,9 @@ impl AvroSchema {
             Node::Bytes => bytes(d, pos).map(|_| ()),
             Node::String => {
                 let b = bytes(d, pos)?;
-                std::str::from_utf8(b).map(|_| ()).map_err(|_| "string is not valid UTF-8".into())
+                std::str::from_utf8(b)
+                    .map(|_| ())
+                    .map_err(|_| "string is not valid UTF-8".into())
             }
             Node::Fixed(f) => take(d, pos, f.body).map(|_| ()),
             Node::Enum(e) => {

@@ -147,8 +147,18 @@ fn check(r: &Value, w: &Value, path: &str, out: &mut Vec<String>) {
         ("minProperties", f64::gt),
     ] {
         match (num(r, k), num(w, k)) {
-            (Some(rv), Some(wv)) if tighter(&rv, &wv) => diff(out, &format!("{}_CHANGED", k.to_uppercase()), path, format!("{k} {wv} -> {rv}")),
-            (Some(rv), None) => diff(out, &format!("{}_ADDED", k.to_uppercase()), path, format!("{k} {rv} added")),
+            (Some(rv), Some(wv)) if tighter(&rv, &wv) => diff(
+                out,
+                &format!("{}_CHANGED", k.to_uppercase()),
+                path,
+                format!("{k} {wv} -> {rv}"),
+            ),
+            (Some(rv), None) => diff(
+                out,
+                &format!("{}_ADDED", k.to_uppercase()),
+                path,
+                format!("{k} {rv} added"),
+            ),
             _ => {}
         }
     }
@@ -191,11 +201,21 @@ fn check_object(r: &Value, w: &Value, path: &str, out: &mut Vec<String>) {
     }
     for name in wp.keys() {
         if !rp.contains_key(name) && !is_open(r) {
-            diff(out, "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL", &format!("{path}/properties/{name}"), name);
+            diff(
+                out,
+                "PROPERTY_REMOVED_FROM_CLOSED_CONTENT_MODEL",
+                &format!("{path}/properties/{name}"),
+                name,
+            );
         }
     }
     if is_open(w) && !is_open(r) {
-        diff(out, "ADDITIONAL_PROPERTIES_REMOVED", path, "additionalProperties: false");
+        diff(
+            out,
+            "ADDITIONAL_PROPERTIES_REMOVED",
+            path,
+            "additionalProperties: false",
+        );
     }
     let req = |s: &Value| -> Vec<String> {
         s.get("required")

@@ -198,19 +198,28 @@ pub fn can_read(reader: &ProtoSchema, writer: &ProtoSchema) -> Vec<String> {
             };
             let (rk, wk) = (rf.kind(), wf.kind());
             match (&rk, &wk) {
-                (Kind::Message(r), Kind::Message(w)) if r.full_name() != w.full_name() => {
-                    diff(&mut out, "FIELD_NAMED_TYPE_CHANGED", &fpath, format!("{} -> {}", w.full_name(), r.full_name()))
-                }
-                (Kind::Enum(r), Kind::Enum(w)) if r.full_name() != w.full_name() => {
-                    diff(&mut out, "FIELD_NAMED_TYPE_CHANGED", &fpath, format!("{} -> {}", w.full_name(), r.full_name()))
-                }
+                (Kind::Message(r), Kind::Message(w)) if r.full_name() != w.full_name() => diff(
+                    &mut out,
+                    "FIELD_NAMED_TYPE_CHANGED",
+                    &fpath,
+                    format!("{} -> {}", w.full_name(), r.full_name()),
+                ),
+                (Kind::Enum(r), Kind::Enum(w)) if r.full_name() != w.full_name() => diff(
+                    &mut out,
+                    "FIELD_NAMED_TYPE_CHANGED",
+                    &fpath,
+                    format!("{} -> {}", w.full_name(), r.full_name()),
+                ),
                 (Kind::Message(_), Kind::Message(_)) | (Kind::Enum(_), Kind::Enum(_)) => {}
                 (Kind::Enum(_), k) | (k, Kind::Enum(_)) if wire_group(k) == Some(0) => {}
                 _ => match (wire_group(&rk), wire_group(&wk)) {
                     (Some(a), Some(b)) if a == b => {}
-                    (Some(_), Some(_)) => {
-                        diff(&mut out, "FIELD_SCALAR_KIND_CHANGED", &fpath, format!("{wk:?} -> {rk:?}"))
-                    }
+                    (Some(_), Some(_)) => diff(
+                        &mut out,
+                        "FIELD_SCALAR_KIND_CHANGED",
+                        &fpath,
+                        format!("{wk:?} -> {rk:?}"),
+                    ),
                     _ => diff(&mut out, "FIELD_KIND_CHANGED", &fpath, format!("{wk:?} -> {rk:?}")),
                 },
             }
@@ -223,7 +232,12 @@ pub fn can_read(reader: &ProtoSchema, writer: &ProtoSchema) -> Vec<String> {
         }
         for rf in rm.fields() {
             if wm.get_field(rf.number()).is_none() && rf.cardinality() == Cardinality::Required {
-                diff(&mut out, "REQUIRED_FIELD_ADDED", &format!("{path}/{}", rf.number()), rf.name());
+                diff(
+                    &mut out,
+                    "REQUIRED_FIELD_ADDED",
+                    &format!("{path}/{}", rf.number()),
+                    rf.name(),
+                );
             }
         }
     }
