@@ -353,3 +353,33 @@ def test_cli_schema_commands(broker, tmp_path):
     assert r.returncode == 0 and "[1]" in r.stdout
     r = run("get", "cli-value")
     assert r.returncode != 0 and "40401" in r.stderr
+
+
+def test_brokers_sharing_a_metadata_store_serve_one_registry(make_broker):
+    """Ids come from the metadata store: concurrent registrations through two
+    brokers get distinct ids, and each broker serves what the other registered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = make_broker()
+    b = make_broker(start=False)
+    b.args[b.args.index("--node-id") + 1] = "1"
+    b.args += ["--meta", f"sqlite://{a.data_dir / 'meta.db'}"]
+    b.start()
+    schemas = [json.dumps({"type": "record", "name": f"R{i}", "fields": [{"name": "x", "type": "int"}]})
+               for i in range(20)]
+
+    def reg(i):
+        broker = (a, b)[i % 2]
+        return SchemaRegistryClient({"url": broker.registry}).register_schema(f"shared-{i}", Schema(schemas[i], "AVRO"))
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(reg, range(20)))
+    assert len(set(ids)) == 20
+    for broker in (a, b):
+        c = sr(broker)
+        assert sorted(s for s in c.get_subjects() if s.startswith("shared-")) == sorted(f"shared-{i}" for i in range(20))
+        for i, sid in enumerate(ids):
+            assert json.loads(c.get_schema(sid).schema_str)["name"] == f"R{i}"
+    # Same schema through both brokers: one id, one version per subject.
+    same = [sr(x).register_schema("same-value", Schema(schemas[0], "AVRO")) for x in (a, b)]
+    assert same == [ids[0], ids[0]] and sr(b).get_versions("same-value") == [1]

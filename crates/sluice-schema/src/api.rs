@@ -71,6 +71,7 @@ pub fn router(registry: Registry) -> Router {
             "/mode/{subject}",
             get(subject_mode).put(put_subject_mode).delete(delete_subject_mode),
         )
+        .fallback(|| async { RegistryError::not_found() })
         .with_state(registry)
 }
 

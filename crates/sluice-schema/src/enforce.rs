@@ -109,10 +109,13 @@ pub struct Rejection {
     pub record_errors: Vec<(i32, String)>,
 }
 
+/// A subject's live schema ids and when they were read.
+type SubjectIds = HashMap<String, (Instant, Arc<HashSet<i64>>)>;
+
 #[derive(Clone)]
 pub struct Enforcer {
     registry: Registry,
-    subject_ids: Arc<Mutex<HashMap<String, (Instant, Arc<HashSet<i64>>)>>>,
+    subject_ids: Arc<Mutex<SubjectIds>>,
 }
 
 impl Enforcer {

@@ -119,6 +119,9 @@ impl RegistryError {
             format!("One or more references exist to the schema {{subject={subject},version={version}}}."),
         )
     }
+    pub fn not_found() -> Self {
+        Self::new(404, 404, "HTTP 404 Not Found")
+    }
     pub fn bad_request(why: impl Into<String>) -> Self {
         Self::new(422, 42200, why)
     }

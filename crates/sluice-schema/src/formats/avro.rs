@@ -432,7 +432,7 @@ fn type_name(n: &Node) -> &'static str {
 }
 
 fn names_match<T>(r: &Named<T>, w: &Named<T>) -> bool {
-    short(&r.fullname) == short(&w.fullname) || r.aliases.iter().any(|a| *a == w.fullname)
+    short(&r.fullname) == short(&w.fullname) || r.aliases.contains(&w.fullname)
 }
 
 impl Compat<'_> {
