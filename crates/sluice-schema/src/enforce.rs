@@ -109,8 +109,8 @@ pub struct Rejection {
     pub record_errors: Vec<(i32, String)>,
 }
 
-/// A subject's live schema ids and when they were read.
-type SubjectIds = HashMap<String, (Instant, Arc<HashSet<i64>>)>;
+/// A subject's live schema ids, when they were read, and the registry's change count then.
+type SubjectIds = HashMap<String, (Instant, u64, Arc<HashSet<i64>>)>;
 
 #[derive(Clone)]
 pub struct Enforcer {
@@ -219,11 +219,14 @@ impl Enforcer {
     /// the cached set is stale or lacks the id (it may have just been registered).
     async fn registered(&self, subject: &str, id: i64) -> bool {
         let cached = self.subject_ids.lock().unwrap().get(subject).cloned();
-        if let Some((at, ids)) = &cached {
+        let changes = self.registry.change_count();
+        if let Some((at, seen_changes, ids)) = &cached {
             if ids.contains(&id) && at.elapsed() < IDS_TTL {
                 return true;
             }
-            if at.elapsed() < Duration::from_millis(100) {
+            // A miss re-reads the store, but junk ids must not hammer it: at most every
+            // 100 ms, unless this broker changed the registry since.
+            if at.elapsed() < Duration::from_millis(100) && *seen_changes == changes {
                 return ids.contains(&id);
             }
         }
@@ -235,7 +238,7 @@ impl Enforcer {
         self.subject_ids
             .lock()
             .unwrap()
-            .insert(subject.to_string(), (Instant::now(), ids));
+            .insert(subject.to_string(), (Instant::now(), changes, ids));
         ok
     }
 }

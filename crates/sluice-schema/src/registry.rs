@@ -32,6 +32,9 @@ const MAX_REF_DEPTH: usize = 32;
 pub struct Registry {
     pub(crate) store: Store,
     parsed: Arc<Mutex<HashMap<i64, Arc<Parsed>>>>,
+    /// Bumped by every change to subjects made through this broker, so that
+    /// enforcement re-reads a subject's ids at once instead of waiting out its cache.
+    pub(crate) changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A version as the API shows it.
@@ -77,6 +80,7 @@ impl Registry {
         Self {
             store: Store::new(meta),
             parsed: Arc::default(),
+            changes: Arc::default(),
         }
     }
 
@@ -213,6 +217,7 @@ impl Registry {
         let stored = if ty == SchemaType::Protobuf { text } else { &canonical };
         let id = self.store.intern_schema(ty, &fp, stored, refs).await?;
         self.store.add_version(subject, id).await?;
+        self.changed();
         Ok(id)
     }
 
@@ -308,6 +313,14 @@ impl Registry {
         self.incompatibilities(&parsed, &against, &level).await
     }
 
+    fn changed(&self) {
+        self.changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn change_count(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn ensure_unreferenced(&self, subject: &str, version: i32) -> Result<()> {
         if !self.store.referenced_by(subject, version).await?.is_empty() {
             return Err(RegistryError::reference_exists(subject, version));
@@ -343,6 +356,7 @@ impl Registry {
             }
             self.store.soft_delete(subject, row.version).await?;
         }
+        self.changed();
         Ok(row.version)
     }
 
@@ -373,6 +387,7 @@ impl Registry {
         for v in &live {
             self.store.soft_delete(subject, v.version).await?;
         }
+        self.changed();
         Ok(live.iter().map(|v| v.version).collect())
     }
 
