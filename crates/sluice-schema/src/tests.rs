@@ -6,12 +6,31 @@ use crate::formats::{self, SchemaType};
 use crate::registry::{Registry, VersionSpec};
 use crate::store::Reference;
 
+/// A fresh registry on SQLite in a temp dir, or on a fresh database of the
+/// PostgreSQL server at `SLUICE_TEST_POSTGRES` (e.g. postgres://postgres@127.0.0.1:5432).
 async fn registry() -> (Registry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let meta = sluice_meta::MetaStore::open(&format!("sqlite://{}", dir.path().join("meta.db").display()))
-        .await
-        .unwrap();
+    let url = match std::env::var("SLUICE_TEST_POSTGRES") {
+        Ok(server) => {
+            let admin = sluice_meta::MetaStore::open(&format!("{server}/postgres"))
+                .await
+                .unwrap();
+            let db = format!("s{}", std::process::id() as u64 * 1000 + rand_suffix());
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(admin.pool())
+                .await
+                .unwrap();
+            format!("{server}/{db}")
+        }
+        Err(_) => format!("sqlite://{}", dir.path().join("meta.db").display()),
+    };
+    let meta = sluice_meta::MetaStore::open(&url).await.unwrap();
     (Registry::new(&meta), dir)
+}
+
+fn rand_suffix() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn avro_rec(fields: &str) -> String {
