@@ -383,3 +383,44 @@ def test_brokers_sharing_a_metadata_store_serve_one_registry(make_broker):
     # Same schema through both brokers: one id, one version per subject.
     same = [sr(x).register_schema("same-value", Schema(schemas[0], "AVRO")) for x in (a, b)]
     assert same == [ids[0], ids[0]] and sr(b).get_versions("same-value") == [1]
+
+
+def test_protobuf_references_through_the_serializer(broker):
+    """ProtobufSerializer registers an imported file as its own subject and
+    refers to it; the broker resolves the reference to validate."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FieldDescriptorProto
+    money = descriptor_pb2.FileDescriptorProto(name="sluice/money.proto", package="sluice.money", syntax="proto3")
+    m = money.message_type.add(name="Money")
+    m.field.add(name="cents", number=1, type=f.TYPE_INT64, label=f.LABEL_OPTIONAL)
+    m.field.add(name="currency", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    order = descriptor_pb2.FileDescriptorProto(name="sluice/invoice.proto", package="sluice.test", syntax="proto3",
+                                               dependency=["sluice/money.proto"])
+    o = order.message_type.add(name="Invoice")
+    o.field.add(name="id", number=1, type=f.TYPE_INT64, label=f.LABEL_OPTIONAL)
+    o.field.add(name="total", number=2, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL, type_name=".sluice.money.Money")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(money)
+    pool.Add(order)
+    Invoice = message_factory.GetMessageClass(pool.FindMessageTypeByName("sluice.test.Invoice"))
+    Money = message_factory.GetMessageClass(pool.FindMessageTypeByName("sluice.money.Money"))
+
+    topic = "invoices"
+    create_topic(broker, topic, config={"sluice.value.schema.validation": "true"})
+    c = sr(broker)
+    ser = ProtobufSerializer(Invoice, c)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    good = ser(Invoice(id=7, total=Money(cents=1250, currency="EUR")), ctx)
+    assert "sluice/money.proto" in c.get_subjects()
+    latest = c.get_latest_version(f"{topic}-value")
+    assert [(r.name, r.subject) for r in latest.schema.references] == [("sluice/money.proto", "sluice/money.proto")]
+    sid = struct.unpack(">I", good[1:5])[0]
+    # Invoice.total (field 2) must be a message; a varint there is rejected.
+    bad = b"\x00" + struct.pack(">I", sid) + b"\x00" + b"\x08\x07\x10\x01"
+    errs = produce_each(broker, topic, [good, bad])
+    assert [e.code() if e else None for e in errs] == [None, KafkaError.INVALID_RECORD]
+    de = ProtobufDeserializer(Invoice, {"use.deprecated.format": False}, c)
+    [rec] = consume_confluent(broker.bootstrap, topic)[0]
+    got = de(rec.value, ctx)
+    assert (got.id, got.total.cents, got.total.currency) == (7, 1250, "EUR")
