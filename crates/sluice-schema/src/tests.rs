@@ -657,3 +657,40 @@ async fn enforcer_rejects_a_batch_with_per_record_errors() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn compatibility_follows_references() {
+    let (reg, _dir) = registry().await;
+    let addr_v1 = r#"{"type":"record","name":"Address","namespace":"t","fields":[{"name":"city","type":"string"}]}"#;
+    let addr_v2 = r#"{"type":"record","name":"Address","namespace":"t","fields":[{"name":"city","type":"string"},{"name":"zip","type":"string"}]}"#;
+    let addr_v3 = r#"{"type":"record","name":"Address","namespace":"t","fields":[{"name":"city","type":"string"},{"name":"zip","type":"string","default":""}]}"#;
+    reg.set_setting("address", "compatibility", "NONE").await.unwrap();
+    for a in [addr_v1, addr_v2, addr_v3] {
+        reg.register("address", SchemaType::Avro, a, &[]).await.unwrap();
+    }
+    let user = r#"{"type":"record","name":"User","namespace":"t","fields":[{"name":"home","type":"t.Address"}]}"#;
+    let at = |version| {
+        vec![Reference {
+            name: "t.Address".into(),
+            subject: "address".into(),
+            version,
+        }]
+    };
+    reg.register("user", SchemaType::Avro, user, &at(1)).await.unwrap();
+    // Same text, but the referenced type gained a field without a default: not BACKWARD.
+    let m = reg
+        .check_compatibility("user", None, SchemaType::Avro, user, &at(2))
+        .await
+        .unwrap();
+    assert!(m.iter().any(|m| m.contains("zip")), "{m:?}");
+    assert_eq!(
+        reg.register("user", SchemaType::Avro, user, &at(2))
+            .await
+            .unwrap_err()
+            .code,
+        409
+    );
+    // With a default it is.
+    let v3 = reg.register("user", SchemaType::Avro, user, &at(3)).await.unwrap();
+    assert_eq!(reg.versions("user", false).await.unwrap().last().unwrap().schema_id, v3);
+}
