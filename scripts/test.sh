@@ -78,7 +78,7 @@ setup_python_packages() {
         echo "retrying pip with --break-system-packages"
         "${pip[@]}" --break-system-packages
     fi
-    python3 -c 'import confluent_kafka, kafka, pytest, pytest_timeout, moto.server, boto3; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
+    python3 -c 'import confluent_kafka, kafka, pytest, pytest_timeout, moto.server, boto3, fastavro, google.protobuf, jsonschema, authlib; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__)'
 }
 
 setup_node_packages() {

@@ -40,6 +40,8 @@ pub struct Broker {
     pub groups: sluice_groups::Coordinator,
     pub cluster: sluice_cluster::Cluster,
     pub config: BrokerConfig,
+    /// Schema validation of produced records; `None` turns it off.
+    pub schemas: Option<sluice_schema::Enforcer>,
 }
 
 pub(crate) struct Metrics {

@@ -14,8 +14,10 @@ use crate::conn::Reply;
 use crate::{errors, Broker};
 
 type Waiting = Result<oneshot::Receiver<Result<Appended, LogError>>, LogError>;
+/// Per-record errors of a refused partition: (index of the record, reason).
+type RecordErrors = Vec<(i32, String)>;
 /// A topic's partitions, each with its pending append (or why it was refused).
-type TopicWaiting = (TopicName, uuid::Uuid, Vec<(i32, Waiting)>);
+type TopicWaiting = (TopicName, uuid::Uuid, Vec<(i32, Waiting, RecordErrors)>);
 
 /// Queues every partition's batches in request order, then answers once all
 /// are durable (acks=1 and acks=all alike: nothing is acknowledged before
@@ -31,13 +33,20 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
         };
         let mut parts = Vec::with_capacity(td.partition_data.len());
         for pd in td.partition_data {
+            let mut record_errors = Vec::new();
             let w = match (&topic, pd.records) {
                 _ if !matches!(acks, -1..=1) => Err(LogError::InvalidRecord(format!("invalid acks {acks}"))),
                 (None, _) => Err(LogError::UnknownTopicOrPartition),
                 (Some(_), None) => Err(LogError::CorruptMessage("no records".into())),
-                (Some(t), Some(records)) => broker.log.submit(t, pd.index, records).await,
+                (Some(t), Some(records)) => match check_schemas(broker, t, &records).await {
+                    Err(rejection) => {
+                        record_errors = rejection.record_errors;
+                        Err(LogError::InvalidRecord(rejection.message))
+                    }
+                    Ok(()) => broker.log.submit(t, pd.index, records).await,
+                },
             };
-            parts.push((pd.index, w));
+            parts.push((pd.index, w, record_errors));
         }
         waiting.push((td.name, td.topic_id, parts));
     }
@@ -46,14 +55,14 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
         let mut responses = Vec::with_capacity(waiting.len());
         for (name, topic_id, parts) in waiting {
             let mut out = Vec::with_capacity(parts.len());
-            for (index, w) in parts {
+            for (index, w, record_errors) in parts {
                 let result = match w {
                     Ok(rx) => rx
                         .await
                         .unwrap_or_else(|_| Err(LogError::Storage("log stopped".into()))),
                     Err(e) => Err(e),
                 };
-                out.push(partition_response(index, result, acks, version));
+                out.push(partition_response(index, result, record_errors, acks, version));
             }
             responses.push(
                 TopicProduceResponse::default()
@@ -73,10 +82,26 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
     }
 }
 
+/// Schema validation, for topics whose configs ask for it (sluice-schema).
+async fn check_schemas(
+    broker: &Arc<Broker>,
+    topic: &Arc<sluice_log::Topic>,
+    records: &bytes::Bytes,
+) -> Result<(), sluice_schema::Rejection> {
+    let Some(enforcer) = &broker.schemas else {
+        return Ok(());
+    };
+    match sluice_schema::Policy::from_configs(&topic.overrides()) {
+        Some(policy) => enforcer.check(&topic.name, &policy, records).await,
+        None => Ok(()),
+    }
+}
+
 /// Fields a version lacks must keep their defaults, or encoding fails.
 fn partition_response(
     index: i32,
     result: Result<Appended, LogError>,
+    schema_errors: RecordErrors,
     acks: i16,
     version: i16,
 ) -> PartitionProduceResponse {
@@ -94,7 +119,16 @@ fn partition_response(
                 errors::code(&e)
             };
             let detailed = version >= 8;
-            let record_errors = if detailed && matches!(e, LogError::InvalidRecord(_)) {
+            let record_errors = if detailed && !schema_errors.is_empty() {
+                schema_errors
+                    .into_iter()
+                    .map(|(i, m)| {
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(i)
+                            .with_batch_index_error_message(Some(errors::str(&m)))
+                    })
+                    .collect()
+            } else if detailed && matches!(e, LogError::InvalidRecord(_)) {
                 vec![BatchIndexAndErrorMessage::default()
                     .with_batch_index(0)
                     .with_batch_index_error_message(errors::message(&e))]

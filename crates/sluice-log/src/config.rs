@@ -33,7 +33,11 @@ enum Kind {
     OneOf(&'static [&'static str]),
     /// Accepted for client compatibility; has no effect on object storage.
     Inert,
+    /// A schema-registry subject name strategy: short name or Confluent class name.
+    SubjectStrategy,
 }
+
+const STRATEGIES: &[&str] = &["TopicNameStrategy", "RecordNameStrategy", "TopicRecordNameStrategy"];
 
 /// Every topic config a client may set, with the Kafka default where the
 /// broker does not supply one.
@@ -69,6 +73,48 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("segment.jitter.ms", Kind::Inert, "0"),
     ("segment.ms", Kind::Inert, "604800000"),
     ("unclean.leader.election.enable", Kind::Inert, "false"),
+    // Schema validation of produced records (sluice-schema), with Confluent's names as aliases.
+    ("sluice.key.schema.validation", Kind::OneOf(&["true", "false"]), "false"),
+    (
+        "sluice.value.schema.validation",
+        Kind::OneOf(&["true", "false"]),
+        "false",
+    ),
+    (
+        "confluent.key.schema.validation",
+        Kind::OneOf(&["true", "false"]),
+        "false",
+    ),
+    (
+        "confluent.value.schema.validation",
+        Kind::OneOf(&["true", "false"]),
+        "false",
+    ),
+    (
+        "sluice.key.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "sluice.value.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "confluent.key.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "confluent.value.subject.name.strategy",
+        Kind::SubjectStrategy,
+        "TopicNameStrategy",
+    ),
+    (
+        "sluice.schema.validation.level",
+        Kind::OneOf(&["header", "full"]),
+        "full",
+    ),
 ];
 
 /// The parsed settings the log acts on.
@@ -142,6 +188,10 @@ pub fn validate(key: &str, value: &str) -> Result<(), LogError> {
             "Invalid value {value} for configuration {key}: supported values are {allowed:?}"
         ))),
         Kind::Inert => Ok(()),
+        Kind::SubjectStrategy if STRATEGIES.contains(&value.rsplit('.').next().unwrap_or(value)) => Ok(()),
+        Kind::SubjectStrategy => Err(LogError::InvalidConfig(format!(
+            "Invalid value {value} for configuration {key}: supported values are {STRATEGIES:?} (or io.confluent.kafka.serializers.subject.<name>)"
+        ))),
     }
 }
 
@@ -175,6 +225,15 @@ mod tests {
         assert!(validate("segment.bytes", "1").is_ok());
         assert!(matches!(validate("no.such.key", "1"), Err(LogError::InvalidConfig(_))));
         assert!(validate("cleanup.policy", "compact").is_err());
+        assert!(validate("confluent.value.schema.validation", "true").is_ok());
+        assert!(validate("sluice.key.schema.validation", "maybe").is_err());
+        assert!(validate(
+            "confluent.value.subject.name.strategy",
+            "io.confluent.kafka.serializers.subject.RecordNameStrategy"
+        )
+        .is_ok());
+        assert!(validate("sluice.value.subject.name.strategy", "NoSuchStrategy").is_err());
+        assert!(validate("sluice.schema.validation.level", "header").is_ok());
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Config {
     pub kafka_listen: String,
     pub advertise: Option<String>,
     pub http_listen: String,
+    pub registry_listen: String,
     pub store: Option<String>,
     pub meta: Option<String>,
     pub node_id: i32,
@@ -76,6 +77,7 @@ impl Default for Config {
             kafka_listen: "0.0.0.0:9092".into(),
             advertise: None,
             http_listen: "0.0.0.0:8080".into(),
+            registry_listen: "0.0.0.0:8081".into(),
             store: None,
             meta: None,
             node_id: 0,
@@ -151,6 +153,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
+    /// Address for the schema registry's REST API (Confluent-compatible). [default: 0.0.0.0:8081]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_listen: Option<String>,
     /// This broker's id in Metadata. [default: 0]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -263,6 +269,7 @@ const ENV_KEYS: &[&str] = &[
     "kafka_listen",
     "advertise",
     "http_listen",
+    "registry_listen",
     "store",
     "meta",
     "node_id",

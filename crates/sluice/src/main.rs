@@ -38,6 +38,8 @@ enum Command {
     Group(sluice_client::cli::GroupArgs),
     /// Cluster status, and draining brokers before maintenance.
     Cluster(cluster_cli::ClusterArgs),
+    /// Register, get, list, check and delete schemas in the schema registry.
+    Schema(sluice_schema::cli::SchemaArgs),
     /// Load generator: produce, consume and end-to-end throughput and latency percentiles.
     Bench(sluice_bench::BenchArgs),
     /// Offline maintenance of the stores (run with the broker stopped).
@@ -78,6 +80,7 @@ fn run() -> Result<()> {
             Command::Produce(args) => sluice_client::cli::run_produce(args).await,
             Command::Consume(args) => sluice_client::cli::run_consume(args).await,
             Command::Group(args) => sluice_client::cli::run_group(args).await,
+            Command::Schema(args) => sluice_schema::cli::run(args).await,
             Command::Bench(args) => sluice_bench::run_bench(args).await,
             Command::Cluster(args) => cluster_cli::run(args).await,
             Command::Admin {
@@ -131,6 +134,7 @@ async fn serve(cfg: Config) -> Result<()> {
         },
     );
     // Groups are restored per coordinator shard as the cluster hands shards to this broker.
+    let registry = sluice_schema::Registry::new(&meta);
     let log = Log::open(meta.clone(), store, opts).await?;
     let (host, port) = cfg.advertised()?;
     let cluster = sluice_cluster::Cluster::start(
@@ -162,6 +166,7 @@ async fn serve(cfg: Config) -> Result<()> {
             auto_create_topics: cfg.auto_create_topics,
             max_frame_bytes: cfg.max_frame_bytes,
         },
+        schemas: Some(sluice_schema::Enforcer::new(registry.clone())),
     });
     let kafka = TcpListener::bind(&cfg.kafka_listen)
         .await
@@ -169,9 +174,13 @@ async fn serve(cfg: Config) -> Result<()> {
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", cfg.http_listen))?;
+    let registry_listener = TcpListener::bind(&cfg.registry_listen)
+        .await
+        .with_context(|| format!("binding schema registry listener {}", cfg.registry_listen))?;
     tracing::info!(
         kafka = %cfg.kafka_listen,
         http = %cfg.http_listen,
+        registry = %cfg.registry_listen,
         store = %cfg.store_url()?,
         meta = %cfg.meta_url()?,
         "sluice is serving"
@@ -184,9 +193,11 @@ async fn serve(cfg: Config) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let kafka = tokio::spawn(sluice_kafka::serve(kafka, broker.clone()));
     let http = tokio::spawn(sluice_http::serve(http, sluice_http::router(http_state)));
+    let registry_task = tokio::spawn(sluice_schema::serve(registry_listener, registry));
     tokio::select! {
         r = kafka => return r?.context("Kafka listener failed"),
         r = http => return r?.context("HTTP listener failed"),
+        r = registry_task => return r?.context("schema registry listener failed"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; handing partitions over"),
         _ = term.recv() => tracing::info!("terminated; handing partitions over"),
     }
