@@ -6,7 +6,7 @@ temporary directory, and offers helpers shared by the test modules:
 
 * fixtures ``broker`` (a started broker with default flags) and
   ``make_broker`` (factory: ``make_broker("--auto-create-topics", "false")``);
-* ``Broker`` objects with ``.bootstrap``, ``.http``, ``.data_dir``, ``.bin``,
+* ``Broker`` objects with ``.bootstrap``, ``.http``, ``.mqtt_port``, ``.data_dir``, ``.bin``,
   ``.args``, ``.start()``, ``.stop()``, ``.kill()``, ``.restart()``, ``.log()``;
 * client helpers (``consume_confluent``, ``consume_kafka_python``,
   ``run_kcat``, ``run_kafkajs``, ``wait_until``);
@@ -120,6 +120,9 @@ class Broker:
         self.http_port = free_port()
         while self.http_port == self.kafka_port:
             self.http_port = free_port()
+        self.mqtt_port = free_port()
+        while self.mqtt_port in (self.kafka_port, self.http_port):
+            self.mqtt_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.extra_args = [str(a) for a in extra_args]
@@ -130,6 +133,7 @@ class Broker:
             "--kafka-listen", self.bootstrap,
             "--advertise", self.bootstrap,
             "--http-listen", f"127.0.0.1:{self.http_port}",
+            "--mqtt-listen", f"127.0.0.1:{self.mqtt_port}",
             "--node-id", "0",
             *self.extra_args,
         ]

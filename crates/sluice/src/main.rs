@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker: the Kafka listener and HTTP (/health, /metrics).
+    /// Run the broker: the Kafka listener, the MQTT gateway and HTTP (/health, /metrics, /api/v1).
     Serve(Box<ServeArgs>),
     /// Create, list, describe, alter and delete topics.
     Topic(sluice_client::cli::TopicArgs),
@@ -148,9 +148,14 @@ async fn serve(cfg: Config) -> Result<()> {
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", cfg.http_listen))?;
+    let mqtt = TcpListener::bind(&cfg.mqtt_listen)
+        .await
+        .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_listen))?;
+    let gateway = sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None).await?;
     tracing::info!(
         kafka = %cfg.kafka_listen,
         http = %cfg.http_listen,
+        mqtt = %cfg.mqtt_listen,
         store = %cfg.store_url()?,
         meta = %cfg.meta_url()?,
         "sluice is serving"
@@ -162,7 +167,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = sluice_kafka::serve(kafka, broker.clone()) => r.context("Kafka listener failed"),
-        r = sluice_http::serve(http, sluice_http::router(http_state)) => r.context("HTTP listener failed"),
+        r = sluice_http::serve(http, sluice_http::router(http_state).merge(gateway.router())) => r.context("HTTP listener failed"),
+        r = gateway.serve(mqtt) => r.context("MQTT listener failed"),
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
         _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
     }
