@@ -114,9 +114,11 @@ def test_persistent_session_queues_while_offline(broker, v5):
     dev.subscribe("fleet/truck-9/cmd", 1)
     dev.disconnect()
     ops = Device(broker, "ops", v5=v5)
+    # QoS 0 is not queued for offline sessions; the QoS 1 publishes after it
+    # (acknowledged, same connection) show it has been routed.
+    ops.publish("fleet/truck-9/cmd", b"qos0-not-queued", qos=0)
     for i in range(5):
         ops.publish("fleet/truck-9/cmd", f"cmd-{i}", qos=1)
-    ops.publish("fleet/truck-9/cmd", b"qos0-not-queued", qos=0)
     dev.connect()
     assert dev.session_present is True
     msgs = dev.recv_n(5)
@@ -341,9 +343,11 @@ def test_bad_input_closes_only_that_connection(broker):
 
 def test_username_password_authentication(make_broker, tmp_path):
     cfg = tmp_path / "sluice.toml"
-    cfg.write_text('[mqtt]\nusers = ["car:s3cret"]\nallow-anonymous = false\n')
+    cfg.write_text('[mqtt]\nusers = ["car:s3cret"]\nallow-anonymous = false\ndeny-subscribe = ["secret/#"]\n')
     broker = make_broker("--config", str(cfg))
     ok = Device(broker, "auth-ok", username="car", password="s3cret")
+    assert [rc.value if hasattr(rc, "value") else rc for rc in ok.subscribe("secret/#", 1)] == [0x80]
+    assert [rc.value for rc in ok.subscribe("public/#", 1)] == [1]
     ok.disconnect()
     bad = Device(broker, "auth-bad", v5=True, username="car", password="nope", connect=False)
     bad.connect(expect_ok=False)

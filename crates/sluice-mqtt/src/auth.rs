@@ -9,16 +9,23 @@ pub struct Credentials<'a> {
     pub password: Option<&'a [u8]>,
 }
 
-/// Decides whether a client may connect. Implement this to plug in another
-/// user database; [`StaticUsers`] is the built-in one.
+/// Decides whether a client may connect, and what it may subscribe to.
+/// Implement this to plug in another user database; [`StaticUsers`] is the
+/// built-in one.
 pub trait Authenticator: Send + Sync {
     fn authenticate(&self, creds: &Credentials<'_>) -> bool;
+
+    /// Whether `client_id` may subscribe to `filter` (as written, `$share/` included).
+    fn may_subscribe(&self, _client_id: &str, _username: Option<&str>, _filter: &str) -> bool {
+        true
+    }
 }
 
 /// A fixed `user:password` list from the config.
 pub struct StaticUsers {
     users: HashMap<String, String>,
     allow_anonymous: bool,
+    deny_subscribe: Vec<String>,
 }
 
 impl StaticUsers {
@@ -31,7 +38,17 @@ impl StaticUsers {
                 .ok_or_else(|| anyhow::anyhow!("mqtt.users entry {e:?} is not user:password"))?;
             users.insert(u.to_string(), p.to_string());
         }
-        Ok(Self { users, allow_anonymous })
+        Ok(Self {
+            users,
+            allow_anonymous,
+            deny_subscribe: Vec::new(),
+        })
+    }
+
+    /// Topic filters nobody may subscribe to.
+    pub fn deny_subscribe(mut self, filters: &[String]) -> Self {
+        self.deny_subscribe = filters.to_vec();
+        self
     }
 }
 
@@ -47,6 +64,10 @@ impl Authenticator for StaticUsers {
                 _ => false,
             },
         }
+    }
+
+    fn may_subscribe(&self, _client_id: &str, _username: Option<&str>, filter: &str) -> bool {
+        !self.deny_subscribe.iter().any(|d| d == filter)
     }
 }
 
@@ -72,5 +93,8 @@ mod tests {
         let open = StaticUsers::new(&[], false).unwrap();
         assert!(open.authenticate(&creds(None, None)));
         assert!(StaticUsers::new(&["nocolon".into()], true).is_err());
+        let deny = open.deny_subscribe(&["secret/#".into()]);
+        assert!(!deny.may_subscribe("c", None, "secret/#"));
+        assert!(deny.may_subscribe("c", None, "public/#"));
     }
 }

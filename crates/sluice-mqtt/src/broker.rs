@@ -61,6 +61,8 @@ pub struct SessionState {
     pub incoming_qos2: HashSet<u16>,
     /// How long the session outlives a disconnect; `None`: forever, zero: not at all.
     pub expiry: Option<Duration>,
+    /// Wakes the owning connection when another one takes the session over.
+    kick: Option<Arc<Notify>>,
 }
 
 impl SessionState {
@@ -129,21 +131,21 @@ impl Broker {
 
     /// Attaches a new connection to the client's session, creating it (or
     /// replacing it, with `clean_start`). A connection that owned the session
-    /// is told to go through `notify`: it sees it no longer owns the session.
-    pub fn attach(&self, client_id: &str, clean_start: bool, expiry: Option<Duration>) -> Attached {
+    /// is woken through its `kick` and sees it no longer owns the session.
+    pub fn attach(&self, client_id: &str, clean_start: bool, expiry: Option<Duration>, kick: Arc<Notify>) -> Attached {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut sessions = self.sessions.lock().unwrap();
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut st = existing.state.lock().unwrap();
-            let had_owner = st.owner != 0;
+            if let Some(old) = st.kick.take() {
+                old.notify_one();
+            }
             if !clean_start {
                 st.owner = conn_id;
                 st.generation += 1;
                 st.expiry = expiry;
+                st.kick = Some(kick);
                 drop(st);
-                if had_owner {
-                    existing.notify.notify_one();
-                }
                 return Attached {
                     session: existing,
                     present: true,
@@ -153,7 +155,6 @@ impl Broker {
             st.owner = 0;
             let filters: Vec<String> = st.subs.keys().cloned().collect();
             drop(st);
-            existing.notify.notify_one();
             sessions.remove(client_id);
             self.remove_subs(&existing.client_id, &filters);
         }
@@ -169,6 +170,7 @@ impl Broker {
                 next_pid: 0,
                 incoming_qos2: HashSet::new(),
                 expiry,
+                kick: Some(kick),
             }),
         });
         sessions.insert(session.client_id.clone(), session.clone());
@@ -187,6 +189,7 @@ impl Broker {
                 return; // taken over by a newer connection
             }
             st.owner = 0;
+            st.kick = None;
             (st.expiry, st.generation)
         };
         match expiry {
@@ -413,5 +416,117 @@ impl SubIndex {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use bytestring::ByteString;
+
+    use super::*;
+    use crate::message::ForwardProps;
+
+    fn broker() -> (Arc<Broker>, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+        let (events, rx) = Events::capture();
+        (Broker::new(events, RetainedStore::in_memory(), 3), rx)
+    }
+
+    fn msg(topic: &str, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: ByteString::from(topic.to_string()),
+            payload: Bytes::from_static(b"p"),
+            qos,
+            retain,
+            props: Arc::new(ForwardProps::default()),
+            expires_at: None,
+            from: Some(Arc::from("pub")),
+            created_ms: 0,
+        }
+    }
+
+    fn opts(qos: QoS) -> SubOpts {
+        SubOpts {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            sub_id: None,
+        }
+    }
+
+    fn queued(s: &Session) -> Vec<(String, QoS)> {
+        let st = s.state.lock().unwrap();
+        st.queue.iter().map(|o| (o.msg.topic.to_string(), o.qos)).collect()
+    }
+
+    #[test]
+    fn routes_with_downgraded_qos_once_per_session() {
+        let (b, _ev) = broker();
+        let a = b.attach("a", true, Some(Duration::ZERO), Arc::new(Notify::new()));
+        b.subscribe(&a.session, &SubFilter::parse("cars/+/cmd").unwrap(), opts(QoS::AtLeastOnce));
+        b.subscribe(&a.session, &SubFilter::parse("cars/#").unwrap(), opts(QoS::AtMostOnce));
+        assert_eq!(b.route(&msg("cars/1/cmd", QoS::ExactlyOnce, false)), 1);
+        assert_eq!(b.route(&msg("bikes/1/cmd", QoS::ExactlyOnce, false)), 0);
+        assert_eq!(queued(&a.session), vec![("cars/1/cmd".to_string(), QoS::AtLeastOnce)]);
+    }
+
+    #[test]
+    fn shared_groups_take_turns_and_offline_queues_are_bounded() {
+        let (b, mut ev) = broker();
+        let s1 = b.attach("s1", false, None, Arc::new(Notify::new()));
+        let s2 = b.attach("s2", false, None, Arc::new(Notify::new()));
+        let f = SubFilter::parse("$share/g/jobs/#").unwrap();
+        b.subscribe(&s1.session, &f, opts(QoS::AtLeastOnce));
+        b.subscribe(&s2.session, &f, opts(QoS::AtLeastOnce));
+        for _ in 0..4 {
+            b.route(&msg("jobs/x", QoS::AtLeastOnce, false));
+        }
+        assert_eq!(queued(&s1.session).len(), 2);
+        assert_eq!(queued(&s2.session).len(), 2);
+        // Offline: QoS 0 is dropped, QoS 1 queued up to the cap (3), oldest evicted.
+        b.detach(&s1.session, s1.conn_id);
+        b.unsubscribe(&s2.session, &f);
+        b.route(&msg("jobs/y", QoS::AtMostOnce, false));
+        b.route(&msg("jobs/z", QoS::AtLeastOnce, false));
+        b.route(&msg("jobs/w", QoS::AtLeastOnce, false));
+        assert_eq!(queued(&s1.session).len(), 3);
+        let mut reasons = Vec::new();
+        while let Ok(e) = ev.try_recv() {
+            reasons.push(e["reason"].as_str().unwrap_or_default().to_string());
+        }
+        assert_eq!(reasons, vec!["offline_qos0", "queue_full"]);
+    }
+
+    #[test]
+    fn clean_start_replaces_a_session_and_resume_keeps_it() {
+        let (b, _ev) = broker();
+        let k1 = Arc::new(Notify::new());
+        let first = b.attach("c", false, None, k1.clone());
+        b.subscribe(&first.session, &SubFilter::parse("t").unwrap(), opts(QoS::AtLeastOnce));
+        let resumed = b.attach("c", false, None, Arc::new(Notify::new()));
+        assert!(resumed.present && Arc::ptr_eq(&first.session, &resumed.session));
+        // The first connection was kicked: its permit is stored.
+        assert!(futures::FutureExt::now_or_never(k1.notified()).is_some());
+        let fresh = b.attach("c", true, Some(Duration::ZERO), Arc::new(Notify::new()));
+        assert!(!fresh.present);
+        assert_eq!(b.route(&msg("t", QoS::AtLeastOnce, false)), 0);
+        b.detach(&fresh.session, fresh.conn_id);
+        assert_eq!(b.session_count(), 0);
+    }
+
+    #[test]
+    fn retained_messages_are_replaced_and_cleared() {
+        let (b, _ev) = broker();
+        b.route(&msg("a/b", QoS::AtLeastOnce, true));
+        let s = b.attach("s", true, Some(Duration::ZERO), Arc::new(Notify::new()));
+        b.deliver_retained(&s.session, "a/+", opts(QoS::AtMostOnce));
+        assert_eq!(queued(&s.session), vec![("a/b".to_string(), QoS::AtMostOnce)]);
+        let mut clear = msg("a/b", QoS::AtLeastOnce, true);
+        clear.payload = Bytes::new();
+        b.route(&clear);
+        assert!(b.retained.matching("#").is_empty());
+        let _ = Instant::now();
     }
 }

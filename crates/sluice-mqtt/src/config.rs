@@ -34,6 +34,11 @@ pub struct MqttConfig {
     /// QoS 1/2 messages sent to a subscriber and not yet acknowledged (the
     /// client's Receive Maximum lowers it).
     pub max_inflight: u16,
+    /// Topic filters clients may not subscribe to (SUBACK 0x80).
+    pub deny_subscribe: Vec<String>,
+    /// Longest keep-alive (seconds) a client may use; a longer one (or 0) is
+    /// lowered to this and told to MQTT 5 clients as Server Keep Alive. 0: no limit.
+    pub max_keep_alive: u16,
     /// Rules declared in the config file; created (or replaced) at start.
     pub rules: Vec<RuleConfig>,
 }
@@ -49,6 +54,8 @@ impl Default for MqttConfig {
             allow_anonymous: true,
             max_queued_messages: 1000,
             max_inflight: 32,
+            deny_subscribe: Vec::new(),
+            max_keep_alive: 0,
             rules: Vec::new(),
         }
     }

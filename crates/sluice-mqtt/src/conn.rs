@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::codec::Decoder;
 
 use crate::auth::Credentials;
@@ -168,6 +169,12 @@ struct Conn {
     inflight_limit: usize,
     aliases: HashMap<u16, ByteString>,
     pending: FuturesOrdered<AckFuture>,
+    /// QoS 1 publishes received and not yet acknowledged (QoS 2 ones are in
+    /// the session's `incoming_qos2` until PUBREL): together the client's
+    /// use of our Receive Maximum.
+    pending_qos1: usize,
+    /// Notified when another connection takes the session over.
+    kick: Arc<Notify>,
 }
 
 impl Conn {
@@ -230,7 +237,14 @@ impl Conn {
         } else {
             None
         };
-        let attached = gw.broker.attach(&client_id, c.clean_start, expiry);
+        let kick = Arc::new(Notify::new());
+        let attached = gw.broker.attach(&client_id, c.clean_start, expiry, kick.clone());
+        let max_ka = gw.cfg.max_keep_alive;
+        let keep_alive = if max_ka > 0 && (c.keep_alive == 0 || c.keep_alive > max_ka) {
+            max_ka
+        } else {
+            c.keep_alive
+        };
         if v5 {
             if let Some(m) = c.max_packet_size {
                 codec.set_max_out(m);
@@ -242,6 +256,7 @@ impl Conn {
                 max_packet_size: Some(gw.cfg.max_packet_size),
                 assigned_client_id: assigned.map(ByteString::from),
                 topic_alias_max: TOPIC_ALIAS_MAX,
+                server_keepalive_sec: (keep_alive != c.keep_alive).then_some(keep_alive),
                 ..Default::default()
             };
             codec.connack_v5(ack, wbuf);
@@ -271,11 +286,13 @@ impl Conn {
             conn_id: attached.conn_id,
             username: c.username,
             v5,
-            keep_alive: (c.keep_alive > 0).then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
+            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             will: c.will,
             inflight_limit,
             aliases: HashMap::new(),
             pending: FuturesOrdered::new(),
+            pending_qos1: 0,
+            kick,
         })
     }
 
@@ -328,9 +345,12 @@ impl Conn {
                 }
                 _ = self.session.notify.notified() => {
                     if !self.pump(&mut codec, &mut wbuf) {
+                        // The wake-up was meant for the new owner: pass it on.
+                        self.session.notify.notify_one();
                         end = Some(End::TakenOver);
                     }
                 }
+                _ = self.kick.notified() => end = Some(End::TakenOver),
                 _ = keepalive => end = Some(End::KeepAlive),
             }
         }
@@ -461,6 +481,19 @@ impl Conn {
                 ))
             }
         };
+        if self.v5 && pid.is_some() {
+            let (in_use, resend) = {
+                let st = self.session.state.lock().unwrap();
+                let resend = p.qos == QoS::ExactlyOnce && st.incoming_qos2.contains(&pid.expect("checked").get());
+                (self.pending_qos1 + st.incoming_qos2.len(), resend)
+            };
+            if in_use >= usize::from(RECEIVE_MAX) && !resend {
+                return Some(End::Protocol(
+                    DisconnectReasonCode::ReceiveMaximumExceeded,
+                    format!("more than {RECEIVE_MAX} unacknowledged QoS 1/2 publishes"),
+                ));
+            }
+        }
         if p.qos == QoS::ExactlyOnce {
             let pid = pid.expect("checked above");
             let fresh = self.session.state.lock().unwrap().incoming_qos2.insert(pid.get());
@@ -483,6 +516,9 @@ impl Conn {
             .await;
         if let Some(pid) = pid {
             let qos2 = p.qos == QoS::ExactlyOnce;
+            if !qos2 {
+                self.pending_qos1 += 1;
+            }
             self.pending.push_back(Box::pin(async move {
                 let result = match durable {
                     Some(rx) => rx.await.unwrap_or_else(|_| Err("gateway is shutting down".into())),
@@ -522,6 +558,9 @@ impl Conn {
 
     /// A client publish became durable (or failed): acknowledge it.
     fn on_durable(&mut self, ack: PendingAck, codec: &mut Codec, wbuf: &mut BytesMut) -> Option<End> {
+        if !ack.qos2 {
+            self.pending_qos1 = self.pending_qos1.saturating_sub(1);
+        }
         let reason = match &ack.result {
             Ok(()) => PublishAckReason::Success,
             Err(e) => {
@@ -583,6 +622,10 @@ impl Conn {
                 continue;
             };
             if f.group.is_some() && o.no_local {
+                results.push(Err(v5::SubscribeAckReason::UnspecifiedError));
+                continue;
+            }
+            if !self.gw.auth.may_subscribe(&self.client_id, self.username.as_deref(), &raw) {
                 results.push(Err(v5::SubscribeAckReason::UnspecifiedError));
                 continue;
             }

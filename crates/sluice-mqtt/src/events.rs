@@ -45,6 +45,13 @@ impl Events {
         Self { tx }
     }
 
+    /// Events that go to the returned receiver instead of the log (unit tests).
+    #[cfg(test)]
+    pub fn capture() -> (Self, mpsc::UnboundedReceiver<Value>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+
     /// Emits `event` about `clientid` with extra `fields`.
     pub fn emit(&self, event: &str, clientid: &str, fields: Value) {
         let mut obj = Map::new();

@@ -55,7 +55,7 @@ impl Gateway {
     pub async fn start(log: Log, cfg: MqttConfig, auth: Option<Arc<dyn Authenticator>>) -> Result<Arc<Self>> {
         let auth: Arc<dyn Authenticator> = match auth {
             Some(a) => a,
-            None => Arc::new(StaticUsers::new(&cfg.users, cfg.allow_anonymous)?),
+            None => Arc::new(StaticUsers::new(&cfg.users, cfg.allow_anonymous)?.deny_subscribe(&cfg.deny_subscribe)),
         };
         let pool = log.meta().pool().clone();
         let rules = Arc::new(Rules::load(pool.clone()).await.context("loading MQTT rules")?);

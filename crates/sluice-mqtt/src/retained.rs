@@ -38,6 +38,15 @@ pub struct RetainedStore {
 }
 
 impl RetainedStore {
+    /// A store that keeps nothing across restarts (unit tests).
+    #[cfg(test)]
+    pub fn in_memory() -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            writes: None,
+        }
+    }
+
     /// Loads the retained messages and starts writing changes through.
     pub async fn open(pool: AnyPool) -> Result<Self> {
         let rows = sqlx::query("SELECT topic, qos, payload, properties FROM mqtt_retained")
