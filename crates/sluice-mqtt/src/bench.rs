@@ -95,6 +95,9 @@ pub async fn run(args: MqttBenchArgs, json: bool) -> Result<()> {
     let acked = stats.acked.load(Ordering::Relaxed);
     let connected = stats.connected.load(Ordering::Relaxed);
     let rate = acked as f64 / secs;
+    if connected == 0 {
+        bail!("no client could connect to {}", args.mqtt);
+    }
     if json {
         println!(
             "{}",
@@ -105,7 +108,10 @@ pub async fn run(args: MqttBenchArgs, json: bool) -> Result<()> {
     } else {
         println!("clients: {connected}/{} connected in {connect_secs:.1}s", args.clients);
         if !args.idle {
-            println!("published: {acked} QoS {} messages acknowledged in {secs:.1}s = {rate:.0} msg/s", args.qos);
+            println!(
+                "published: {acked} QoS {} messages acknowledged in {secs:.1}s = {rate:.0} msg/s",
+                args.qos
+            );
         }
         if let Some(kb) = rss {
             println!("server RSS: {:.1} MB", kb as f64 / 1024.0);
@@ -187,15 +193,20 @@ async fn client(
             tokio::task::yield_now().await;
             continue;
         }
-        match read_packet(&mut s, &mut codec, &mut rbuf).await? {
-            Packet::PublishAck { .. } | Packet::PublishComplete { .. } => {
-                outstanding -= 1;
-                stats.acked.fetch_add(1, Ordering::Relaxed);
+        // Wait for at least one acknowledgement, then take every one already buffered.
+        let mut next = Some(read_packet(&mut s, &mut codec, &mut rbuf).await?);
+        while let Some(p) = next {
+            match p {
+                Packet::PublishAck { .. } | Packet::PublishComplete { .. } => {
+                    outstanding -= 1;
+                    stats.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Packet::PublishReceived { packet_id } => {
+                    codec.encode(Packet::PublishRelease { packet_id }, &mut wbuf)?;
+                }
+                _ => {}
             }
-            Packet::PublishReceived { packet_id } => {
-                codec.encode(Packet::PublishRelease { packet_id }, &mut wbuf)?;
-            }
-            _ => {}
+            next = codec.decode(&mut rbuf)?.map(|(p, _)| p);
         }
     }
     // Drain what is still in flight so the server is not left mid-write.

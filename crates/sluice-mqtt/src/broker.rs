@@ -236,13 +236,7 @@ impl Broker {
 
     /// Adds (or replaces) a subscription. Returns whether it existed before.
     pub fn subscribe(&self, session: &Session, filter: &SubFilter, opts: SubOpts) -> bool {
-        let existed = session
-            .state
-            .lock()
-            .unwrap()
-            .subs
-            .insert(filter.raw(), opts)
-            .is_some();
+        let existed = session.state.lock().unwrap().subs.insert(filter.raw(), opts).is_some();
         let mut idx = self.subs.write().unwrap();
         match &filter.group {
             None => {
@@ -465,7 +459,11 @@ mod tests {
     fn routes_with_downgraded_qos_once_per_session() {
         let (b, _ev) = broker();
         let a = b.attach("a", true, Some(Duration::ZERO), Arc::new(Notify::new()));
-        b.subscribe(&a.session, &SubFilter::parse("cars/+/cmd").unwrap(), opts(QoS::AtLeastOnce));
+        b.subscribe(
+            &a.session,
+            &SubFilter::parse("cars/+/cmd").unwrap(),
+            opts(QoS::AtLeastOnce),
+        );
         b.subscribe(&a.session, &SubFilter::parse("cars/#").unwrap(), opts(QoS::AtMostOnce));
         assert_eq!(b.route(&msg("cars/1/cmd", QoS::ExactlyOnce, false)), 1);
         assert_eq!(b.route(&msg("bikes/1/cmd", QoS::ExactlyOnce, false)), 0);

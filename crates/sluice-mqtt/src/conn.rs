@@ -17,8 +17,8 @@ use bytestring::ByteString;
 use futures::stream::FuturesOrdered;
 use futures::{Future, StreamExt};
 use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v5::{self, DisconnectReasonCode, PublishAckReason, RetainHandling};
 use rmqtt_codec::v3;
+use rmqtt_codec::v5::{self, DisconnectReasonCode, PublishAckReason, RetainHandling};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +55,9 @@ struct PendingAck {
 /// Why a connection ended.
 enum End {
     /// DISCONNECT from the client; `will` says whether to publish the will anyway (v5 0x04).
-    Client { will: bool },
+    Client {
+        will: bool,
+    },
     Closed,
     KeepAlive,
     TakenOver,
@@ -448,7 +450,10 @@ impl Conn {
                 return Some(End::Client { will: reason == 0x04 });
             }
             In::Connect(_) => {
-                return Some(End::Protocol(DisconnectReasonCode::ProtocolError, "second CONNECT".into()))
+                return Some(End::Protocol(
+                    DisconnectReasonCode::ProtocolError,
+                    "second CONNECT".into(),
+                ))
             }
             In::Unexpected(what) => {
                 return Some(End::Protocol(
@@ -625,7 +630,11 @@ impl Conn {
                 results.push(Err(v5::SubscribeAckReason::UnspecifiedError));
                 continue;
             }
-            if !self.gw.auth.may_subscribe(&self.client_id, self.username.as_deref(), &raw) {
+            if !self
+                .gw
+                .auth
+                .may_subscribe(&self.client_id, self.username.as_deref(), &raw)
+            {
                 results.push(Err(v5::SubscribeAckReason::UnspecifiedError));
                 continue;
             }

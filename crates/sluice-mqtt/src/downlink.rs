@@ -85,7 +85,13 @@ async fn deliver(gw: &Gateway, log: &Log, topic: &Topic, partition: i32, offset:
     Ok(at)
 }
 
-fn publish(gw: &Gateway, headers: &[(String, Option<bytes::Bytes>)], payload: bytes::Bytes, offset: i64, partition: i32) {
+fn publish(
+    gw: &Gateway,
+    headers: &[(String, Option<bytes::Bytes>)],
+    payload: bytes::Bytes,
+    offset: i64,
+    partition: i32,
+) {
     let header = |k: &str| {
         headers
             .iter()
@@ -111,7 +117,10 @@ fn publish(gw: &Gateway, headers: &[(String, Option<bytes::Bytes>)], payload: by
         .iter()
         .filter(|(k, _)| !k.starts_with("mqtt."))
         .map(|(k, v)| {
-            let v = v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let v = v
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
             (ByteString::from(k.clone()), ByteString::from(v))
         })
         .collect();

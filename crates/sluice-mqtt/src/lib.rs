@@ -10,8 +10,8 @@
 //! - `downlink`: records of `mqtt.commands` published to devices.
 
 pub mod auth;
-mod broker;
 pub mod bench;
+mod broker;
 pub mod config;
 mod conn;
 mod downlink;

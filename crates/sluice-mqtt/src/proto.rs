@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v5::{self, DisconnectReasonCode, RetainHandling, UserProperties};
 use rmqtt_codec::v3;
+use rmqtt_codec::v5::{self, DisconnectReasonCode, RetainHandling, UserProperties};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Will message of a CONNECT.

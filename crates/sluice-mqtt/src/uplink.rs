@@ -74,9 +74,20 @@ async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>) {
     let mut rr: u32 = 0;
     while rx.recv_many(&mut round, MAX_ROUND).await > 0 {
         let mut groups = Groups::default();
+        // Looked up once per round: most records of a round go to the same few topics.
+        let mut topics: HashMap<String, Arc<Topic>> = HashMap::new();
         for rec in round.drain(..) {
-            let topic = match topic_for(&log, &rec.topic).await {
-                Ok(t) => t,
+            let found = match topics.get(&rec.topic) {
+                Some(t) => Ok(t.clone()),
+                None => topic_for(&log, &rec.topic).await,
+            };
+            let topic = match found {
+                Ok(t) => {
+                    if !topics.contains_key(&rec.topic) {
+                        topics.insert(rec.topic.clone(), t.clone());
+                    }
+                    t
+                }
                 Err(e) => {
                     fail(rec.ack, format!("topic {}: {e}", rec.topic));
                     continue;

@@ -189,7 +189,9 @@ pub fn call(name: &str, args: Vec<Value>, ctx: &Map<String, Value>) -> EvalResul
             let key = text(0);
             let by_path = key.split('.').try_fold(&args[1], |v, k| v.as_object()?.get(k));
             let found = by_path.or_else(|| args[1].as_object()?.get(&key));
-            found.cloned().unwrap_or_else(|| args.get(2).cloned().unwrap_or(Value::Null))
+            found
+                .cloned()
+                .unwrap_or_else(|| args.get(2).cloned().unwrap_or(Value::Null))
         }
         "coalesce" => args.into_iter().find(|v| !v.is_null()).unwrap_or(Value::Null),
         "is_null" => Value::Bool(args[0].is_null()),
@@ -200,7 +202,9 @@ pub fn call(name: &str, args: Vec<Value>, ctx: &Map<String, Value>) -> EvalResul
             None => return Err(format!("int(): cannot convert {}", args[0])),
         },
         "float" => match as_f64(&args[0]) {
-            Some(v) => serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null),
+            Some(v) => serde_json::Number::from_f64(v)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
             None => return Err(format!("float(): cannot convert {}", args[0])),
         },
         "bool" => match &args[0] {
@@ -268,7 +272,10 @@ mod tests {
         let ctx = Map::new();
         let s = |v: &str| Value::String(v.into());
         assert_eq!(call("upper", vec![s("ab")], &ctx).unwrap(), s("AB"));
-        assert_eq!(call("substr", vec![s("hello"), Value::from(1), Value::from(3)], &ctx).unwrap(), s("ell"));
+        assert_eq!(
+            call("substr", vec![s("hello"), Value::from(1), Value::from(3)], &ctx).unwrap(),
+            s("ell")
+        );
         let parts = call("split", vec![s("/cars/42/state"), s("/")], &ctx).unwrap();
         assert_eq!(call("nth", vec![Value::from(2), parts], &ctx).unwrap(), s("42"));
         assert!(check("nope", 1).is_err());

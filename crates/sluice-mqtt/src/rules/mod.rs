@@ -386,7 +386,13 @@ impl Rules {
     }
 
     /// Creates or replaces a rule.
-    pub async fn put(&self, name: &str, sql: &str, kafka_topic: &str, key: Option<&str>) -> Result<RuleView, RuleError> {
+    pub async fn put(
+        &self,
+        name: &str,
+        sql: &str,
+        kafka_topic: &str,
+        key: Option<&str>,
+    ) -> Result<RuleView, RuleError> {
         let rule = Rule::parse(name, sql, kafka_topic, key).map_err(RuleError::Invalid)?;
         if let Some(pool) = &self.pool {
             sqlx::query(

@@ -87,7 +87,9 @@ fn bad_sql_is_refused_with_the_reason() {
         ("SELECT upper(x, y) FROM \"t\"", "takes 1"),
         ("INSERT INTO t VALUES (1)", "SELECT"),
     ] {
-        let err = Rule::parse("r", sql, "out", None).err().unwrap_or_else(|| panic!("{sql} accepted"));
+        let err = Rule::parse("r", sql, "out", None)
+            .err()
+            .unwrap_or_else(|| panic!("{sql} accepted"));
         assert!(err.contains(want), "{sql}: {err}");
     }
 }
@@ -109,7 +111,10 @@ fn counters_and_event_rules() {
     assert_eq!(out[0].key.as_deref(), Some(&b"client.connected/c1"[..]));
     assert!(rules.on_event("client.disconnected", &ev).is_empty());
     assert!(rules
-        .on_event("client.connected", &json!({"event": "client.connected", "clientid": "skip"}))
+        .on_event(
+            "client.connected",
+            &json!({"event": "client.connected", "clientid": "skip"})
+        )
         .is_empty());
     let m = rules.list()[0].metrics;
     assert_eq!((m.matched, m.passed, m.failed), (2, 1, 0));
