@@ -8,12 +8,13 @@
 //! all work on the same state.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rmqtt_codec::types::QoS;
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::PublishProperties;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -38,6 +39,36 @@ pub struct Outgoing {
     pub qos: QoS,
     pub retain: bool,
     pub sub_ids: Vec<NonZeroU32>,
+}
+
+impl Outgoing {
+    /// The PUBLISH for the subscriber. `v5` adds properties, with the
+    /// remaining expiry interval and the subscription identifiers.
+    pub fn to_publish(&self, packet_id: Option<NonZeroU16>, dup: bool, v5: bool, now: Instant) -> Publish {
+        let m = &self.msg;
+        let properties = v5.then(|| PublishProperties {
+            topic_alias: None,
+            correlation_data: m.props.correlation_data.clone(),
+            message_expiry_interval: m.expires_at.and_then(|t| {
+                let left = t.saturating_duration_since(now).as_secs().max(1);
+                NonZeroU32::new(u32::try_from(left).unwrap_or(u32::MAX))
+            }),
+            content_type: m.props.content_type.clone(),
+            user_properties: m.props.user_properties.clone(),
+            is_utf8_payload: m.props.is_utf8_payload,
+            response_topic: m.props.response_topic.clone(),
+            subscription_ids: self.sub_ids.clone(),
+        });
+        Publish {
+            dup,
+            retain: self.retain,
+            qos: self.qos,
+            topic: m.topic.clone(),
+            packet_id,
+            payload: m.payload.clone(),
+            properties,
+        }
+    }
 }
 
 /// A QoS 1/2 message sent and not yet fully acknowledged.
@@ -415,8 +446,6 @@ impl SubIndex {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use bytes::Bytes;
     use bytestring::ByteString;
 
@@ -525,6 +554,5 @@ mod tests {
         clear.payload = Bytes::new();
         b.route(&clear);
         assert!(b.retained.matching("#").is_empty());
-        let _ = Instant::now();
     }
 }

@@ -486,10 +486,10 @@ impl Conn {
                 ))
             }
         };
-        if self.v5 && pid.is_some() {
+        if let (true, Some(id)) = (self.v5, pid) {
             let (in_use, resend) = {
                 let st = self.session.state.lock().unwrap();
-                let resend = p.qos == QoS::ExactlyOnce && st.incoming_qos2.contains(&pid.expect("checked").get());
+                let resend = p.qos == QoS::ExactlyOnce && st.incoming_qos2.contains(&id.get());
                 (self.pending_qos1 + st.incoming_qos2.len(), resend)
             };
             if in_use >= usize::from(RECEIVE_MAX) && !resend {
@@ -684,15 +684,7 @@ impl Conn {
                 continue;
             }
             let pid = (out.qos != QoS::AtMostOnce).then(|| st.next_packet_id());
-            let publish = out.msg.to_publish(
-                out.qos,
-                out.retain,
-                pid.and_then(NonZeroU16::new),
-                false,
-                self.v5,
-                &out.sub_ids,
-                now,
-            );
+            let publish = out.to_publish(pid.and_then(NonZeroU16::new), false, self.v5, now);
             if let Err(e) = codec.publish(publish, wbuf) {
                 tracing::debug!(client = %self.client_id, error = %e, "message not sent");
                 self.gw.broker.dropped(&self.client_id, &out.msg, "too_large");
@@ -720,10 +712,7 @@ impl Conn {
             if i.released {
                 codec.pubrel(id, wbuf);
             } else {
-                let p = i
-                    .out
-                    .msg
-                    .to_publish(i.out.qos, i.out.retain, Some(id), true, self.v5, &i.out.sub_ids, now);
+                let p = i.out.to_publish(Some(id), true, self.v5, now);
                 let _ = codec.publish(p, wbuf);
             }
         }

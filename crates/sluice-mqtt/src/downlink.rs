@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytestring::ByteString;
@@ -137,7 +137,6 @@ fn publish(
         from: None,
         created_ms: sluice_meta::now_ms(),
     };
-    let _ = Instant::now();
     if gw.broker.route(&msg) == 0 && !retain {
         gw.broker.events.emit(
             events::MESSAGE_DROPPED,

@@ -1,14 +1,13 @@
 //! A message as it travels inside the gateway, whatever protocol version
 //! brought it in or takes it out.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v5::{PublishProperties, UserProperties};
+use rmqtt_codec::v5::UserProperties;
 
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -66,42 +65,6 @@ impl Message {
 
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
-    }
-
-    /// The PUBLISH sent to a subscriber. `v5` adds properties, with the
-    /// remaining expiry interval and the subscription identifiers.
-    pub fn to_publish(
-        &self,
-        qos: QoS,
-        retain: bool,
-        packet_id: Option<std::num::NonZeroU16>,
-        dup: bool,
-        v5: bool,
-        sub_ids: &[NonZeroU32],
-        now: Instant,
-    ) -> Publish {
-        let properties = v5.then(|| PublishProperties {
-            topic_alias: None,
-            correlation_data: self.props.correlation_data.clone(),
-            message_expiry_interval: self.expires_at.and_then(|t| {
-                let left = t.saturating_duration_since(now).as_secs().max(1);
-                NonZeroU32::new(u32::try_from(left).unwrap_or(u32::MAX))
-            }),
-            content_type: self.props.content_type.clone(),
-            user_properties: self.props.user_properties.clone(),
-            is_utf8_payload: self.props.is_utf8_payload,
-            response_topic: self.props.response_topic.clone(),
-            subscription_ids: sub_ids.to_vec(),
-        });
-        Publish {
-            dup,
-            retain,
-            qos,
-            topic: self.topic.clone(),
-            packet_id,
-            payload: self.payload.clone(),
-            properties,
-        }
     }
 }
 

@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -32,7 +31,6 @@ fn run(sql: &str, topic: &str, payload: &str) -> Vec<serde_json::Value> {
         username: Some("fleet"),
         msg: &m,
     };
-    let _ = Instant::now();
     rules
         .on_message(&ctx)
         .into_iter()
