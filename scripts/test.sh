@@ -49,6 +49,7 @@ setup_system_packages() {
     banner "system packages (apt)"
     local missing=()
     command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+    command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
     command -v mold >/dev/null 2>&1 || missing+=(mold)
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)

@@ -6,7 +6,7 @@ temporary directory, and offers helpers shared by the test modules:
 
 * fixtures ``broker`` (a started broker with default flags) and
   ``make_broker`` (factory: ``make_broker("--auto-create-topics", "false")``);
-* ``Broker`` objects with ``.bootstrap``, ``.http``, ``.registry``, ``.data_dir``, ``.bin``,
+* ``Broker`` objects with ``.bootstrap``, ``.http``, ``.registry``, ``.mqtt_port``, ``.data_dir``, ``.bin``,
   ``.args``, ``.start()``, ``.stop()``, ``.kill()``, ``.restart()``, ``.log()``;
 * client helpers (``consume_confluent``, ``consume_kafka_python``,
   ``run_kcat``, ``run_kafkajs``, ``wait_until``);
@@ -126,6 +126,9 @@ class Broker:
         self.registry_port = free_port()
         while self.registry_port in (self.kafka_port, self.http_port):
             self.registry_port = free_port()
+        self.mqtt_port = free_port()
+        while self.mqtt_port in (self.kafka_port, self.http_port, self.registry_port):
+            self.mqtt_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
         self.http = f"http://127.0.0.1:{self.http_port}"
         # Schema registry REST API (Confluent-compatible).
@@ -139,6 +142,7 @@ class Broker:
             "--advertise", self.bootstrap,
             "--http-listen", f"127.0.0.1:{self.http_port}",
             "--registry-listen", f"127.0.0.1:{self.registry_port}",
+            "--mqtt-listen", f"127.0.0.1:{self.mqtt_port}",
             "--node-id", str(node_id),
             *self.extra_args,
         ]

@@ -76,6 +76,9 @@ pub enum BenchCommand {
     /// Produce timestamped records and consume them at the same time:
     /// end-to-end latency percentiles.
     E2e(E2eArgs),
+    /// MQTT gateway load: many clients publishing at QoS 1 (msgs/s acknowledged),
+    /// or holding idle connections (--idle); reports the server's RSS given --server-pid.
+    Mqtt(sluice_mqtt::bench::MqttBenchArgs),
 }
 
 /// Producer tuning shared by `produce` and `e2e`.
@@ -209,6 +212,7 @@ pub struct E2eArgs {
 /// (after printing) if any record failed.
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
     let report = match &args.command {
+        BenchCommand::Mqtt(a) => return sluice_mqtt::bench::run(a.clone(), args.common.json).await,
         BenchCommand::Produce(a) => bench_produce(&args.common, a).await?,
         BenchCommand::Consume(a) => bench_consume(&args.common, a).await?,
         BenchCommand::E2e(a) => bench_e2e(&args.common, a).await?,

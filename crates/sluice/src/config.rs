@@ -23,6 +23,7 @@ pub struct Config {
     pub advertise: Option<String>,
     pub http_listen: String,
     pub registry_listen: String,
+    pub mqtt_listen: String,
     pub store: Option<String>,
     pub meta: Option<String>,
     pub node_id: i32,
@@ -60,6 +61,8 @@ pub struct Config {
     pub handoff_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The `[mqtt]` table: `mqtt.default-topic`, `mqtt.users`, `[[mqtt.rules]]`, ...
+    pub mqtt: sluice_mqtt::MqttConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +81,7 @@ impl Default for Config {
             advertise: None,
             http_listen: "0.0.0.0:8080".into(),
             registry_listen: "0.0.0.0:8081".into(),
+            mqtt_listen: "0.0.0.0:1883".into(),
             store: None,
             meta: None,
             node_id: 0,
@@ -106,6 +110,7 @@ impl Default for Config {
             cluster_poll_interval: Duration::from_millis(200),
             handoff_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            mqtt: sluice_mqtt::MqttConfig::default(),
         }
     }
 }
@@ -157,6 +162,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_listen: Option<String>,
+    /// Address for MQTT 3.1.1/5.0 clients (the MQTT gateway). [default: 0.0.0.0:1883]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_listen: Option<String>,
     /// This broker's id in Metadata. [default: 0]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,12 +264,16 @@ pub struct ServeArgs {
     pub drain_timeout: Option<String>,
 }
 
-/// Maps `SLUICE_FLUSH_INTERVAL` to `flush.interval`, `SLUICE_KAFKA_LISTEN` to `kafka-listen`.
+/// Maps `SLUICE_FLUSH_INTERVAL` to `flush.interval`, `SLUICE_KAFKA_LISTEN` to `kafka-listen`,
+/// `SLUICE_MQTT_DEFAULT_TOPIC` to `mqtt.default-topic` (but `SLUICE_MQTT_LISTEN` to `mqtt-listen`).
 fn env_key(key: &str) -> String {
     let k = key.replace('_', "-");
-    match k.strip_prefix("flush-") {
-        Some(rest) => format!("flush.{rest}"),
-        None => k,
+    if let Some(rest) = k.strip_prefix("flush-") {
+        return format!("flush.{rest}");
+    }
+    match k.strip_prefix("mqtt-") {
+        Some(rest) if rest != "listen" => format!("mqtt.{rest}"),
+        _ => k,
     }
 }
 
@@ -270,6 +283,12 @@ const ENV_KEYS: &[&str] = &[
     "advertise",
     "http_listen",
     "registry_listen",
+    "mqtt_listen",
+    "mqtt_default_topic",
+    "mqtt_events_topic",
+    "mqtt_commands_topic",
+    "mqtt_max_packet_size",
+    "mqtt_allow_anonymous",
     "store",
     "meta",
     "node_id",
@@ -398,6 +417,38 @@ mod tests {
             assert_eq!(c.flush.bytes, 99);
             assert_eq!(c.retention_check_interval, Duration::from_secs(1));
             assert_eq!(c.max_frame_bytes, 100 << 20); // default
+            assert_eq!(c.mqtt_listen, "0.0.0.0:1883"); // default
+            assert_eq!(c.mqtt.default_topic, "mqtt"); // default
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn mqtt_settings_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "mqtt-listen = \"127.0.0.1:7\"\n[mqtt]\nusers = [\"car:pw\"]\n[[mqtt.rules]]\nname = \"r1\"\nsql = \"SELECT * FROM t\"\nkafka-topic = \"out\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_MQTT_DEFAULT_TOPIC", "devices");
+            jail.set_env("SLUICE_MQTT_LISTEN", "127.0.0.1:8");
+            let args = ServeArgs {
+                storage: StorageArgs {
+                    config: Some(file.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let c = resolve(&args).unwrap();
+            assert_eq!(c.mqtt_listen, "127.0.0.1:8"); // env over file
+            assert_eq!(c.mqtt.default_topic, "devices");
+            assert_eq!(c.mqtt.users, vec!["car:pw".to_string()]);
+            assert_eq!(c.mqtt.rules[0].kafka_topic, "out");
+            assert_eq!(c.mqtt.events_topic, "mqtt.events"); // default kept beside file keys
             Ok(())
         });
     }

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker: the Kafka listener and HTTP (/health, /metrics).
+    /// Run the broker: the Kafka listener, the MQTT gateway and HTTP (/health, /metrics, /api/v1).
     Serve(Box<ServeArgs>),
     /// Create, list, describe, alter and delete topics.
     Topic(sluice_client::cli::TopicArgs),
@@ -177,10 +177,15 @@ async fn serve(cfg: Config) -> Result<()> {
     let registry_listener = TcpListener::bind(&cfg.registry_listen)
         .await
         .with_context(|| format!("binding schema registry listener {}", cfg.registry_listen))?;
+    let mqtt = TcpListener::bind(&cfg.mqtt_listen)
+        .await
+        .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_listen))?;
+    let gateway = sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None).await?;
     tracing::info!(
         kafka = %cfg.kafka_listen,
         http = %cfg.http_listen,
         registry = %cfg.registry_listen,
+        mqtt = %cfg.mqtt_listen,
         store = %cfg.store_url()?,
         meta = %cfg.meta_url()?,
         "sluice is serving"
@@ -192,12 +197,20 @@ async fn serve(cfg: Config) -> Result<()> {
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let kafka = tokio::spawn(sluice_kafka::serve(kafka, broker.clone()));
-    let http = tokio::spawn(sluice_http::serve(http, sluice_http::router(http_state)));
+    let http = tokio::spawn(sluice_http::serve(
+        http,
+        sluice_http::router(http_state).merge(gateway.router()),
+    ));
     let registry_task = tokio::spawn(sluice_schema::serve(registry_listener, registry));
+    let mqtt_task = tokio::spawn({
+        let gateway = gateway.clone();
+        async move { gateway.serve(mqtt).await }
+    });
     tokio::select! {
         r = kafka => return r?.context("Kafka listener failed"),
         r = http => return r?.context("HTTP listener failed"),
         r = registry_task => return r?.context("schema registry listener failed"),
+        r = mqtt_task => return r?.context("MQTT listener failed"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; handing partitions over"),
         _ = term.recv() => tracing::info!("terminated; handing partitions over"),
     }

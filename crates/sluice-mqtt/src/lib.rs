@@ -1,0 +1,147 @@
+//! The MQTT gateway: an MQTT 3.1.1/5.0 broker whose publishes land in the log.
+//!
+//! - `conn`: one task per connection: protocol version detection, CONNECT,
+//!   the packet loop, keep-alive, wills; `proto` normalises v3/v5 packets.
+//! - `broker`: sessions, subscriptions (plain and `$share/`), routing, queues.
+//! - `uplink`: batches records from all connections into the log; QoS 1/2
+//!   publishes are acknowledged once their record is durable.
+//! - `rules`: EMQX-style SQL rules (`SELECT ... FROM "<filter>" WHERE ...`) and their REST API.
+//! - `events`: lifecycle and delivery events into `mqtt.events`.
+//! - `downlink`: records of `mqtt.commands` published to devices.
+
+pub mod auth;
+pub mod bench;
+mod broker;
+pub mod config;
+mod conn;
+mod downlink;
+mod events;
+mod message;
+mod proto;
+mod rest;
+mod retained;
+pub mod rules;
+pub mod topic;
+mod uplink;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use sluice_log::Log;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use auth::{Authenticator, Credentials, StaticUsers};
+pub use config::{MqttConfig, RuleConfig};
+
+use broker::Broker;
+use message::Message;
+use rules::{MessageCtx, Rules};
+use uplink::{AckResult, OutRecord, Uplink};
+
+/// Everything a connection needs. One per process.
+pub struct Gateway {
+    broker: Arc<Broker>,
+    uplink: Uplink,
+    rules: Arc<Rules>,
+    auth: Arc<dyn Authenticator>,
+    cfg: MqttConfig,
+}
+
+impl Gateway {
+    /// Loads rules and retained messages from the metadata store, starts the
+    /// uplink writer, the event writer and the downlink.
+    pub async fn start(log: Log, cfg: MqttConfig, auth: Option<Arc<dyn Authenticator>>) -> Result<Arc<Self>> {
+        let auth: Arc<dyn Authenticator> = match auth {
+            Some(a) => a,
+            None => Arc::new(StaticUsers::new(&cfg.users, cfg.allow_anonymous)?.deny_subscribe(&cfg.deny_subscribe)),
+        };
+        let pool = log.meta().pool().clone();
+        let rules = Arc::new(Rules::load(pool.clone()).await.context("loading MQTT rules")?);
+        for r in &cfg.rules {
+            rules
+                .put(&r.name, &r.sql, &r.kafka_topic, r.key.as_deref())
+                .await
+                .with_context(|| format!("rule {} in the config file", r.name))?;
+        }
+        let uplink = Uplink::start(log.clone());
+        let events = events::Events::start(uplink.clone(), cfg.events_topic.clone(), rules.clone());
+        let retained = retained::RetainedStore::open(pool.clone())
+            .await
+            .context("loading retained MQTT messages")?;
+        let broker = Broker::new(events, retained, cfg.max_queued_messages);
+        let gw = Arc::new(Self {
+            broker,
+            uplink,
+            rules,
+            auth,
+            cfg,
+        });
+        if !gw.cfg.commands_topic.is_empty() {
+            downlink::start(gw.clone(), log, pool);
+        }
+        Ok(gw)
+    }
+
+    /// Accepts MQTT connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await.context("accepting MQTT connection")?;
+            tokio::spawn(conn::handle(self.clone(), stream, peer));
+        }
+    }
+
+    /// The REST routes (`/api/v1/mqtt/...`), to merge into the HTTP router.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        rest::router(self.clone())
+    }
+
+    /// Everything a message does once it is accepted from a client (or a
+    /// will fires): retained store and subscribers, rules, and the default
+    /// topic. Returns a receiver for the default-topic record's durability
+    /// when `acked` is set and the uplink is enabled.
+    async fn ingest(
+        &self,
+        msg: &Message,
+        clientid: &str,
+        username: Option<&str>,
+        acked: bool,
+    ) -> Option<oneshot::Receiver<AckResult>> {
+        self.broker.route(msg);
+        if self.rules.any() {
+            let ctx = MessageCtx {
+                clientid,
+                username,
+                msg,
+            };
+            for out in self.rules.on_message(&ctx) {
+                self.uplink.send(out).await;
+            }
+        }
+        if self.cfg.default_topic.is_empty() {
+            return None;
+        }
+        let mut headers = Vec::with_capacity(3 + msg.props.user_properties.len());
+        headers.push(("mqtt.topic".to_string(), Some(Bytes::from(msg.topic.to_string()))));
+        headers.push(("mqtt.qos".to_string(), Some(Bytes::from(msg.qos.value().to_string()))));
+        headers.push(("mqtt.retain".to_string(), Some(Bytes::from(msg.retain.to_string()))));
+        for (k, v) in &msg.props.user_properties {
+            headers.push((k.to_string(), Some(Bytes::from(v.to_string()))));
+        }
+        let rec = OutRecord {
+            topic: self.cfg.default_topic.clone(),
+            key: Some(Bytes::copy_from_slice(clientid.as_bytes())),
+            value: msg.payload.clone(),
+            headers,
+            timestamp: msg.created_ms,
+            ack: None,
+        };
+        if acked {
+            Some(self.uplink.send_acked(rec).await)
+        } else {
+            self.uplink.send(rec).await;
+            None
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Writing records into the log: MQTT publishes, rule outputs and events.
+//!
+//! Every connection hands its records to one writer task through a channel.
+//! The writer takes whatever has queued up, groups it by topic and partition
+//! (keeping arrival order within each), encodes one record batch per group and
+//! submits them to the log, which group-commits all of them in its next flush.
+//! A record's acknowledgement fires once its batch is durable. Submitting in
+//! channel order keeps each key's records in order, since a key maps to one
+//! partition and the log commits a partition's batches in submission order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::records::Compression;
+use sluice_client::partitioner::partition_for_key;
+use sluice_client::records::{encode_batch, ProduceRecord};
+use sluice_log::{Log, LogError, Topic};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Outcome of writing one record: `Err` carries the log's reason.
+pub type AckResult = Result<(), String>;
+
+/// A record on its way into the log.
+pub struct OutRecord {
+    pub topic: String,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    pub timestamp: i64,
+    /// Told once the record is durable (or failed); `None` for fire-and-forget.
+    pub ack: Option<oneshot::Sender<AckResult>>,
+}
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct Uplink {
+    tx: mpsc::Sender<OutRecord>,
+}
+
+/// Records taken from the channel per round.
+const MAX_ROUND: usize = 8192;
+/// Bytes per encoded batch, kept under the default `max.message.bytes`.
+const MAX_BATCH_BYTES: usize = 900 << 10;
+
+impl Uplink {
+    pub fn start(log: Log) -> Self {
+        let (tx, rx) = mpsc::channel(65536);
+        tokio::spawn(run(log, rx));
+        Self { tx }
+    }
+
+    /// Queues a record; waits while the writer is saturated.
+    pub async fn send(&self, rec: OutRecord) {
+        if let Err(mpsc::error::SendError(rec)) = self.tx.send(rec).await {
+            if let Some(ack) = rec.ack {
+                let _ = ack.send(Err("gateway is shutting down".into()));
+            }
+        }
+    }
+
+    /// Queues a record and returns a receiver for its durability.
+    pub async fn send_acked(&self, mut rec: OutRecord) -> oneshot::Receiver<AckResult> {
+        let (tx, rx) = oneshot::channel();
+        rec.ack = Some(tx);
+        self.send(rec).await;
+        rx
+    }
+}
+
+async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>) {
+    let mut round = Vec::with_capacity(1024);
+    let mut rr: u32 = 0;
+    while rx.recv_many(&mut round, MAX_ROUND).await > 0 {
+        let mut groups = Groups::default();
+        // Looked up once per round: most records of a round go to the same few topics.
+        let mut topics: HashMap<String, Arc<Topic>> = HashMap::new();
+        for rec in round.drain(..) {
+            let found = match topics.get(&rec.topic) {
+                Some(t) => Ok(t.clone()),
+                None => topic_for(&log, &rec.topic).await,
+            };
+            let topic = match found {
+                Ok(t) => {
+                    if !topics.contains_key(&rec.topic) {
+                        topics.insert(rec.topic.clone(), t.clone());
+                    }
+                    t
+                }
+                Err(e) => {
+                    fail(rec.ack, format!("topic {}: {e}", rec.topic));
+                    continue;
+                }
+            };
+            let n = topic.partition_count();
+            let partition = match &rec.key {
+                Some(k) => partition_for_key(k, n),
+                None => {
+                    rr = rr.wrapping_add(1);
+                    (rr % n as u32) as i32
+                }
+            };
+            groups.push(topic, partition, rec);
+        }
+        for (topic, partition, recs) in groups.groups {
+            for chunk in split_by_size(recs) {
+                submit(&log, &topic, partition, chunk).await;
+            }
+        }
+    }
+}
+
+async fn submit(log: &Log, topic: &Arc<Topic>, partition: i32, recs: Vec<OutRecord>) {
+    let (records, acks): (Vec<ProduceRecord>, Vec<_>) = recs
+        .into_iter()
+        .map(|r| {
+            (
+                ProduceRecord {
+                    key: r.key,
+                    value: Some(r.value),
+                    headers: r.headers,
+                    timestamp: Some(r.timestamp),
+                },
+                r.ack,
+            )
+        })
+        .unzip();
+    let data = match encode_batch(&records, Compression::None) {
+        Ok(d) => d,
+        Err(e) => return fail_all(acks, format!("encoding record batch: {e:#}")),
+    };
+    match log.submit(topic, partition, data).await {
+        Ok(done) => {
+            if acks.iter().all(Option::is_none) {
+                return;
+            }
+            tokio::spawn(async move {
+                let outcome = match done.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("log is shutting down".to_string()),
+                };
+                for ack in acks.into_iter().flatten() {
+                    let _ = ack.send(outcome.clone());
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(topic = %topic.name, partition, error = %e, "MQTT uplink append refused");
+            fail_all(acks, e.to_string());
+        }
+    }
+}
+
+fn split_by_size(recs: Vec<OutRecord>) -> Vec<Vec<OutRecord>> {
+    let mut out = vec![Vec::new()];
+    let mut size = 0;
+    for r in recs {
+        let s = 32 + r.value.len() + r.key.as_ref().map_or(0, Bytes::len);
+        if size + s > MAX_BATCH_BYTES && !out.last().unwrap().is_empty() {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += s;
+        out.last_mut().unwrap().push(r);
+    }
+    out
+}
+
+fn fail(ack: Option<oneshot::Sender<AckResult>>, why: String) {
+    if let Some(a) = ack {
+        let _ = a.send(Err(why));
+    }
+}
+
+fn fail_all(acks: Vec<Option<oneshot::Sender<AckResult>>>, why: String) {
+    for a in acks.into_iter().flatten() {
+        let _ = a.send(Err(why.clone()));
+    }
+}
+
+/// The topic, created with the broker's defaults if it does not exist yet.
+pub async fn topic_for(log: &Log, name: &str) -> Result<Arc<Topic>, LogError> {
+    if let Some(t) = log.topic(name) {
+        return Ok(t);
+    }
+    match log.create_topic(name, None, BTreeMap::new(), false).await {
+        Ok(t) => Ok(t),
+        Err(LogError::TopicExists) => log.topic(name).ok_or(LogError::UnknownTopicOrPartition),
+        Err(e) => Err(e),
+    }
+}
+
+/// Groups records by (topic, partition), keeping the order groups first
+/// appeared in and the order of records within each.
+#[derive(Default)]
+struct Groups {
+    index: HashMap<(Uuid, i32), usize>,
+    groups: Vec<(Arc<Topic>, i32, Vec<OutRecord>)>,
+}
+
+impl Groups {
+    fn push(&mut self, topic: Arc<Topic>, partition: i32, rec: OutRecord) {
+        let next = self.groups.len();
+        let i = *self.index.entry((topic.id, partition)).or_insert(next);
+        if i == next {
+            self.groups.push((topic, partition, Vec::new()));
+        }
+        self.groups[i].2.push(rec);
+    }
+}
