@@ -118,10 +118,13 @@ def check_exactly_once(bootstrap: str, topic: str, partitions: int, load: LoadPr
         # No duplicates at all: the idempotent producer's retries must be deduplicated.
         dups = {k for k, c in Counter(r.key for r in recs).items() if c > 1}
         if dups:
-            problems.append(f"partition {p}: {len(dups)} duplicated keys, e.g. {sorted(dups)[:5]}")
-        # Every acknowledged record is at its acknowledged offset.
-        acked = sorted((n, off) for (pp, n), off in load.acked.items() if pp == p)
-        missing = []
+            problems.append(f"partition {p}: {len(dups)} duplicated keys, e.g. {sorted(dups, key=repr)[:5]}")
+        # Every acknowledged record is at its acknowledged offset. librdkafka may confirm a
+        # delivery without its offset (offset None); such a record must still be in the log once.
+        acked = sorted((n, off) for (pp, n), off in load.acked.items() if pp == p and off is not None)
+        keys = {r.key for r in recs}
+        unplaced = [n for (pp, n), off in load.acked.items() if pp == p and off is None]
+        missing = [(n, None, None) for n in unplaced if f"{p}-{n}".encode() not in keys]
         for n, off in acked:
             r = by_offset.get(off)
             want_key = f"{p}-{n}".encode()
