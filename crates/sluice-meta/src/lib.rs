@@ -167,6 +167,12 @@ impl MetaStore {
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000",
                         )
                         .await?;
+                    } else {
+                        // A broker frozen mid-transaction (SIGSTOP, a VM pause) must not hold row
+                        // locks that the controller needs to fail its partitions over: the server
+                        // ends such a session after 1 s. Transactions here last milliseconds.
+                        conn.execute("SET idle_in_transaction_session_timeout = 1000; SET lock_timeout = 10000")
+                            .await?;
                     }
                     Ok(())
                 })
