@@ -50,8 +50,10 @@ pub fn plan(brokers: &[BrokerRow], leadership: &[Leadership], stuck: impl Fn(&Sl
         };
         let mut settled = true;
         for l in &slots {
-            if l.leader < 0 || !alive(l.leader) {
-                let to = if l.next_leader >= 0 && live.contains(&l.next_leader) {
+            // The leader is gone, or did not hand over in time: choose the successor now.
+            let dead = l.leader < 0 || !alive(l.leader);
+            if dead || (l.next_leader >= 0 && stuck(&l.slot)) {
+                let to = if live.contains(&l.next_leader) {
                     l.next_leader
                 } else {
                     least(&mut load)
@@ -63,19 +65,8 @@ pub fn plan(brokers: &[BrokerRow], leadership: &[Leadership], stuck: impl Fn(&Sl
                 });
                 settled = false;
             } else if l.next_leader >= 0 {
+                // A hand-over is under way.
                 settled = false;
-                if stuck(&l.slot) {
-                    let to = if live.contains(&l.next_leader) {
-                        l.next_leader
-                    } else {
-                        least(&mut load)
-                    };
-                    actions.push(Action::Assign {
-                        slot: l.slot,
-                        epoch: l.epoch,
-                        to,
-                    });
-                }
             } else if draining(l.leader) {
                 actions.push(Action::Move {
                     slot: l.slot,
