@@ -484,7 +484,12 @@ def consume_confluent(
     c = confluent_consumer(bootstrap, **conf)
     out: dict[int, list[Rec]] = {p: [] for p in partitions}
     try:
-        wm = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False) for p in partitions}
+        # librdkafka does not retry this query when leadership has just moved
+        # (NOT_LEADER_OR_FOLLOWER); a Java consumer would, so retry here.
+        wm = wait_until(
+            lambda: {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False) for p in partitions},
+            20, interval=0.5, what=f"watermarks of {topic}",
+        )
         starts = {}
         for p in partitions:
             if isinstance(start, dict):

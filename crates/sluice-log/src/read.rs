@@ -1,7 +1,10 @@
 //! The read path: the tail cache for recent batches, the offset index and
 //! ranged object reads for older ones, and offset lookups by timestamp.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
+use futures::{stream, StreamExt};
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_meta::BatchRow;
 
@@ -31,6 +34,14 @@ pub struct TimestampOffset {
 
 /// Index rows fetched per round trip to the metadata store.
 const INDEX_PAGE: i64 = 256;
+
+/// Ranged GETs in flight at once for one read.
+const READ_CONCURRENCY: usize = 16;
+
+/// A read from the object store stops fetching further index pages after this
+/// long once it has data: a reader catching up through many small objects gets
+/// what was read so far promptly, well inside its request timeout, and asks again.
+const COLD_READ_BUDGET: Duration = Duration::from_millis(300);
 
 impl Log {
     /// Reads whole batches from `offset` on, up to about `max_bytes` (at least
@@ -68,7 +79,8 @@ impl Log {
 
         // Older than the tail: index lookup and ranged reads of objects.
         let cold_end = tail_start.unwrap_or(offsets.high_watermark).min(offsets.high_watermark);
-        while position < cold_end && (out.batches.is_empty() || budget > 0) {
+        let started = Instant::now();
+        while position < cold_end && (out.batches.is_empty() || (budget > 0 && started.elapsed() < COLD_READ_BUDGET)) {
             let rows = self
                 .inner
                 .meta
@@ -106,8 +118,9 @@ impl Log {
             }
         }
 
-        // The tail cache: batches still in memory since their flush.
-        if position < offsets.high_watermark && (out.batches.is_empty() || budget > 0) {
+        // The tail cache: batches still in memory since their flush. Only where the
+        // cold read reached it, or the batches returned would skip offsets.
+        if position >= cold_end && position < offsets.high_watermark && (out.batches.is_empty() || budget > 0) {
             let s = part.state.lock().unwrap();
             let start = s.tail.partition_point(|b| b.last_offset < position);
             for b in s.tail.range(start..) {
@@ -125,9 +138,11 @@ impl Log {
 
 impl Inner {
     /// Reads the given index rows, one ranged GET per run of adjacent batches
-    /// in the same object.
+    /// in the same object, up to `READ_CONCURRENCY` GETs at once (objects are
+    /// small when flushes are frequent, and each GET pays a round trip).
     pub(crate) async fn read_rows(&self, rows: &[BatchRow]) -> Result<Vec<Bytes>, LogError> {
-        let mut out = Vec::with_capacity(rows.len());
+        // Each run: its object, byte range, and the batch lengths in it.
+        let mut runs: Vec<(String, u64, Vec<usize>)> = Vec::new();
         let mut i = 0;
         while i < rows.len() {
             let mut j = i + 1;
@@ -137,19 +152,36 @@ impl Inner {
             {
                 j += 1;
             }
-            let start = rows[i].position as u64;
-            let end = (rows[j - 1].position + rows[j - 1].length as i64) as u64;
-            let data = self
-                .store
-                .get_range(&rows[i].object_key, start, end)
-                .await
-                .map_err(|e| LogError::Storage(format!("reading {}: {e:#}", rows[i].object_key)))?;
-            METRICS.object_reads.inc();
-            for r in &rows[i..j] {
-                let from = (r.position as u64 - start) as usize;
-                out.push(data.slice(from..from + r.length as usize));
-            }
+            let lengths = rows[i..j].iter().map(|r| r.length as usize).collect();
+            runs.push((rows[i].object_key.clone(), rows[i].position as u64, lengths));
             i = j;
+        }
+        let store = &self.store;
+        let reads: Vec<_> = runs
+            .into_iter()
+            .map(|(key, start, lengths)| async move {
+                let end = start + lengths.iter().sum::<usize>() as u64;
+                let data = store
+                    .get_range(&key, start, end)
+                    .await
+                    .map_err(|e| LogError::Storage(format!("reading {key}: {e:#}")))?;
+                METRICS.object_reads.inc();
+                let mut from = 0;
+                Ok::<_, LogError>(
+                    lengths
+                        .into_iter()
+                        .map(|len| {
+                            from += len;
+                            data.slice(from - len..from)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        let mut done = stream::iter(reads).buffered(READ_CONCURRENCY);
+        while let Some(batches) = done.next().await {
+            out.extend(batches?);
         }
         Ok(out)
     }
