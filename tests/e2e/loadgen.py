@@ -6,6 +6,7 @@ send order.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -44,6 +45,7 @@ class LoadProducer(threading.Thread):
             "reconnect.backoff.max.ms": 500,
             "socket.connection.setup.timeout.ms": 5000,
             "topic.metadata.refresh.interval.ms": 1000,
+            **({"debug": os.environ["SLUICE_E2E_RDKAFKA_DEBUG"]} if os.environ.get("SLUICE_E2E_RDKAFKA_DEBUG") else {}),
             **conf,
         })
         self.error: BaseException | None = None

@@ -363,6 +363,10 @@ def test_idempotent_producer_sequence_checks(raw_ok):
         err2, pid2, _ = w.init_producer_id()
         assert err2 == NONE and pid2 != pid, "each InitProducerId without a transactional id needs a new producer id"
 
+        # A producer's first batch on a partition starts at sequence 0: a later one
+        # means an earlier batch failed, and accepting it would skip that batch.
+        r = w.produce("idem", 0, batch(pid, epoch, 3, 1, b"early"))
+        assert r["error_code"] == OUT_OF_ORDER_SEQUENCE_NUMBER, f"first batch after a gap: {r}, want 45"
         first = batch(pid, epoch, 0, 3, b"a")
         r = w.produce("idem", 0, first)
         assert (r["error_code"], r["base_offset"]) == (NONE, 0), r

@@ -34,7 +34,15 @@ fn in_sequence(last_seq: i32, next_seq: i32) -> bool {
 /// sequences `first_seq..=last_seq`, given the producer's current entry.
 pub fn check(entry: Option<&ProducerEntry>, epoch: i16, first_seq: i32, last_seq: i32) -> Result<SeqCheck, LogError> {
     let Some(entry) = entry else {
-        // No state (new producer, or its data aged out): any sequence starts it.
+        // No state: this producer has never written to this partition (state is kept
+        // from the first write on, and moves with leadership), so it must start at 0.
+        // Accepting a later sequence would skip a batch that failed, which the client
+        // then counts as written (librdkafka acknowledges it implicitly).
+        if first_seq != 0 {
+            return Err(LogError::OutOfOrderSequence(format!(
+                "no earlier batch from this producer on this partition: expected sequence 0 but got {first_seq}"
+            )));
+        }
         return Ok(SeqCheck::Append);
     };
     if epoch < entry.epoch {
@@ -94,7 +102,9 @@ mod tests {
 
     #[test]
     fn sequence_rules() {
-        assert_eq!(check(None, 0, 42, 43), Ok(SeqCheck::Append));
+        assert_eq!(check(None, 0, 0, 3), Ok(SeqCheck::Append));
+        // A first batch after a gap (an earlier batch failed) is refused, not a fresh start.
+        assert!(matches!(check(None, 0, 42, 43), Err(LogError::OutOfOrderSequence(_))));
         let mut e = ProducerEntry::default();
         record(&mut e, 0, seq(0, 9, 100));
         assert_eq!(check(Some(&e), 0, 10, 19), Ok(SeqCheck::Append));
