@@ -13,7 +13,9 @@
 # Each run: (a) references in the temp dir: `dd ... bs=1M count=1024
 # conv=fdatasync` (sequential durable write rate, issue 5's reference), the
 # same with count=4096 (sustained rate; not in --quick), and `dd ... bs=4k
-# oflag=dsync` (latency of one small synchronous write); (b) a fresh `sluice serve` on free loopback
+# oflag=dsync` (latency of one small synchronous write), and
+# benches/fsync_latency.py (p50/p99 of the write a flush does: new file, fsync,
+# directory fsync); (b) a fresh `sluice serve` on free loopback
 # ports with its data in the same temp dir; (c) `sluice bench produce`
 # (1 KiB, acks=all, 8 partitions, unthrottled), `sluice bench consume` of the
 # data just produced, `sluice bench produce --rate 2000 --linger-ms 0` (p99),
@@ -43,7 +45,7 @@ while [[ $# -gt 0 ]]; do
         --keep) KEEP=1 ;;
         --out) OUT="$2"; shift ;;
         --runs) RUNS="$2"; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -53,6 +55,7 @@ if [[ $QUICK -eq 1 ]]; then
     DD_COUNT=256       # MiB
     DD_LONG_COUNT=0    # MiB; 0 = skip the sustained-write reference
     DSYNC_COUNT=200    # 4 KiB synchronous writes
+    FSYNC_COUNT=200    # flush-like file writes (benches/fsync_latency.py)
     THROUGHPUT_S=3     # seconds per throughput step
     LATENCY_S=3        # seconds per latency step
     E2E_S=3
@@ -60,6 +63,7 @@ else
     DD_COUNT=1024
     DD_LONG_COUNT=4096
     DSYNC_COUNT=1000
+    FSYNC_COUNT=4000
     THROUGHPUT_S=15
     LATENCY_S=20
     E2E_S=10
@@ -204,6 +208,11 @@ one_run() {
     log "run $1: dd if=/dev/zero of=\$TMP/ddsync bs=4k count=$DSYNC_COUNT oflag=dsync"
     dd_json "$RES/dsync.json" of="$TMP/ddsync" bs=4k count="$DSYNC_COUNT" oflag=dsync
     rm -f "$TMP/ddsync"
+    # The tail of the write each flush does (new file, fsync, directory fsync): the
+    # floor under the produce path's p99.
+    log "run $1: python3 benches/fsync_latency.py \$TMP/fsync --count $FSYNC_COUNT"
+    python3 "$ROOT/benches/fsync_latency.py" "$TMP/fsync" --count "$FSYNC_COUNT" >"$RES/fsync.json"
+    rm -rf "$TMP/fsync"
 
     # (b) a fresh broker.
     rm -rf "$TMP/data"

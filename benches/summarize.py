@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 
-STEPS = ["machine", "dd", "dd_long", "dsync", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
+STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
          "rdkafka_consume", "rdkafka_2000", "consume_restart", "broker"]
 
 
@@ -131,6 +131,7 @@ def build(runs: list[dict]) -> list[Row]:
             rw.values.append(l["p99"])
             rw.detail.append(f"p50 {l['p50']:.1f} p99.9 {l['p999']:.1f} max {l['max']:.1f}")
 
+        lat("fsync", "new file + fsync + dir fsync (a flush's write)", "latency_ms")
         lat("rdkafka_2000", "librdkafka produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
         x = r["rdkafka_2000"]
         if x and "librdkafka_rtt_ms" in x:

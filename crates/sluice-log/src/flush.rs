@@ -214,7 +214,12 @@ impl Flusher {
             self.inner.opts.node_id,
             Uuid::new_v4().simple()
         );
+        let put_started = Instant::now();
         let put = self.inner.store.put(&key, object.clone()).await;
+        METRICS
+            .flush_stage_seconds
+            .with_label_values(&["put"])
+            .observe(put_started.elapsed().as_secs_f64());
         // This flush's offsets follow the previous flush's: it commits only after that one did.
         let previous_ok = self.drain().await;
         if let Err(e) = put {
@@ -227,7 +232,15 @@ impl Flusher {
         }
         let (keys, commit) = commit_for(&key, object.len(), &p);
         let inner = self.inner.clone();
-        let commit = tokio::spawn(async move { inner.meta.commit_flush(&commit).await });
+        let commit = tokio::spawn(async move {
+            let started = Instant::now();
+            let applied = inner.meta.commit_flush(&commit).await;
+            METRICS
+                .flush_stage_seconds
+                .with_label_values(&["commit"])
+                .observe(started.elapsed().as_secs_f64());
+            applied
+        });
         self.in_flight = Some(InFlight {
             prepared: p,
             object,

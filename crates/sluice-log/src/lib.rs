@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
+use prometheus::{
+    register_histogram, register_histogram_vec, register_int_counter, Histogram, HistogramVec, IntCounter,
+};
 use sluice_meta::{MetaStore, PartitionRow, TopicRow};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -79,6 +81,7 @@ pub(crate) struct Metrics {
     pub flushes: IntCounter,
     pub flush_bytes: IntCounter,
     pub flush_seconds: Histogram,
+    pub flush_stage_seconds: HistogramVec,
     pub batches_appended: IntCounter,
     pub records_appended: IntCounter,
     pub objects_deleted: IntCounter,
@@ -93,6 +96,13 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     flush_seconds: register_histogram!(
         "sluice_log_flush_seconds",
         "Time to write and commit one flush",
+        vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .unwrap(),
+    flush_stage_seconds: register_histogram_vec!(
+        "sluice_log_flush_stage_seconds",
+        "Time of one stage of a flush: put (write the object) or commit (the metadata transaction)",
+        &["stage"],
         vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
     )
     .unwrap(),
