@@ -197,13 +197,12 @@ impl Flusher {
         if p.footer.is_empty() {
             // Nothing to write (all refused or duplicates, which may point into
             // the flush in flight): answer once that is published.
-            let ok = self.drain().await;
-            let result = if ok {
-                Ok(vec![])
+            let result = if self.drain().await {
+                Ok(Vec::new())
             } else {
                 Err(anyhow::anyhow!("the previous flush failed"))
             };
-            self.finish(p, Bytes::new(), &[], result);
+            self.finish(p, Bytes::new(), result);
             return;
         }
         object::finish(&mut p.body, &p.footer);
@@ -223,11 +222,11 @@ impl Flusher {
         // This flush's offsets follow the previous flush's: it commits only after that one did.
         let previous_ok = self.drain().await;
         if let Err(e) = put {
-            self.finish(p, object, &[], Err(e));
+            self.finish(p, object, Err(e));
             return;
         }
         if !previous_ok {
-            self.finish(p, object, &[], Err(anyhow::anyhow!("the previous flush failed")));
+            self.finish(p, object, Err(anyhow::anyhow!("the previous flush failed")));
             return;
         }
         let (keys, commit) = commit_for(&key, object.len(), &p);
@@ -356,7 +355,7 @@ impl Flusher {
 
     /// Publishes a finished commit.
     fn publish(&mut self, f: InFlight, result: anyhow::Result<Vec<bool>>) {
-        let fenced: anyhow::Result<Vec<PartKey>> = result.map(|applied| {
+        let fenced = result.map(|applied| {
             f.keys
                 .iter()
                 .zip(applied)
@@ -364,23 +363,24 @@ impl Flusher {
                 .map(|(k, _)| *k)
                 .collect()
         });
-        match fenced {
-            Ok(fenced) => self.finish(f.prepared, f.object, &fenced, Ok(vec![])),
-            Err(e) => self.finish(f.prepared, f.object, &[], Err(e)),
-        }
+        self.finish(f.prepared, f.object, fenced);
     }
 
-    /// Applies a flush's outcome: on success the new state, tail batches and
-    /// producer state (except for fenced partitions), then the replies.
-    fn finish(&mut self, p: Prepared, object: Bytes, fenced: &[PartKey], result: anyhow::Result<Vec<bool>>) {
-        if let Err(e) = result {
-            tracing::error!(error = %e, "flush failed; refusing its appends");
-            let err = LogError::Storage(format!("{e:#}"));
-            for req in p.group {
-                let _ = req.reply.send(Err(err.clone()));
+    /// Applies a flush's outcome (the partitions whose commit was fenced, or why
+    /// the flush failed): on success the new state, tail batches and producer
+    /// state (except for fenced partitions), then the replies.
+    fn finish(&mut self, p: Prepared, object: Bytes, outcome: anyhow::Result<Vec<PartKey>>) {
+        let fenced = match outcome {
+            Ok(fenced) => fenced,
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; refusing its appends");
+                let err = LogError::Storage(format!("{e:#}"));
+                for req in p.group {
+                    let _ = req.reply.send(Err(err.clone()));
+                }
+                return;
             }
-            return;
-        }
+        };
         let tail = &mut self.tail;
         for (key, (part, next_offset, _)) in &p.next {
             if fenced.contains(key) {
