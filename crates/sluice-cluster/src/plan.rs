@@ -3,9 +3,10 @@
 //! over, and which moves even out the load. Balanced by slot count per kind
 //! (partitions and group shards separately).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sluice_meta::{BrokerRow, Leadership, Slot};
+use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -13,6 +14,76 @@ pub enum Action {
     Assign { slot: Slot, epoch: i32, to: i32 },
     /// Ask the live leader to flush and hand the slot to `to`.
     Move { slot: Slot, epoch: i32, to: i32 },
+}
+
+/// Who is to lead what while a plan evens out the load: slots per live broker, and
+/// their counts per (broker, topic).
+struct Spread<'a> {
+    owned: BTreeMap<i32, Vec<&'a Leadership>>,
+    per_topic: HashMap<(i32, Option<Uuid>), usize>,
+}
+
+impl<'a> Spread<'a> {
+    fn new(live: &[i32], slots: &[&'a Leadership]) -> Self {
+        let mut owned: BTreeMap<i32, Vec<&Leadership>> = live.iter().map(|&b| (b, Vec::new())).collect();
+        let mut per_topic = HashMap::new();
+        for l in slots {
+            if let Some(v) = owned.get_mut(&l.leader) {
+                v.push(l);
+                *per_topic.entry((l.leader, topic_of(l))).or_default() += 1;
+            }
+        }
+        Self { owned, per_topic }
+    }
+
+    fn count(&self, broker: i32, topic: Option<Uuid>) -> usize {
+        self.per_topic.get(&(broker, topic)).copied().unwrap_or(0)
+    }
+
+    fn total(&self, broker: i32) -> usize {
+        self.owned[&broker].len()
+    }
+
+    /// The broker with the most by `key` (ties: most in total, then the lowest id).
+    fn busiest(&self, key: impl Fn(i32) -> usize) -> i32 {
+        *self.owned.keys().max_by_key(|&&b| (key(b), self.total(b), -b)).unwrap()
+    }
+
+    /// The broker with the least by `key` (ties: least in total, then the lowest id).
+    fn idlest(&self, key: impl Fn(i32) -> usize) -> i32 {
+        *self.owned.keys().min_by_key(|&&b| (key(b), self.total(b), b)).unwrap()
+    }
+
+    /// Moves one slot of `topic` from `from` to `to`, preferring one this plan has not
+    /// moved yet; a slot moved twice gets one action with its final target.
+    fn move_one(&mut self, topic: Option<Uuid>, from: i32, to: i32, actions: &mut Vec<Action>) {
+        let list = self.owned.get_mut(&from).unwrap();
+        let of_topic = |l: &&Leadership| topic_of(l) == topic;
+        let i = list
+            .iter()
+            .position(|l| of_topic(l) && l.leader == from)
+            .or_else(|| list.iter().position(of_topic))
+            .expect("a broker counted with slots of this topic holds one");
+        let l = list.swap_remove(i);
+        *self.per_topic.get_mut(&(from, topic)).unwrap() -= 1;
+        *self.per_topic.entry((to, topic)).or_default() += 1;
+        self.owned.get_mut(&to).unwrap().push(l);
+        actions.retain(|a| !matches!(a, Action::Move { slot, .. } if *slot == l.slot));
+        if to != l.leader {
+            actions.push(Action::Move {
+                slot: l.slot,
+                epoch: l.epoch,
+                to,
+            });
+        }
+    }
+}
+
+fn topic_of(l: &Leadership) -> Option<Uuid> {
+    match l.slot {
+        Slot::Partition(t, _) => Some(t),
+        Slot::GroupShard(_) => None,
+    }
 }
 
 fn same_kind(a: &Slot, partitions: bool) -> bool {
@@ -79,26 +150,33 @@ pub fn plan(brokers: &[BrokerRow], leadership: &[Leadership], stuck: impl Fn(&Sl
         if !settled {
             continue;
         }
-        // Even out: move from the busiest to the idlest until they differ by at most one.
-        let mut owned: BTreeMap<i32, Vec<&Leadership>> = live.iter().map(|&b| (b, Vec::new())).collect();
-        for l in &slots {
-            if let Some(v) = owned.get_mut(&l.leader) {
-                v.push(l);
+        // Even out: first each topic over the live brokers (as Kafka's round-robin placement
+        // spreads a topic's traffic), then the totals, until both differ by at most one.
+        let mut spread = Spread::new(&live, &slots);
+        let topics: BTreeSet<Option<Uuid>> = slots.iter().map(|l| topic_of(l)).collect();
+        for &t in &topics {
+            loop {
+                let from = spread.busiest(|b| spread.count(b, t));
+                let to = spread.idlest(|b| spread.count(b, t));
+                if spread.count(from, t) < spread.count(to, t) + 2 {
+                    break;
+                }
+                spread.move_one(t, from, to, &mut actions);
             }
         }
         loop {
-            let (&max_b, max_n) = owned.iter().max_by_key(|(b, v)| (v.len(), -**b)).unwrap();
-            let (&min_b, min_n) = owned.iter().min_by_key(|(b, v)| (v.len(), **b)).unwrap();
-            if max_n.len() <= min_n.len() + 1 {
+            let from = spread.busiest(|b| spread.total(b));
+            let to = spread.idlest(|b| spread.total(b));
+            if spread.total(from) < spread.total(to) + 2 {
                 break;
             }
-            let l = owned.get_mut(&max_b).unwrap().pop().unwrap();
-            actions.push(Action::Move {
-                slot: l.slot,
-                epoch: l.epoch,
-                to: min_b,
-            });
-            owned.get_mut(&min_b).unwrap().push(l);
+            // Some topic has more slots on `from` than on `to` (else `from` would not hold
+            // more in total): moving one of those keeps that topic within one.
+            let t = *topics
+                .iter()
+                .max_by_key(|&&t| spread.count(from, t) as i64 - spread.count(to, t) as i64)
+                .unwrap();
+            spread.move_one(t, from, to, &mut actions);
         }
     }
     actions
@@ -107,7 +185,6 @@ pub fn plan(brokers: &[BrokerRow], leadership: &[Leadership], stuck: impl Fn(&Sl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     fn broker(id: i32, alive: bool, draining: bool) -> BrokerRow {
         BrokerRow {
@@ -182,6 +259,110 @@ mod tests {
         // Balanced already: nothing to do.
         let slots: Vec<_> = (0..9).map(|p| part(p, 1 + p % 3, -1)).collect();
         assert_eq!(plan(&brokers, &slots, |_| false), vec![]);
+    }
+
+    #[test]
+    fn moves_keep_each_topic_spread() {
+        let brokers = [broker(1, true, false), broker(2, true, false), broker(3, true, false)];
+        let (spread, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let slot = |t, p, leader| Leadership {
+            slot: Slot::Partition(t, p),
+            leader,
+            epoch: 0,
+            next_leader: -1,
+        };
+        // `spread` is even over the three brokers; `other` sits on broker 1 only.
+        let mut slots: Vec<_> = (0..3).map(|p| slot(other, p, 1)).collect();
+        slots.extend((0..6).map(|p| slot(spread, p, 1 + p % 3)));
+        let actions = plan(&brokers, &slots, |_| false);
+        assert_eq!(targets(&actions), BTreeMap::from([(2, 1), (3, 1)]));
+        assert!(
+            actions
+                .iter()
+                .all(|a| matches!(a, Action::Move { slot: Slot::Partition(t, _), .. } if *t == other)),
+            "{actions:?}"
+        );
+    }
+
+    /// The leadership after the plan's actions are carried out.
+    fn after(slots: &[Leadership], actions: &[Action]) -> Vec<Leadership> {
+        let mut out = slots.to_vec();
+        for a in actions {
+            let (Action::Assign { slot, to, .. } | Action::Move { slot, to, .. }) = *a;
+            let l = out.iter_mut().find(|l| l.slot == slot).unwrap();
+            l.leader = to;
+        }
+        out
+    }
+
+    fn spread_of(slots: &[Leadership], brokers: &[i32]) -> (Vec<usize>, BTreeMap<Option<Uuid>, Vec<usize>>) {
+        let count = |f: &dyn Fn(&Leadership) -> bool| {
+            brokers
+                .iter()
+                .map(|&b| slots.iter().filter(|l| l.leader == b && f(l)).count())
+                .collect::<Vec<_>>()
+        };
+        let topics: BTreeSet<_> = slots.iter().map(topic_of).collect();
+        (
+            count(&|_| true),
+            topics.into_iter().map(|t| (t, count(&|l| topic_of(l) == t))).collect(),
+        )
+    }
+
+    fn within_one(v: &[usize]) -> bool {
+        v.iter().max().unwrap() - v.iter().min().unwrap() <= 1
+    }
+
+    #[test]
+    fn a_topic_bunched_on_two_brokers_is_spread_before_the_totals() {
+        let brokers = [broker(1, true, false), broker(2, true, false), broker(3, true, false)];
+        let (spread, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let slot = |t, p, leader| Leadership {
+            slot: Slot::Partition(t, p),
+            leader,
+            epoch: 0,
+            next_leader: -1,
+        };
+        let mut slots: Vec<_> = (0..6).map(|p| slot(spread, p, 1 + p % 2)).collect();
+        slots.push(slot(other, 0, 1));
+        let done = after(&slots, &plan(&brokers, &slots, |_| false));
+        let (totals, per_topic) = spread_of(&done, &[1, 2, 3]);
+        assert_eq!(per_topic[&Some(spread)], vec![2, 2, 2]);
+        assert!(within_one(&totals), "{totals:?}");
+        assert_eq!(plan(&brokers, &done, |_| false), vec![]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the starting point, one plan evens out every topic and the totals,
+        /// names each slot at most once, and the next plan has nothing left to do.
+        #[test]
+        fn one_plan_balances_topics_and_totals(
+            leaders in proptest::collection::vec((0u128..4, 1i32..5), 1..60),
+            brokers in 1i32..5,
+        ) {
+            let live: Vec<i32> = (1..=brokers).collect();
+            let rows: Vec<_> = live.iter().map(|&b| broker(b, true, false)).collect();
+            let slots: Vec<_> = leaders
+                .iter()
+                .enumerate()
+                .map(|(i, &(t, leader))| Leadership {
+                    slot: Slot::Partition(Uuid::from_u128(t), i as i32),
+                    leader: leader.min(brokers),
+                    epoch: 0,
+                    next_leader: -1,
+                })
+                .collect();
+            let actions = plan(&rows, &slots, |_| false);
+            let named: BTreeSet<_> = actions.iter().map(|a| { let (Action::Assign { slot, .. } | Action::Move { slot, .. }) = *a; slot }).collect();
+            proptest::prop_assert_eq!(named.len(), actions.len());
+            let done = after(&slots, &actions);
+            let (totals, per_topic) = spread_of(&done, &live);
+            proptest::prop_assert!(within_one(&totals), "{:?}", totals);
+            for (t, v) in &per_topic {
+                proptest::prop_assert!(within_one(v), "topic {:?}: {:?}", t, v);
+            }
+            proptest::prop_assert_eq!(plan(&rows, &done, |_| false), vec![]);
+        }
     }
 
     #[test]

@@ -5,7 +5,11 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_log::LogError;
 
 pub(crate) fn code(e: &LogError) -> i16 {
-    let r = match e {
+    response_error(e).code()
+}
+
+pub(crate) fn response_error(e: &LogError) -> ResponseError {
+    match e {
         LogError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
         LogError::TopicExists => ResponseError::TopicAlreadyExists,
         LogError::InvalidTopic(_) => ResponseError::InvalidTopicException,
@@ -19,8 +23,7 @@ pub(crate) fn code(e: &LogError) -> i16 {
         LogError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
         LogError::NotLeader => ResponseError::NotLeaderOrFollower,
         LogError::Storage(_) => ResponseError::KafkaStorageError,
-    };
-    r.code()
+    }
 }
 
 pub(crate) fn message(e: &LogError) -> Option<StrBytes> {
@@ -29,4 +32,18 @@ pub(crate) fn message(e: &LogError) -> Option<StrBytes> {
 
 pub(crate) fn str(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
+}
+
+/// KIP-320: a request naming the leader epoch the client believes current is refused
+/// when this broker's epoch differs: FENCED_LEADER_EPOCH if the client's is older
+/// (it refreshes metadata), UNKNOWN_LEADER_EPOCH if newer (this broker lags).
+/// -1 means the client does not say.
+pub(crate) fn leader_epoch_mismatch(requested: i32, current: i32) -> Option<ResponseError> {
+    if requested < 0 || requested == current {
+        None
+    } else if requested > current {
+        Some(ResponseError::UnknownLeaderEpoch)
+    } else {
+        Some(ResponseError::FencedLeaderEpoch)
+    }
 }

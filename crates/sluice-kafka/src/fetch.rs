@@ -17,6 +17,13 @@ use crate::{errors, Broker};
 /// Longest a fetch may wait, whatever the client asks for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// Once a fetch has data, it starts no further reads after this long: the rest
+/// of its partitions answer with their offsets and no records (the client asks
+/// again at once). Responses on a connection leave in request order, so a slow
+/// Fetch delays the ListOffsets, OffsetForLeaderEpoch and Metadata answers
+/// queued behind it, and those answers are stale when they arrive.
+const READ_BUDGET: Duration = Duration::from_millis(500);
+
 pub(crate) fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let broker = broker.clone();
     Reply::Later(Box::pin(async move {
@@ -30,20 +37,27 @@ async fn fetch(broker: &Broker, req: &FetchRequest, version: i16) -> FetchRespon
     let mut commits = broker.log.subscribe();
     loop {
         commits.borrow_and_update();
-        let (resp, bytes, errored) = read_all(broker, req, version).await;
+        let (resp, bytes, errored) = read_all(broker, req, version, tokio::time::Instant::now() + READ_BUDGET).await;
         if bytes >= req.min_bytes.max(0) as usize || errored || tokio::time::Instant::now() >= deadline {
             return resp;
         }
         if tokio::time::timeout_at(deadline, commits.changed()).await.is_err() {
             // Waited the full time; answer with whatever there is now.
-            return read_all(broker, req, version).await.0;
+            return read_all(broker, req, version, tokio::time::Instant::now() + READ_BUDGET)
+                .await
+                .0;
         }
     }
 }
 
 /// One pass over the requested partitions: the response, its record bytes,
 /// and whether any partition had an error (which ends a long poll).
-async fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+async fn read_all(
+    broker: &Broker,
+    req: &FetchRequest,
+    version: i16,
+    read_deadline: tokio::time::Instant,
+) -> (FetchResponse, usize, bool) {
     let mut remaining = if req.max_bytes > 0 {
         req.max_bytes as usize
     } else {
@@ -84,19 +98,14 @@ async fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchRe
                 continue;
             };
             let offsets = part.offsets();
-            if fp.current_leader_epoch >= 0 && fp.current_leader_epoch != offsets.leader_epoch {
+            if let Some(e) = errors::leader_epoch_mismatch(fp.current_leader_epoch, offsets.leader_epoch) {
                 errored = true;
-                let e = if fp.current_leader_epoch > offsets.leader_epoch {
-                    ResponseError::UnknownLeaderEpoch
-                } else {
-                    ResponseError::FencedLeaderEpoch
-                };
                 partitions.push(base.with_error_code(e.code()));
                 continue;
             }
             // KIP-74: the first partition with data may exceed the limits by one batch.
             let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
-            let want_data = limit > 0 || total == 0;
+            let want_data = (limit > 0 && tokio::time::Instant::now() < read_deadline) || total == 0;
             let result = if want_data {
                 broker.log.read(topic, fp.partition, fp.fetch_offset, limit).await
             } else {

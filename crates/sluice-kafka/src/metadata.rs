@@ -127,10 +127,15 @@ fn describe_topic(view: &View, topic: &Topic, version: i16) -> MetadataResponseT
                     .with_leader_epoch(if version >= 7 { epoch } else { -1 })
                     .with_replica_nodes(vec![BrokerId(node)])
                     .with_isr_nodes(vec![BrokerId(node)]),
+                // Keep the epoch as Kafka does: librdkafka takes -1 as "no epoch" and
+                // then accepts any older (stale) leader from a lagging broker's view.
                 None => out
                     .with_error_code(ResponseError::LeaderNotAvailable.code())
                     .with_leader_id(BrokerId(-1))
-                    .with_leader_epoch(-1),
+                    .with_leader_epoch(match view.leaders.get(&Slot::Partition(topic.id, p.index)) {
+                        Some(l) if version >= 7 => l.epoch,
+                        _ => -1,
+                    }),
             }
         })
         .collect();

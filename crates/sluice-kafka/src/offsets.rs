@@ -27,8 +27,8 @@ pub(crate) async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest, 
         for p in t.partitions {
             let base = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let resp = match &topic {
-                None => Err(LogError::UnknownTopicOrPartition),
-                Some(topic) => lookup(broker, topic, p.partition_index, p.timestamp).await,
+                None => Err(ResponseError::UnknownTopicOrPartition),
+                Some(topic) => lookup(broker, topic, p.partition_index, p.current_leader_epoch, p.timestamp).await,
             };
             partitions.push(match resp {
                 Ok((offset, timestamp, epoch)) => {
@@ -38,10 +38,7 @@ pub(crate) async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest, 
                         .with_timestamp(timestamp)
                         .with_leader_epoch(epoch)
                 }
-                Err(e) => base
-                    .with_error_code(errors::code(&e))
-                    .with_offset(-1)
-                    .with_timestamp(-1),
+                Err(e) => base.with_error_code(e.code()).with_offset(-1).with_timestamp(-1),
             });
         }
         topics.push(
@@ -54,27 +51,38 @@ pub(crate) async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest, 
 }
 
 /// (offset, timestamp, leader epoch) for one ListOffsets query.
-async fn lookup(broker: &Broker, topic: &Topic, partition: i32, timestamp: i64) -> Result<(i64, i64, i32), LogError> {
-    let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
-    let o = part.led_offsets()?;
+async fn lookup(
+    broker: &Broker,
+    topic: &Topic,
+    partition: i32,
+    leader_epoch: i32,
+    timestamp: i64,
+) -> Result<(i64, i64, i32), ResponseError> {
+    let part = topic
+        .partition(partition)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let o = part.led_offsets().map_err(|e| errors::response_error(&e))?;
+    // A stale leader's answer would move the client's position backwards (v4+ carry the epoch).
+    if let Some(e) = errors::leader_epoch_mismatch(leader_epoch, o.leader_epoch) {
+        return Err(e);
+    }
     let found = match timestamp {
         LATEST | LATEST_TIERED => Some((o.high_watermark, -1)),
         EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Some((o.log_start, -1)),
         MAX_TIMESTAMP => broker
             .log
             .max_timestamp_offset(topic, partition)
-            .await?
+            .await
+            .map_err(|e| errors::response_error(&e))?
             .map(|t| (t.offset, t.timestamp)),
         ts if ts >= 0 => broker
             .log
             .offset_for_timestamp(topic, partition, ts)
-            .await?
+            .await
+            .map_err(|e| errors::response_error(&e))?
             .map(|t| (t.offset, t.timestamp)),
-        _ => {
-            return Err(LogError::InvalidRecord(format!(
-                "invalid ListOffsets timestamp {timestamp}"
-            )))
-        }
+        // Not a timestamp and none of the special values.
+        _ => return Err(ResponseError::InvalidRequest),
     };
     // Nothing at or after the timestamp: Kafka answers offset -1 and timestamp -1.
     let (offset, ts) = found.unwrap_or((-1, -1));

@@ -97,24 +97,38 @@ impl Log {
                     break;
                 }
                 budget = budget.saturating_sub(r.length as usize);
-                position = r.last_offset + 1;
                 chosen.push(r);
                 if budget == 0 {
                     break;
                 }
             }
-            match self.inner.read_rows(&chosen).await {
-                Ok(batches) => out.batches.extend(batches),
-                // Compaction may have moved these batches and collected their object
-                // since the index was read: read the index again, once.
-                Err(_) => {
-                    let again = self
-                        .inner
-                        .meta
-                        .batches_from(topic.id, partition, chosen[0].base_offset, chosen.len() as i64)
-                        .await?;
-                    out.batches.extend(self.inner.read_rows(&again).await?);
+            // Read the page a few GETs at a time and honour the time budget between
+            // chunks, not only between pages: a page of small objects is up to
+            // INDEX_PAGE GETs, seconds against a busy store, and this read holds up
+            // every response queued behind its Fetch on the connection.
+            let mut over_time = false;
+            for chunk in chosen.chunks(READ_CONCURRENCY) {
+                if !out.batches.is_empty() && started.elapsed() >= COLD_READ_BUDGET {
+                    over_time = true;
+                    break;
                 }
+                match self.inner.read_rows(chunk).await {
+                    Ok(batches) => out.batches.extend(batches),
+                    // Compaction may have moved these batches and collected their object
+                    // since the index was read: read the index again, once.
+                    Err(_) => {
+                        let again = self
+                            .inner
+                            .meta
+                            .batches_from(topic.id, partition, chunk[0].base_offset, chunk.len() as i64)
+                            .await?;
+                        out.batches.extend(self.inner.read_rows(&again).await?);
+                    }
+                }
+                position = chunk[chunk.len() - 1].last_offset + 1;
+            }
+            if over_time {
+                break;
             }
         }
 
