@@ -61,6 +61,12 @@ fn count(op: &str) {
     STORE_METRICS.requests.with_label_values(&[op]).inc();
 }
 
+/// Counts a PUT made without object_store (the local store's durable write).
+pub(crate) fn count_put(bytes: u64) {
+    count("put");
+    STORE_METRICS.bytes.with_label_values(&["written"]).inc_by(bytes);
+}
+
 #[derive(Debug)]
 pub(crate) struct CountingStore {
     inner: Arc<dyn ObjectStore>,

@@ -94,11 +94,16 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
     let mut group: Vec<AppendRequest> = Vec::new();
     let mut pending_bytes = 0usize;
     let mut deadline = tokio::time::Instant::now();
+    // A message taken from the queue while gathering that must wait for the next turn.
+    let mut held: Option<Option<FlushMsg>> = None;
     loop {
-        let event = tokio::select! {
-            m = rx.recv() => Event::Message(m),
-            r = committed(&mut f.in_flight) => Event::Committed(r),
-            _ = tokio::time::sleep_until(deadline), if !group.is_empty() => Event::Deadline,
+        let event = match held.take() {
+            Some(m) => Event::Message(m),
+            None => tokio::select! {
+                m = rx.recv() => Event::Message(m),
+                r = committed(&mut f.in_flight) => Event::Committed(r),
+                _ = tokio::time::sleep_until(deadline), if !group.is_empty() => Event::Deadline,
+            },
         };
         match event {
             Event::Committed(result) => {
@@ -112,12 +117,15 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
                 }
                 pending_bytes += req.data.len();
                 group.push(req);
-                if pending_bytes >= f.inner.opts.flush_bytes {
+                // With no gathering time, flush now (a timer would round up to the next millisecond).
+                if pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() {
+                    held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
                     pending_bytes = 0;
                     f.flush(std::mem::take(&mut group)).await;
                 }
             }
             Event::Deadline => {
+                held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
                 pending_bytes = 0;
                 f.flush(std::mem::take(&mut group)).await;
             }
@@ -135,6 +143,29 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
             }
         }
     }
+}
+
+/// Adds the appends already queued to a group about to be flushed (up to `limit` bytes):
+/// those that arrived while the previous flush was written join this one instead of
+/// waiting for a flush of their own. Returns a message that must wait for the next turn.
+fn take_queued(
+    rx: &mut mpsc::Receiver<FlushMsg>,
+    group: &mut Vec<AppendRequest>,
+    pending_bytes: &mut usize,
+    limit: usize,
+) -> Option<Option<FlushMsg>> {
+    while *pending_bytes < limit {
+        match rx.try_recv() {
+            Ok(FlushMsg::Append(req)) => {
+                *pending_bytes += req.data.len();
+                group.push(req);
+            }
+            Ok(control) => return Some(Some(control)),
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
+        }
+    }
+    None
 }
 
 /// The result of the commit in flight; never ready when there is none.
@@ -376,6 +407,7 @@ impl Flusher {
                 tracing::error!(error = %e, "flush failed; refusing its appends");
                 let err = LogError::Storage(format!("{e:#}"));
                 for req in p.group {
+                    METRICS.append_seconds.observe(req.queued.elapsed().as_secs_f64());
                     let _ = req.reply.send(Err(err.clone()));
                 }
                 return;
@@ -425,6 +457,7 @@ impl Flusher {
                     log_start_offset: req.partition.offsets().log_start,
                 }),
             };
+            METRICS.append_seconds.observe(req.queued.elapsed().as_secs_f64());
             let _ = req.reply.send(reply);
         }
         if batch_count > 0 {

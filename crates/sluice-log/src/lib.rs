@@ -81,6 +81,7 @@ pub(crate) struct Metrics {
     pub flushes: IntCounter,
     pub flush_bytes: IntCounter,
     pub flush_seconds: Histogram,
+    pub append_seconds: Histogram,
     pub flush_stage_seconds: HistogramVec,
     pub batches_appended: IntCounter,
     pub records_appended: IntCounter,
@@ -97,6 +98,12 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "sluice_log_flush_seconds",
         "Time to write and commit one flush",
         vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .unwrap(),
+    append_seconds: register_histogram!(
+        "sluice_log_append_seconds",
+        "Time from an append reaching the flusher's queue to its answer (committed or refused)",
+        vec![0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0]
     )
     .unwrap(),
     flush_stage_seconds: register_histogram_vec!(
@@ -146,7 +153,7 @@ impl Default for LogOptions {
     fn default() -> Self {
         Self {
             node_id: 0,
-            flush_interval: Duration::from_millis(2),
+            flush_interval: Duration::ZERO,
             flush_bytes: 4 << 20,
             tail_cache_bytes: 256 << 20,
             retention_check_interval: Duration::from_secs(30),
@@ -270,6 +277,7 @@ pub(crate) struct AppendRequest {
     data: Bytes,
     batches: Vec<batch::BatchInfo>,
     reply: oneshot::Sender<Result<Appended, LogError>>,
+    queued: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -494,6 +502,7 @@ impl Log {
             data,
             batches,
             reply,
+            queued: std::time::Instant::now(),
         };
         // A full queue holds the caller back until the flusher catches up.
         self.inner

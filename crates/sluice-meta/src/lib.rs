@@ -6,7 +6,7 @@
 //! backends; the few dialect differences (connection options, upserts) are kept
 //! in this file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -356,6 +356,8 @@ impl MetaStore {
     /// exists under the same leader epoch; the returned flags say which did,
     /// and batches of partitions that did not are left out.
     pub async fn commit_flush(&self, commit: &FlushCommit) -> Result<Vec<bool>> {
+        // A handful of statements whatever the number of partitions: every statement is a
+        // round trip to the database (a thread hop for SQLite), and the flush waits for them.
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
             .bind(&commit.object_key)
@@ -363,51 +365,72 @@ impl MetaStore {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        let mut applied = Vec::with_capacity(commit.watermarks.len());
-        let mut fenced: Vec<(Uuid, i32)> = Vec::new();
-        for w in &commit.watermarks {
-            let n = sqlx::query(
-                "UPDATE partitions SET high_watermark = $1
-                 WHERE topic_id = $2 AND partition = $3 AND leader_epoch = $4 AND high_watermark <= $5",
-            )
-            .bind(w.high_watermark)
-            .bind(w.topic_id.to_string())
-            .bind(w.partition)
-            .bind(w.leader_epoch)
-            .bind(w.high_watermark)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            applied.push(n == 1);
-            if n != 1 {
-                fenced.push((w.topic_id, w.partition));
+        // Watermarks move only under the leader epoch that wrote them (fencing) and never back.
+        let mut advanced: HashSet<(String, i32)> = HashSet::new();
+        for chunk in commit.watermarks.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "WITH v (topic_id, partition, leader_epoch, high_watermark) AS (VALUES {})
+                 UPDATE partitions SET high_watermark = v.high_watermark FROM v
+                 WHERE partitions.topic_id = v.topic_id AND partitions.partition = v.partition
+                   AND partitions.leader_epoch = v.leader_epoch AND partitions.high_watermark <= v.high_watermark
+                 RETURNING partitions.topic_id, partitions.partition",
+                placeholders(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for w in chunk {
+                q = q
+                    .bind(w.topic_id.to_string())
+                    .bind(w.partition)
+                    .bind(w.leader_epoch)
+                    .bind(w.high_watermark);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                advanced.insert((r.try_get(0)?, r.try_get(1)?));
             }
         }
-        for b in &commit.batches {
-            if fenced.contains(&(b.topic_id, b.partition)) {
-                continue;
-            }
-            sqlx::query(
+        let applied: Vec<bool> = commit
+            .watermarks
+            .iter()
+            .map(|w| advanced.contains(&(w.topic_id.to_string(), w.partition)))
+            .collect();
+        let fenced: HashSet<(Uuid, i32)> = commit
+            .watermarks
+            .iter()
+            .zip(&applied)
+            .filter(|(_, ok)| !**ok)
+            .map(|(w, _)| (w.topic_id, w.partition))
+            .collect();
+        let batches: Vec<&BatchRow> = commit
+            .batches
+            .iter()
+            .filter(|b| !fenced.contains(&(b.topic_id, b.partition)))
+            .collect();
+        for chunk in batches.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
                 "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(b.topic_id.to_string())
-            .bind(b.partition)
-            .bind(b.base_offset)
-            .bind(b.last_offset)
-            .bind(b.max_timestamp)
-            .bind(&b.object_key)
-            .bind(b.position)
-            .bind(b.length)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for p in &commit.producers {
-            if fenced.contains(&(p.topic_id, p.partition)) {
-                continue;
+                 VALUES {}",
+                placeholders(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(&sql);
+            for b in chunk {
+                q = q
+                    .bind(b.topic_id.to_string())
+                    .bind(b.partition)
+                    .bind(b.base_offset)
+                    .bind(b.last_offset)
+                    .bind(b.max_timestamp)
+                    .bind(&b.object_key)
+                    .bind(b.position)
+                    .bind(b.length);
             }
-            upsert_producer(&mut tx, p).await?;
+            q.execute(&mut *tx).await?;
         }
+        let producers: Vec<&ProducerStateRow> = commit
+            .producers
+            .iter()
+            .filter(|p| !fenced.contains(&(p.topic_id, p.partition)))
+            .collect();
+        upsert_producers(&mut tx, &producers).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -913,21 +936,42 @@ async fn insert_partitions(
     Ok(())
 }
 
-async fn upsert_producer(tx: &mut Transaction<'_, Any>, p: &ProducerStateRow) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (topic_id, partition, producer_id)
-         DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms",
-    )
-    .bind(p.topic_id.to_string())
-    .bind(p.partition)
-    .bind(p.producer_id)
-    .bind(p.epoch as i32)
-    .bind(serde_json::to_string(&p.recent)?)
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?;
+/// Rows per multi-row statement: far below SQLite's 32,766 and PostgreSQL's 65,535
+/// bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `cols` parameters.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// Inserts or replaces producer state rows (one statement per 500; each producer at
+/// most once, as PostgreSQL requires of ON CONFLICT DO UPDATE).
+async fn upsert_producers(tx: &mut Transaction<'_, Any>, rows: &[&ProducerStateRow]) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
+             VALUES {}
+             ON CONFLICT (topic_id, partition, producer_id)
+             DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms",
+            placeholders(chunk.len(), 6)
+        );
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(p.topic_id.to_string())
+                .bind(p.partition)
+                .bind(p.producer_id)
+                .bind(p.epoch as i32)
+                .bind(serde_json::to_string(&p.recent)?)
+                .bind(now_ms());
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -1052,6 +1096,55 @@ pub(crate) mod tests {
         assert!(m.delete_topic(t.id).await.unwrap());
         assert!(m.list_topics().await.unwrap().is_empty());
         assert!(m.list_partitions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_flush_over_more_partitions_than_one_statement_holds_commits_whole() {
+        let (_d, m) = store().await;
+        let n = ROWS_PER_STATEMENT as i32 * 2 + 7;
+        let t = m
+            .create_topic("wide", n, &BTreeMap::new(), &[1])
+            .await
+            .unwrap()
+            .unwrap();
+        let commit = FlushCommit {
+            object_key: "o1".into(),
+            object_size: 100 * n as i64,
+            batches: (0..n).map(|p| batch(t.id, p, 0, p as i64, "o1")).collect(),
+            watermarks: (0..n)
+                .map(|p| WatermarkUpdate {
+                    topic_id: t.id,
+                    partition: p,
+                    high_watermark: p as i64 + 1,
+                    leader_epoch: 0,
+                })
+                .collect(),
+            producers: (0..n)
+                .map(|p| ProducerStateRow {
+                    topic_id: t.id,
+                    partition: p,
+                    producer_id: 42,
+                    epoch: 3,
+                    recent: vec![],
+                })
+                .collect(),
+        };
+        assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true; n as usize]);
+        let parts = m.list_partitions().await.unwrap();
+        assert!(parts.iter().all(|p| p.high_watermark == p.partition as i64 + 1));
+        assert_eq!(
+            m.batches_from(t.id, n - 1, 0, 10).await.unwrap()[0].last_offset,
+            n as i64 - 1
+        );
+        assert_eq!(m.load_producer_states().await.unwrap().len(), n as usize);
+        // Committing the same watermarks again is allowed (never backwards); a lower one is not applied.
+        let mut again = commit.clone();
+        again.object_key = "o2".into();
+        again.batches.clear();
+        again.watermarks[5].high_watermark = 1;
+        let applied = m.commit_flush(&again).await.unwrap();
+        assert_eq!(applied.iter().filter(|a| !**a).count(), 1);
+        assert!(!applied[5]);
     }
 
     #[tokio::test]

@@ -92,7 +92,7 @@ impl Default for Config {
             max_message_bytes: 1_048_588,
             max_frame_bytes: 100 << 20,
             flush: FlushConfig {
-                interval: Duration::from_millis(2),
+                interval: Duration::ZERO,
                 bytes: 4 << 20,
             },
             tail_cache_bytes: 256 << 20,
@@ -194,7 +194,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_frame_bytes: Option<usize>,
-    /// flush.interval: how long batches are gathered into one data object before it is written and committed. [default: 2ms]
+    /// flush.interval: how long appends are gathered before a flush writes them as one data object; with 0 a flush starts as soon as the previous one is written, and appends arriving meanwhile form the next. [default: 0s]
     #[arg(long, value_name = "DURATION")]
     #[serde(skip)]
     pub flush_interval: Option<String>,
