@@ -208,6 +208,15 @@ mod tests {
         }
     }
 
+    fn topic_part(t: Uuid, p: i32, leader: i32) -> Leadership {
+        Leadership {
+            slot: Slot::Partition(t, p),
+            leader,
+            epoch: 0,
+            next_leader: -1,
+        }
+    }
+
     fn targets(actions: &[Action]) -> BTreeMap<i32, usize> {
         let mut m = BTreeMap::new();
         for a in actions {
@@ -265,15 +274,9 @@ mod tests {
     fn moves_keep_each_topic_spread() {
         let brokers = [broker(1, true, false), broker(2, true, false), broker(3, true, false)];
         let (spread, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        let slot = |t, p, leader| Leadership {
-            slot: Slot::Partition(t, p),
-            leader,
-            epoch: 0,
-            next_leader: -1,
-        };
         // `spread` is even over the three brokers; `other` sits on broker 1 only.
-        let mut slots: Vec<_> = (0..3).map(|p| slot(other, p, 1)).collect();
-        slots.extend((0..6).map(|p| slot(spread, p, 1 + p % 3)));
+        let mut slots: Vec<_> = (0..3).map(|p| topic_part(other, p, 1)).collect();
+        slots.extend((0..6).map(|p| topic_part(spread, p, 1 + p % 3)));
         let actions = plan(&brokers, &slots, |_| false);
         assert_eq!(targets(&actions), BTreeMap::from([(2, 1), (3, 1)]));
         assert!(
@@ -317,14 +320,8 @@ mod tests {
     fn a_topic_bunched_on_two_brokers_is_spread_before_the_totals() {
         let brokers = [broker(1, true, false), broker(2, true, false), broker(3, true, false)];
         let (spread, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        let slot = |t, p, leader| Leadership {
-            slot: Slot::Partition(t, p),
-            leader,
-            epoch: 0,
-            next_leader: -1,
-        };
-        let mut slots: Vec<_> = (0..6).map(|p| slot(spread, p, 1 + p % 2)).collect();
-        slots.push(slot(other, 0, 1));
+        let mut slots: Vec<_> = (0..6).map(|p| topic_part(spread, p, 1 + p % 2)).collect();
+        slots.push(topic_part(other, 0, 1));
         let done = after(&slots, &plan(&brokers, &slots, |_| false));
         let (totals, per_topic) = spread_of(&done, &[1, 2, 3]);
         assert_eq!(per_topic[&Some(spread)], vec![2, 2, 2]);
@@ -345,12 +342,7 @@ mod tests {
             let slots: Vec<_> = leaders
                 .iter()
                 .enumerate()
-                .map(|(i, &(t, leader))| Leadership {
-                    slot: Slot::Partition(Uuid::from_u128(t), i as i32),
-                    leader: leader.min(brokers),
-                    epoch: 0,
-                    next_leader: -1,
-                })
+                .map(|(i, &(t, leader))| topic_part(Uuid::from_u128(t), i as i32, leader.min(brokers)))
                 .collect();
             let actions = plan(&rows, &slots, |_| false);
             let named: BTreeSet<_> = actions.iter().map(|a| { let (Action::Assign { slot, .. } | Action::Move { slot, .. }) = *a; slot }).collect();

@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use uuid::Uuid;
 
@@ -366,28 +367,26 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         // Watermarks move only under the leader epoch that wrote them (fencing) and never back.
-        let mut advanced: HashSet<(String, i32)> = HashSet::new();
-        for chunk in commit.watermarks.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "WITH v (topic_id, partition, leader_epoch, high_watermark) AS (VALUES {})
-                 UPDATE partitions SET high_watermark = v.high_watermark FROM v
-                 WHERE partitions.topic_id = v.topic_id AND partitions.partition = v.partition
-                   AND partitions.leader_epoch = v.leader_epoch AND partitions.high_watermark <= v.high_watermark
-                 RETURNING partitions.topic_id, partitions.partition",
-                placeholders(chunk.len(), 4)
-            );
-            let mut q = sqlx::query(&sql);
-            for w in chunk {
-                q = q
-                    .bind(w.topic_id.to_string())
+        let advanced: HashSet<(String, i32)> = each_rows(
+            &mut tx,
+            "WITH v (topic_id, partition, leader_epoch, high_watermark) AS (VALUES {})
+             UPDATE partitions SET high_watermark = v.high_watermark FROM v
+             WHERE partitions.topic_id = v.topic_id AND partitions.partition = v.partition
+               AND partitions.leader_epoch = v.leader_epoch AND partitions.high_watermark <= v.high_watermark
+             RETURNING partitions.topic_id, partitions.partition",
+            4,
+            &commit.watermarks,
+            |q, w| {
+                q.bind(w.topic_id.to_string())
                     .bind(w.partition)
                     .bind(w.leader_epoch)
-                    .bind(w.high_watermark);
-            }
-            for r in q.fetch_all(&mut *tx).await? {
-                advanced.insert((r.try_get(0)?, r.try_get(1)?));
-            }
-        }
+                    .bind(w.high_watermark)
+            },
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_>>()?;
         let applied: Vec<bool> = commit
             .watermarks
             .iter()
@@ -405,26 +404,24 @@ impl MetaStore {
             .iter()
             .filter(|b| !fenced.contains(&(b.topic_id, b.partition)))
             .collect();
-        for chunk in batches.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
-                 VALUES {}",
-                placeholders(chunk.len(), 8)
-            );
-            let mut q = sqlx::query(&sql);
-            for b in chunk {
-                q = q
-                    .bind(b.topic_id.to_string())
+        each_rows(
+            &mut tx,
+            "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
+             VALUES {}",
+            8,
+            &batches,
+            |q, b| {
+                q.bind(b.topic_id.to_string())
                     .bind(b.partition)
                     .bind(b.base_offset)
                     .bind(b.last_offset)
                     .bind(b.max_timestamp)
-                    .bind(&b.object_key)
+                    .bind(b.object_key.clone())
                     .bind(b.position)
-                    .bind(b.length);
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    .bind(b.length)
+            },
+        )
+        .await?;
         let producers: Vec<&ProducerStateRow> = commit
             .producers
             .iter()
@@ -949,30 +946,55 @@ fn placeholders(rows: usize, cols: usize) -> String {
     (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
-/// Inserts or replaces producer state rows (one statement per 500; each producer at
-/// most once, as PostgreSQL requires of ON CONFLICT DO UPDATE).
+/// Inserts or replaces producer state rows (each producer at most once, as PostgreSQL
+/// requires of ON CONFLICT DO UPDATE).
 async fn upsert_producers(tx: &mut Transaction<'_, Any>, rows: &[&ProducerStateRow]) -> Result<()> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
-             VALUES {}
-             ON CONFLICT (topic_id, partition, producer_id)
-             DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms",
-            placeholders(chunk.len(), 6)
-        );
-        let mut q = sqlx::query(&sql);
-        for p in chunk {
-            q = q
-                .bind(p.topic_id.to_string())
+    let recent: Vec<String> = rows
+        .iter()
+        .map(|p| serde_json::to_string(&p.recent))
+        .collect::<Result<_, _>>()?;
+    let rows: Vec<(&ProducerStateRow, String)> = rows.iter().copied().zip(recent).collect();
+    each_rows(
+        tx,
+        "INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
+         VALUES {}
+         ON CONFLICT (topic_id, partition, producer_id)
+         DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms",
+        6,
+        &rows,
+        |q, (p, recent)| {
+            q.bind(p.topic_id.to_string())
                 .bind(p.partition)
                 .bind(p.producer_id)
                 .bind(p.epoch as i32)
-                .bind(serde_json::to_string(&p.recent)?)
-                .bind(now_ms());
-        }
-        q.execute(&mut **tx).await?;
-    }
+                .bind(recent.clone())
+                .bind(now_ms())
+        },
+    )
+    .await?;
     Ok(())
+}
+
+/// Runs `sql`, whose `{}` stands for the VALUES rows, over `rows` in statements of up to
+/// ROWS_PER_STATEMENT rows of `cols` parameters, `bind` adding one row's values; returns
+/// what the statements return.
+async fn each_rows<T>(
+    tx: &mut Transaction<'_, Any>,
+    sql: &str,
+    cols: usize,
+    rows: &[T],
+    bind: impl for<'q> Fn(Query<'q, Any, AnyArguments<'q>>, &T) -> Query<'q, Any, AnyArguments<'q>>,
+) -> Result<Vec<AnyRow>> {
+    let mut out = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = sql.replace("{}", &placeholders(chunk.len(), cols));
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            q = bind(q, row);
+        }
+        out.extend(q.fetch_all(&mut **tx).await?);
+    }
+    Ok(out)
 }
 
 /// A URL with its password hidden, for logs and errors.
