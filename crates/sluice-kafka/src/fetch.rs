@@ -21,7 +21,7 @@ use crate::{errors, Broker};
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Partitions of one fetch read at the same time.
-const READ_CONCURRENCY: usize = 8;
+const PARTITIONS_READ_AT_ONCE: usize = 8;
 
 /// Once a fetch has data, it starts no further reads after this long: the rest
 /// of its partitions answer with their offsets and no records (the client asks
@@ -201,7 +201,7 @@ async fn read_concurrently(
         }
     }
     futures::stream::iter(reads)
-        .buffer_unordered(READ_CONCURRENCY)
+        .buffer_unordered(PARTITIONS_READ_AT_ONCE)
         .collect()
         .await
 }
