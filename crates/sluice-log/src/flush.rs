@@ -7,10 +7,12 @@
 //! producers. A failed write or commit changes nothing, so offsets are never
 //! handed out twice.
 //!
-//! Flushes are pipelined two deep: while flush N's metadata commit runs, the
-//! flusher gathers flush N+1 and writes its object, assigning offsets on top
-//! of N's. N+1 is committed only after N has, and fails if N failed, so the
-//! store sees the same sequence of commits as without the pipeline.
+//! Flushes are pipelined: up to `WRITES_IN_FLIGHT` objects are written at
+//! once, each flush assigning offsets on top of the flushes before it, while
+//! one metadata commit runs. A commit covers every flush whose object is
+//! written, in offset order, so under load commits grow instead of queueing.
+//! A flush fails if any flush before it failed, so the store sees the same
+//! sequence of commits as without the pipeline.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -56,10 +58,49 @@ struct Prepared {
     records: u64,
 }
 
-/// A flush whose object is written and whose metadata commit is running.
-struct InFlight {
+/// How many flushes may have their objects being written at once. Object writes are
+/// independent (one file or PUT each); only commits must follow offset order.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// A flush starts beside a write already running only with this much gathered: under
+/// light load, appends that arrive during a write join the next flush instead, so that
+/// there are fewer, larger objects (each costs a file and its syncs, or a PUT).
+const PARALLEL_WRITE_BYTES: usize = 1 << 20;
+
+/// A flush whose object is being written, or is written and waits for its commit.
+struct Writing {
     prepared: Prepared,
     object: Bytes,
+    key: String,
+    put: Put,
+}
+
+enum Put {
+    Running(JoinHandle<anyhow::Result<()>>),
+    Done(anyhow::Result<()>),
+}
+
+impl Put {
+    /// Waits for the write and keeps its result.
+    async fn wait(&mut self) {
+        if let Put::Running(handle) = self {
+            let result = joined(handle).await;
+            *self = Put::Done(result);
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Put::Running(handle) => handle.is_finished(),
+            Put::Done(_) => true,
+        }
+    }
+}
+
+/// Written flushes whose metadata is being committed, in one transaction.
+struct Committing {
+    /// Each flush with its object, in offset order.
+    flushes: Vec<(Prepared, Bytes)>,
     /// The partitions in the order of the commit's watermark updates.
     keys: Vec<PartKey>,
     commit: JoinHandle<anyhow::Result<Vec<bool>>>,
@@ -69,6 +110,7 @@ struct InFlight {
 enum Event {
     Message(Option<FlushMsg>),
     Committed(anyhow::Result<Vec<bool>>),
+    Written,
     Deadline,
 }
 
@@ -76,7 +118,9 @@ struct Flusher {
     inner: Arc<Inner>,
     producers: HashMap<ProducerKey, ProducerEntry>,
     tail: TailBudget,
-    in_flight: Option<InFlight>,
+    /// Flushes not yet committing, in offset order (at most `WRITES_IN_FLIGHT`).
+    writing: VecDeque<Writing>,
+    committing: Option<Committing>,
 }
 
 pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, states: Vec<ProducerStateRow>) {
@@ -87,7 +131,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
             order: VecDeque::new(),
             bytes: 0,
         },
-        in_flight: None,
+        writing: VecDeque::new(),
+        committing: None,
     };
     f.set_producers(states);
     let interval = f.inner.opts.flush_interval;
@@ -100,15 +145,26 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
         let event = match held.take() {
             Some(m) => Event::Message(m),
             None => tokio::select! {
-                m = rx.recv() => Event::Message(m),
-                r = committed(&mut f.in_flight) => Event::Committed(r),
+                // While every write slot is busy, appends wait in the queue and form a larger flush.
+                m = rx.recv(), if f.writing.len() < WRITES_IN_FLIGHT => Event::Message(m),
+                r = committed(&mut f.committing) => Event::Committed(r),
+                () = written(&mut f.writing), if f.writes_running() > 0 => Event::Written,
                 _ = tokio::time::sleep_until(deadline), if !group.is_empty() => Event::Deadline,
             },
         };
         match event {
             Event::Committed(result) => {
-                if let Some(done) = f.in_flight.take() {
+                if let Some(done) = f.committing.take() {
                     f.publish(done, result);
+                }
+                f.start_commit().await;
+            }
+            Event::Written => {
+                f.start_commit().await;
+                if !group.is_empty() && interval.is_zero() && f.may_write(pending_bytes) {
+                    held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
+                    pending_bytes = 0;
+                    f.flush(std::mem::take(&mut group)).await;
                 }
             }
             Event::Message(Some(FlushMsg::Append(req))) => {
@@ -117,8 +173,9 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
                 }
                 pending_bytes += req.data.len();
                 group.push(req);
-                // With no gathering time, flush now (a timer would round up to the next millisecond).
-                if pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() {
+                // With no gathering time, flush as soon as a write may start (a timer would
+                // round up to the next millisecond).
+                if pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() && f.may_write(pending_bytes) {
                     held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
                     pending_bytes = 0;
                     f.flush(std::mem::take(&mut group)).await;
@@ -169,17 +226,24 @@ fn take_queued(
 }
 
 /// The result of the commit in flight; never ready when there is none.
-async fn committed(in_flight: &mut Option<InFlight>) -> anyhow::Result<Vec<bool>> {
-    match in_flight {
-        Some(f) => joined(&mut f.commit).await,
+async fn committed(committing: &mut Option<Committing>) -> anyhow::Result<Vec<bool>> {
+    match committing {
+        Some(c) => joined(&mut c.commit).await,
         None => std::future::pending().await,
     }
 }
 
-async fn joined(commit: &mut JoinHandle<anyhow::Result<Vec<bool>>>) -> anyhow::Result<Vec<bool>> {
-    commit
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("flush commit task failed: {e}")))
+/// Ready once the oldest object still being written is written; never ready when there is none.
+async fn written(writing: &mut VecDeque<Writing>) {
+    match writing.iter_mut().find(|w| matches!(w.put, Put::Running(_))) {
+        Some(w) => w.put.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn joined<T>(task: &mut JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
+    task.await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("flush task failed: {e}")))
 }
 
 impl Flusher {
@@ -207,33 +271,48 @@ impl Flusher {
         }
     }
 
-    /// Waits for the commit in flight, if any, and publishes it. False if it failed.
-    async fn drain(&mut self) -> bool {
-        let Some(mut f) = self.in_flight.take() else {
-            return true;
-        };
-        let result = joined(&mut f.commit).await;
-        let ok = result.is_ok();
-        self.publish(f, result);
-        ok
+    fn writes_running(&self) -> usize {
+        self.writing.iter().filter(|w| matches!(w.put, Put::Running(_))).count()
     }
 
-    /// Assigns offsets to a group, writes its object while the previous flush
-    /// commits, then starts its own commit.
+    /// Whether a flush of `pending_bytes` may start writing now.
+    fn may_write(&self, pending_bytes: usize) -> bool {
+        let running = self.writes_running();
+        running == 0 || pending_bytes >= PARALLEL_WRITE_BYTES && self.writing.len() < WRITES_IN_FLIGHT
+    }
+
+    /// Waits until every flush is committed (or failed) and published.
+    async fn drain(&mut self) {
+        loop {
+            if let Some(mut c) = self.committing.take() {
+                let result = joined(&mut c.commit).await;
+                self.publish(c, result);
+            } else if let Some(w) = self.writing.front_mut() {
+                w.put.wait().await;
+            } else {
+                return;
+            }
+            self.start_commit().await;
+        }
+    }
+
+    /// Assigns offsets to a group on top of every flush not yet published, and
+    /// starts writing its object.
     async fn flush(&mut self, group: Vec<AppendRequest>) {
         if group.is_empty() {
             return;
         }
         let mut p = self.prepare(group);
         if p.footer.is_empty() {
-            // Nothing to write (all refused or duplicates, which may point into
-            // the flush in flight): answer once that is published.
-            let result = if self.drain().await {
-                Ok(Vec::new())
-            } else {
-                Err(anyhow::anyhow!("the previous flush failed"))
-            };
-            self.finish(p, Bytes::new(), result);
+            // Nothing to write (all refused or duplicates, which may point into a flush
+            // not yet committed): it is answered in its turn, after the flushes before it.
+            self.writing.push_back(Writing {
+                prepared: p,
+                object: Bytes::new(),
+                key: String::new(),
+                put: Put::Done(Ok(())),
+            });
+            self.start_commit().await;
             return;
         }
         object::finish(&mut p.body, &p.footer);
@@ -244,23 +323,66 @@ impl Flusher {
             self.inner.opts.node_id,
             Uuid::new_v4().simple()
         );
-        let put_started = Instant::now();
-        let put = self.inner.store.put(&key, object.clone()).await;
-        METRICS
-            .flush_stage_seconds
-            .with_label_values(&["put"])
-            .observe(put_started.elapsed().as_secs_f64());
-        // This flush's offsets follow the previous flush's: it commits only after that one did.
-        let previous_ok = self.drain().await;
-        if let Err(e) = put {
-            self.finish(p, object, Err(e));
+        let (inner, put_key, data) = (self.inner.clone(), key.clone(), object.clone());
+        let put = tokio::spawn(async move {
+            let started = Instant::now();
+            let put = inner.store.put(&put_key, data).await;
+            METRICS
+                .flush_stage_seconds
+                .with_label_values(&["put"])
+                .observe(started.elapsed().as_secs_f64());
+            put
+        });
+        self.writing.push_back(Writing {
+            prepared: p,
+            object,
+            key,
+            put: Put::Running(put),
+        });
+    }
+
+    /// Unless a commit is running, commits every written flush at the front of the
+    /// queue in one transaction. A flush whose write failed fails, and so does every
+    /// flush after it: their offsets follow its offsets.
+    async fn start_commit(&mut self) {
+        if self.committing.is_some() {
             return;
         }
-        if !previous_ok {
-            self.finish(p, object, Err(anyhow::anyhow!("the previous flush failed")));
+        let mut flushes: Vec<Writing> = Vec::new();
+        let mut epochs: HashMap<PartKey, i32> = HashMap::new();
+        while let Some(w) = self.writing.front_mut() {
+            if !w.put.is_done() {
+                break;
+            }
+            // One watermark per partition in a commit: flushes under another leader epoch wait.
+            let same_epochs = w
+                .prepared
+                .next
+                .iter()
+                .all(|(k, (_, _, epoch))| epochs.get(k).is_none_or(|e| e == epoch));
+            if !same_epochs {
+                break;
+            }
+            w.put.wait().await;
+            let mut w = self.writing.pop_front().expect("front exists");
+            if let Put::Done(Err(e)) = std::mem::replace(&mut w.put, Put::Done(Ok(()))) {
+                self.fail_from(w, e);
+                break;
+            }
+            epochs.extend(w.prepared.next.iter().map(|(k, (_, _, epoch))| (*k, *epoch)));
+            flushes.push(w);
+        }
+        if flushes.is_empty() {
             return;
         }
-        let (keys, commit) = commit_for(&key, object.len(), &p);
+        if flushes.iter().all(|w| w.key.is_empty()) {
+            // Nothing to record: the answers only had to wait for the flushes before them.
+            for w in flushes {
+                self.finish(w.prepared, w.object, Ok(Vec::new()));
+            }
+            return;
+        }
+        let (keys, commit) = commit_for(&flushes);
         let inner = self.inner.clone();
         let commit = tokio::spawn(async move {
             let started = Instant::now();
@@ -271,18 +393,38 @@ impl Flusher {
                 .observe(started.elapsed().as_secs_f64());
             applied
         });
-        self.in_flight = Some(InFlight {
-            prepared: p,
-            object,
+        self.committing = Some(Committing {
+            flushes: flushes.into_iter().map(|w| (w.prepared, w.object)).collect(),
             keys,
             commit,
         });
     }
 
+    /// Fails a flush and every flush queued after it, which build on its offsets.
+    /// Their objects, if written, become orphans for the garbage collector.
+    fn fail_from(&mut self, first: Writing, error: anyhow::Error) {
+        let later: Vec<Writing> = self.writing.drain(..).collect();
+        self.finish(first.prepared, first.object, Err(error));
+        for w in later {
+            self.finish(w.prepared, w.object, Err(anyhow::anyhow!("an earlier flush failed")));
+        }
+    }
+
     /// Offsets, sequence checks and the object body for a group, on top of the
     /// state the flush in flight will leave.
     fn prepare(&self, group: Vec<AppendRequest>) -> Prepared {
-        let ahead = self.in_flight.as_ref().map(|f| &f.prepared);
+        // The flushes not yet published, newest first: offsets and producer state follow theirs.
+        let ahead: Vec<&Prepared> = self
+            .writing
+            .iter()
+            .rev()
+            .map(|w| &w.prepared)
+            .chain(
+                self.committing
+                    .iter()
+                    .flat_map(|c| c.flushes.iter().rev().map(|(p, _)| p)),
+            )
+            .collect();
         let mut p = Prepared {
             started: Instant::now(),
             outcomes: Vec::with_capacity(group.len()),
@@ -305,7 +447,10 @@ impl Flusher {
             }
             let slot = p.next.entry(key).or_insert_with(|| {
                 let s = req.partition.state.lock().unwrap();
-                let next = ahead.and_then(|a| a.next.get(&key)).map_or(s.high_watermark, |n| n.1);
+                let next = ahead
+                    .iter()
+                    .find_map(|a| a.next.get(&key))
+                    .map_or(s.high_watermark, |n| n.1);
                 (req.partition.clone(), next, s.leader_epoch)
             });
             let (next_offset, epoch) = (&mut slot.1, slot.2);
@@ -318,7 +463,7 @@ impl Flusher {
                     let current = p
                         .touched
                         .get(&pkey)
-                        .or_else(|| ahead.and_then(|a| a.touched.get(&pkey)))
+                        .or_else(|| ahead.iter().find_map(|a| a.touched.get(&pkey)))
                         .or_else(|| self.producers.get(&pkey));
                     match producer::check(current, b.producer_epoch, b.base_sequence, b.last_sequence()) {
                         Err(e) => {
@@ -384,17 +529,31 @@ impl Flusher {
         p
     }
 
-    /// Publishes a finished commit.
-    fn publish(&mut self, f: InFlight, result: anyhow::Result<Vec<bool>>) {
-        let fenced = result.map(|applied| {
-            f.keys
-                .iter()
-                .zip(applied)
-                .filter(|(_, ok)| !ok)
-                .map(|(k, _)| *k)
-                .collect()
-        });
-        self.finish(f.prepared, f.object, fenced);
+    /// Publishes a finished commit. If it failed, so does every flush queued after it.
+    fn publish(&mut self, c: Committing, result: anyhow::Result<Vec<bool>>) {
+        match result {
+            Ok(applied) => {
+                let fenced: Vec<PartKey> = c
+                    .keys
+                    .iter()
+                    .zip(applied)
+                    .filter(|(_, ok)| !ok)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for (p, object) in c.flushes {
+                    self.finish(p, object, Ok(fenced.clone()));
+                }
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                for (p, object) in c.flushes {
+                    self.finish(p, object, Err(anyhow::anyhow!("{error}")));
+                }
+                for w in std::mem::take(&mut self.writing) {
+                    self.finish(w.prepared, w.object, Err(anyhow::anyhow!("an earlier flush failed")));
+                }
+            }
+        }
     }
 
     /// Applies a flush's outcome (the partitions whose commit was fenced, or why
@@ -470,49 +629,50 @@ impl Flusher {
     }
 }
 
-/// The metadata commit of a written object: the partitions in watermark order, and the commit.
-fn commit_for(key: &str, size: usize, p: &Prepared) -> (Vec<PartKey>, FlushCommit) {
-    let mut watermarks = Vec::with_capacity(p.next.len());
-    let mut keys = Vec::with_capacity(p.next.len());
-    for (k, (_, next_offset, epoch)) in &p.next {
-        keys.push(*k);
-        watermarks.push(WatermarkUpdate {
+/// The metadata commit of written flushes, in offset order: the partitions in
+/// watermark order, and the commit (each partition's watermark after the last flush).
+fn commit_for(flushes: &[Writing]) -> (Vec<PartKey>, FlushCommit) {
+    let mut watermarks: HashMap<PartKey, WatermarkUpdate> = HashMap::new();
+    let mut producers: HashMap<ProducerKey, &ProducerEntry> = HashMap::new();
+    let mut commit = FlushCommit::default();
+    for w in flushes.iter().filter(|w| !w.key.is_empty()) {
+        let p = &w.prepared;
+        commit.objects.push((w.key.clone(), w.object.len() as i64));
+        for (k, (_, next_offset, epoch)) in &p.next {
+            watermarks.insert(
+                *k,
+                WatermarkUpdate {
+                    topic_id: k.0,
+                    partition: k.1,
+                    high_watermark: *next_offset,
+                    leader_epoch: *epoch,
+                },
+            );
+        }
+        producers.extend(p.touched.iter().map(|(k, e)| (*k, e)));
+        commit.batches.extend(p.footer.iter().map(|e| BatchRow {
+            topic_id: e.topic_id,
+            partition: e.partition,
+            base_offset: e.base_offset,
+            last_offset: e.last_offset,
+            max_timestamp: e.max_timestamp,
+            object_key: w.key.clone(),
+            position: e.position as i64,
+            length: e.length as i32,
+        }));
+    }
+    let (keys, watermarks): (Vec<PartKey>, Vec<WatermarkUpdate>) = watermarks.into_iter().unzip();
+    commit.watermarks = watermarks;
+    commit.producers = producers
+        .into_iter()
+        .map(|(k, e)| ProducerStateRow {
             topic_id: k.0,
             partition: k.1,
-            high_watermark: *next_offset,
-            leader_epoch: *epoch,
-        });
-    }
-    let commit = FlushCommit {
-        object_key: key.to_string(),
-        object_size: size as i64,
-        batches: p
-            .footer
-            .iter()
-            .map(|e| BatchRow {
-                topic_id: e.topic_id,
-                partition: e.partition,
-                base_offset: e.base_offset,
-                last_offset: e.last_offset,
-                max_timestamp: e.max_timestamp,
-                object_key: key.to_string(),
-                position: e.position as i64,
-                length: e.length as i32,
-            })
-            .collect(),
-        watermarks,
-        producers: p
-            .touched
-            .iter()
-            .map(|(k, e)| ProducerStateRow {
-                topic_id: k.0,
-                partition: k.1,
-                producer_id: k.2,
-                epoch: e.epoch,
-                recent: e.recent.iter().copied().collect(),
-            })
-            .collect(),
-    };
+            producer_id: k.2,
+            epoch: e.epoch,
+            recent: e.recent.iter().copied().collect(),
+        })
+        .collect();
     (keys, commit)
 }
 

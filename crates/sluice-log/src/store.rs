@@ -129,31 +129,48 @@ impl DataStore {
     }
 }
 
-/// Writes `root/key` so that it is on disk, whole, when this returns: a staging file
-/// (named `#<digits>` so that listings skip it, as object_store's own staging files),
-/// fdatasync, rename into place, then fsync of the directory for the new entry.
+/// Writes `root/key` so that it is on disk, whole, when this returns.
+///
+/// A new key is written in place: file, fdatasync, then fsync of the directory for
+/// the new entry. That is one journal commit on ext4 instead of two with a rename.
+/// It is safe because nothing reads an object before the metadata commit that
+/// names it, and that commit follows this write; a crash mid-write leaves an
+/// unnamed partial object, which the orphan collector removes (and `rebuild-index`
+/// skips, as its footer does not check). An existing key is replaced atomically
+/// through a staging file (named `#<digits>` so that listings skip it, as
+/// object_store's own staging files) and a rename.
 fn write_durably(root: &std::path::Path, key: &str, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+    use std::fs::{File, OpenOptions};
+    use std::io::{ErrorKind, Write};
     let path = root.join(key);
     let dir = path.parent().expect("an object key names a file");
-    let staging = path.with_file_name(format!(
-        "{}#{}",
-        path.file_name().unwrap().to_string_lossy(),
-        uuid::Uuid::new_v4().as_u64_pair().0
-    ));
-    let mut file = match std::fs::File::create(&staging) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let create = |p: &std::path::Path| OpenOptions::new().write(true).create_new(true).open(p);
+    let (mut file, staging) = match create(&path) {
+        Ok(file) => (file, None),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)?;
-            std::fs::File::create(&staging)?
+            (create(&path)?, None)
         }
-        other => other?,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let staging = path.with_file_name(format!(
+                "{}#{}",
+                path.file_name().unwrap().to_string_lossy(),
+                uuid::Uuid::new_v4().as_u64_pair().0
+            ));
+            (create(&staging)?, Some(staging))
+        }
+        Err(e) => return Err(e),
     };
     let written = file.write_all(data).and_then(|()| file.sync_data());
-    if let Err(e) = written.and_then(|()| std::fs::rename(&staging, &path)) {
-        let _ = std::fs::remove_file(&staging);
+    let placed = match &staging {
+        Some(staging) => written.and_then(|()| std::fs::rename(staging, &path)),
+        None => written,
+    };
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(staging.as_deref().unwrap_or(&path));
         return Err(e);
     }
-    std::fs::File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()
 }
 
 fn with_prefix<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
@@ -161,5 +178,27 @@ fn with_prefix<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
         Arc::new(store)
     } else {
         Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_durably;
+
+    #[test]
+    fn a_new_key_is_written_in_place_and_an_existing_one_replaced_whole() {
+        let root = tempfile::tempdir().unwrap();
+        write_durably(root.path(), "data/a.sobj", b"first").unwrap();
+        assert_eq!(std::fs::read(root.path().join("data/a.sobj")).unwrap(), b"first");
+        write_durably(root.path(), "data/a.sobj", b"second, longer").unwrap();
+        assert_eq!(
+            std::fs::read(root.path().join("data/a.sobj")).unwrap(),
+            b"second, longer"
+        );
+        let names: Vec<String> = std::fs::read_dir(root.path().join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.sobj"], "no staging file is left behind");
     }
 }

@@ -400,3 +400,79 @@ async fn compaction_moves_history_into_segments_without_changing_it() {
         30
     );
 }
+
+/// Appends `rounds` × 3 batches of 2 records concurrently over 3 partitions;
+/// returns the base offsets each partition handed out, or the first error.
+async fn append_concurrently(log: &Log, t: &Arc<Topic>, rounds: usize) -> Result<Vec<Vec<i64>>, LogError> {
+    let appends = (0..rounds * 3).map(|i| {
+        let (log, t) = (log.clone(), t.clone());
+        async move {
+            let a = log.append(&t, (i % 3) as i32, make_batch(2, -1, 0, i as i64, Compression::None));
+            a.await.map(|a| ((i % 3), a.base_offset))
+        }
+    });
+    let mut offsets = vec![Vec::new(); 3];
+    for r in futures::future::join_all(appends).await {
+        let (p, base) = r?;
+        offsets[p].push(base);
+    }
+    for o in &mut offsets {
+        o.sort();
+    }
+    Ok(offsets)
+}
+
+#[tokio::test]
+async fn concurrent_flushes_hand_out_dense_offsets_and_a_failed_write_hands_out_none() {
+    let fx = Fixture::new();
+    // Tiny flushes, so that several objects are written at once.
+    let log = fx
+        .open(LogOptions {
+            flush_bytes: 200,
+            ..opts()
+        })
+        .await;
+    let t = log.create_topic("t", Some(3), BTreeMap::new(), false).await.unwrap();
+    let dense = |from: i64, n: usize| (0..n as i64).map(|i| from + 2 * i).collect::<Vec<_>>();
+    assert_eq!(
+        append_concurrently(&log, &t, 100).await.unwrap(),
+        vec![dense(0, 100); 3]
+    );
+
+    // Objects cannot be written: every append fails, and none takes an offset.
+    let data_dir = fx.dir.path().join("objects/data");
+    let moved = fx.dir.path().join("objects/moved");
+    std::fs::rename(&data_dir, &moved).unwrap();
+    std::fs::write(&data_dir, b"not a directory").unwrap();
+    assert!(matches!(
+        append_concurrently(&log, &t, 20).await,
+        Err(LogError::Storage(_))
+    ));
+    for p in 0..3 {
+        assert_eq!(t.partition(p).unwrap().offsets().high_watermark, 200);
+    }
+
+    // Writable again: offsets continue where the last committed flush left them.
+    std::fs::remove_file(&data_dir).unwrap();
+    std::fs::rename(&moved, &data_dir).unwrap();
+    assert_eq!(
+        append_concurrently(&log, &t, 50).await.unwrap(),
+        vec![dense(200, 50); 3]
+    );
+    for p in 0..3 {
+        let mut read = Vec::new();
+        let mut next = 0;
+        while next < 300 {
+            let r = log.read(&t, p, next, 1 << 20).await.unwrap();
+            let got = values(&r.batches, next);
+            next = got.last().unwrap().0 + 1;
+            read.extend(got.into_iter().map(|(o, _)| o));
+        }
+        assert_eq!(read, (0..300).collect::<Vec<_>>(), "partition {p} reads back densely");
+    }
+    drop(log);
+    // And the store agrees after a restart.
+    let log = fx.open(opts()).await;
+    let t = log.topic("t").unwrap();
+    assert_eq!(t.partition(2).unwrap().offsets().high_watermark, 300);
+}

@@ -390,8 +390,7 @@ mod tests {
         // A second change from the stale epoch 0 loses.
         assert_eq!(m.set_leader(slot, 0, 2).await.unwrap(), None);
         let commit = |epoch, key: &str| FlushCommit {
-            object_key: key.to_string(),
-            object_size: 1,
+            objects: vec![(key.to_string(), 1)],
             batches: vec![],
             watermarks: vec![WatermarkUpdate {
                 topic_id: t.id,

@@ -90,8 +90,8 @@ pub struct WatermarkUpdate {
 /// Everything one group-commit flush records, in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct FlushCommit {
-    pub object_key: String,
-    pub object_size: i64,
+    /// The data objects written (key, size); one or more flushes' worth.
+    pub objects: Vec<(String, i64)>,
     pub batches: Vec<BatchRow>,
     pub watermarks: Vec<WatermarkUpdate>,
     pub producers: Vec<ProducerStateRow>,
@@ -360,12 +360,15 @@ impl MetaStore {
         // A handful of statements whatever the number of partitions: every statement is a
         // round trip to the database (a thread hop for SQLite), and the flush waits for them.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
-            .bind(&commit.object_key)
-            .bind(commit.object_size)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        let created_ms = now_ms();
+        each_rows(
+            &mut tx,
+            "INSERT INTO objects (object_key, size, created_ms) VALUES {}",
+            3,
+            &commit.objects,
+            |q, (key, size)| q.bind(key.clone()).bind(*size).bind(created_ms),
+        )
+        .await?;
         // Watermarks move only under the leader epoch that wrote them (fencing) and never back.
         let advanced: HashSet<(String, i32)> = each_rows(
             &mut tx,
@@ -1078,8 +1081,7 @@ pub(crate) mod tests {
         let t = m.create_topic("a", 2, &BTreeMap::new(), &[7]).await.unwrap().unwrap();
         assert!(m.create_topic("a", 1, &BTreeMap::new(), &[]).await.unwrap().is_none());
         let commit = FlushCommit {
-            object_key: "o1".into(),
-            object_size: 200,
+            objects: vec![("o1".into(), 200)],
             batches: vec![batch(t.id, 0, 0, 9, "o1"), batch(t.id, 1, 0, 4, "o1")],
             watermarks: vec![
                 WatermarkUpdate {
@@ -1130,8 +1132,7 @@ pub(crate) mod tests {
             .unwrap()
             .unwrap();
         let commit = FlushCommit {
-            object_key: "o1".into(),
-            object_size: 100 * n as i64,
+            objects: vec![("o1".into(), 100 * n as i64)],
             batches: (0..n).map(|p| batch(t.id, p, 0, p as i64, "o1")).collect(),
             watermarks: (0..n)
                 .map(|p| WatermarkUpdate {
@@ -1161,7 +1162,7 @@ pub(crate) mod tests {
         assert_eq!(m.load_producer_states().await.unwrap().len(), n as usize);
         // Committing the same watermarks again is allowed (never backwards); a lower one is not applied.
         let mut again = commit.clone();
-        again.object_key = "o2".into();
+        again.objects = vec![("o2".into(), 1)];
         again.batches.clear();
         again.watermarks[5].high_watermark = 1;
         let applied = m.commit_flush(&again).await.unwrap();
@@ -1230,8 +1231,7 @@ pub(crate) mod tests {
             }],
         };
         let commit = FlushCommit {
-            object_key: "o".into(),
-            object_size: 1,
+            objects: vec![("o".into(), 1)],
             batches: vec![],
             watermarks: vec![WatermarkUpdate {
                 topic_id: t.id,
