@@ -32,7 +32,10 @@ pub struct TimestampOffset {
     pub timestamp: i64,
 }
 
-/// Index rows fetched per round trip to the metadata store.
+/// Index rows fetched per round trip to the metadata store: few at first, since one
+/// Fetch partition (1 MiB by default) often needs one or two large batches and every
+/// row costs a conversion, then more once the batches turn out to be small.
+const FIRST_INDEX_PAGE: i64 = 16;
 const INDEX_PAGE: i64 = 256;
 
 /// Ranged GETs in flight at once for one read.
@@ -80,12 +83,14 @@ impl Log {
         // Older than the tail: index lookup and ranged reads of objects.
         let cold_end = tail_start.unwrap_or(offsets.high_watermark).min(offsets.high_watermark);
         let started = Instant::now();
+        let mut page = FIRST_INDEX_PAGE;
         while position < cold_end && (out.batches.is_empty() || (budget > 0 && started.elapsed() < COLD_READ_BUDGET)) {
             let rows = self
                 .inner
                 .meta
-                .batches_from(topic.id, partition, position, INDEX_PAGE)
+                .batches_from(topic.id, partition, position, page)
                 .await?;
+            page = INDEX_PAGE;
             let rows: Vec<BatchRow> = rows.into_iter().take_while(|r| r.base_offset < cold_end).collect();
             if rows.is_empty() {
                 break;

@@ -477,11 +477,15 @@ impl MetaStore {
         Ok(true)
     }
 
-    /// Up to `limit` batches holding offsets at or after `offset`, in order.
+    /// Up to `limit` batches holding offsets at or after `offset`, in order. The lower
+    /// bound on `base_offset` (the batch holding `offset`) lets the primary key seek to
+    /// it: `last_offset` alone would scan the partition's rows from its start.
     pub async fn batches_from(&self, topic_id: Uuid, partition: i32, offset: i64, limit: i64) -> Result<Vec<BatchRow>> {
         let rows = sqlx::query(
             "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
              FROM batches WHERE topic_id = $1 AND partition = $2 AND last_offset >= $3
+               AND base_offset >= COALESCE((SELECT MAX(base_offset) FROM batches
+                                            WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), 0)
              ORDER BY base_offset LIMIT $4",
         )
         .bind(topic_id.to_string())
@@ -1073,6 +1077,43 @@ pub(crate) mod tests {
             position: 0,
             length: 100,
         }
+    }
+
+    #[tokio::test]
+    async fn batches_from_finds_the_batch_holding_an_offset_wherever_it_falls() {
+        let (_d, m) = store().await;
+        let t = m.create_topic("b", 1, &BTreeMap::new(), &[]).await.unwrap().unwrap();
+        // Batches [10..19], [20..29], a gap (records removed by retention or never there), [40..49].
+        let commit = FlushCommit {
+            objects: vec![("o".into(), 300)],
+            batches: vec![
+                batch(t.id, 0, 10, 19, "o"),
+                batch(t.id, 0, 20, 29, "o"),
+                batch(t.id, 0, 40, 49, "o"),
+            ],
+            watermarks: vec![WatermarkUpdate {
+                topic_id: t.id,
+                partition: 0,
+                high_watermark: 50,
+                leader_epoch: 0,
+            }],
+            producers: vec![],
+        };
+        m.commit_flush(&commit).await.unwrap();
+        let bases = |offset: i64, limit: i64| {
+            let m = m.clone();
+            async move {
+                let rows = m.batches_from(t.id, 0, offset, limit).await.unwrap();
+                rows.iter().map(|r| r.base_offset).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(bases(0, 10).await, [10, 20, 40], "before the first batch");
+        assert_eq!(bases(10, 10).await, [10, 20, 40], "at a batch's first offset");
+        assert_eq!(bases(25, 10).await, [20, 40], "inside a batch");
+        assert_eq!(bases(29, 1).await, [20], "at a batch's last offset");
+        assert_eq!(bases(33, 10).await, [40], "in a gap");
+        assert_eq!(bases(49, 10).await, [40]);
+        assert!(bases(50, 10).await.is_empty(), "past the end");
     }
 
     #[tokio::test]
