@@ -152,6 +152,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
                 _ = tokio::time::sleep_until(deadline), if !group.is_empty() => Event::Deadline,
             },
         };
+        // Whether to flush the gathered group, with every append already queued, now.
+        let mut flush_now = false;
         match event {
             Event::Committed(result) => {
                 if let Some(done) = f.committing.take() {
@@ -161,11 +163,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
             }
             Event::Written => {
                 f.start_commit().await;
-                if !group.is_empty() && interval.is_zero() && f.may_write(pending_bytes) {
-                    held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
-                    pending_bytes = 0;
-                    f.flush(std::mem::take(&mut group)).await;
-                }
+                flush_now = !group.is_empty() && interval.is_zero() && f.may_write(pending_bytes);
             }
             Event::Message(Some(FlushMsg::Append(req))) => {
                 if group.is_empty() {
@@ -175,17 +173,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
                 group.push(req);
                 // With no gathering time, flush as soon as a write may start (a timer would
                 // round up to the next millisecond).
-                if pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() && f.may_write(pending_bytes) {
-                    held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
-                    pending_bytes = 0;
-                    f.flush(std::mem::take(&mut group)).await;
-                }
+                flush_now =
+                    pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() && f.may_write(pending_bytes);
             }
-            Event::Deadline => {
-                held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
-                pending_bytes = 0;
-                f.flush(std::mem::take(&mut group)).await;
-            }
+            Event::Deadline => flush_now = true,
             // A control message applies once everything queued before it is committed.
             Event::Message(Some(FlushMsg::Control(control))) => {
                 pending_bytes = 0;
@@ -198,6 +189,11 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
                 f.drain().await;
                 return;
             }
+        }
+        if flush_now {
+            held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
+            pending_bytes = 0;
+            f.flush(std::mem::take(&mut group)).await;
         }
     }
 }
