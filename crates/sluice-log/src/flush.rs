@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use sluice_meta::{BatchRow, FlushCommit, ProducerStateRow, SeqEntry, WatermarkUpdate};
+use sluice_meta::{FlushCommit, ProducerStateRow, SeqEntry, WatermarkUpdate};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -397,11 +397,15 @@ impl Flusher {
     }
 
     /// Fails a flush and every flush queued after it, which build on its offsets.
-    /// Their objects, if written, become orphans for the garbage collector.
     fn fail_from(&mut self, first: Writing, error: anyhow::Error) {
-        let later: Vec<Writing> = self.writing.drain(..).collect();
         self.finish(first.prepared, first.object, Err(error));
-        for w in later {
+        self.fail_queued();
+    }
+
+    /// Fails every flush not yet committing: an earlier flush failed, and their offsets
+    /// follow its offsets. Their objects, if written, become orphans for the collector.
+    fn fail_queued(&mut self) {
+        for w in std::mem::take(&mut self.writing) {
             self.finish(w.prepared, w.object, Err(anyhow::anyhow!("an earlier flush failed")));
         }
     }
@@ -545,9 +549,7 @@ impl Flusher {
                 for (p, object) in c.flushes {
                     self.finish(p, object, Err(anyhow::anyhow!("{error}")));
                 }
-                for w in std::mem::take(&mut self.writing) {
-                    self.finish(w.prepared, w.object, Err(anyhow::anyhow!("an earlier flush failed")));
-                }
+                self.fail_queued();
             }
         }
     }
@@ -646,16 +648,7 @@ fn commit_for(flushes: &[Writing]) -> (Vec<PartKey>, FlushCommit) {
             );
         }
         producers.extend(p.touched.iter().map(|(k, e)| (*k, e)));
-        commit.batches.extend(p.footer.iter().map(|e| BatchRow {
-            topic_id: e.topic_id,
-            partition: e.partition,
-            base_offset: e.base_offset,
-            last_offset: e.last_offset,
-            max_timestamp: e.max_timestamp,
-            object_key: w.key.clone(),
-            position: e.position as i64,
-            length: e.length as i32,
-        }));
+        commit.batches.extend(p.footer.iter().map(|e| e.index_row(&w.key)));
     }
     let (keys, watermarks): (Vec<PartKey>, Vec<WatermarkUpdate>) = watermarks.into_iter().unzip();
     commit.watermarks = watermarks;

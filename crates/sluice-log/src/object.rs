@@ -31,6 +31,22 @@ pub struct FooterEntry {
     pub length: u32,
 }
 
+impl FooterEntry {
+    /// The offset index row for this batch, stored in `object_key`.
+    pub fn index_row(&self, object_key: &str) -> sluice_meta::BatchRow {
+        sluice_meta::BatchRow {
+            topic_id: self.topic_id,
+            partition: self.partition,
+            base_offset: self.base_offset,
+            last_offset: self.last_offset,
+            max_timestamp: self.max_timestamp,
+            object_key: object_key.to_string(),
+            position: self.position as i64,
+            length: self.length as i32,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ObjectError {
     #[error("object too short for a trailer")]

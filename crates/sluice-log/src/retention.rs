@@ -164,16 +164,7 @@ pub async fn rebuild_index(meta: &MetaStore, store: &DataStore) -> Result<Rebuil
         for e in entries {
             let t = topics.entry(e.topic_id).or_insert_with(|| (e.topic.clone(), 0));
             t.1 = t.1.max(e.partition + 1);
-            rows.push(BatchRow {
-                topic_id: e.topic_id,
-                partition: e.partition,
-                base_offset: e.base_offset,
-                last_offset: e.last_offset,
-                max_timestamp: e.max_timestamp,
-                object_key: obj.key.clone(),
-                position: e.position as i64,
-                length: e.length as i32,
-            });
+            rows.push(e.index_row(&obj.key));
         }
         objects.push((obj.key, data.len() as i64));
     }
