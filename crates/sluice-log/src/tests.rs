@@ -144,19 +144,21 @@ async fn catch_up_reads_through_many_objects_are_dense() {
             .await
             .unwrap();
     }
+    assert_eq!(read_offsets(&log, &t, 0, 1300).await, (0..1300).collect::<Vec<_>>());
+}
+
+/// The offsets of the records read from partition `p`, from 0 until `end`, one read after another.
+async fn read_offsets(log: &Log, t: &Topic, p: i32, end: i64) -> Vec<i64> {
+    let mut read = Vec::new();
     let mut next = 0;
-    while next < 1300 {
-        let r = log.read(&t, 0, next, 1 << 20).await.unwrap();
-        let got: Vec<i64> = values(&r.batches, next).into_iter().map(|(o, _)| o).collect();
+    while next < end {
+        let r = log.read(t, p, next, 1 << 20).await.unwrap();
+        let got = values(&r.batches, next);
         assert!(!got.is_empty(), "no progress at {next}");
-        assert_eq!(
-            got,
-            (next..next + got.len() as i64).collect::<Vec<_>>(),
-            "read at {next}"
-        );
-        next += got.len() as i64;
+        next = got.last().unwrap().0 + 1;
+        read.extend(got.into_iter().map(|(o, _)| o));
     }
-    assert_eq!(next, 1300);
+    read
 }
 
 #[tokio::test]
@@ -460,14 +462,7 @@ async fn concurrent_flushes_hand_out_dense_offsets_and_a_failed_write_hands_out_
         vec![dense(200, 50); 3]
     );
     for p in 0..3 {
-        let mut read = Vec::new();
-        let mut next = 0;
-        while next < 300 {
-            let r = log.read(&t, p, next, 1 << 20).await.unwrap();
-            let got = values(&r.batches, next);
-            next = got.last().unwrap().0 + 1;
-            read.extend(got.into_iter().map(|(o, _)| o));
-        }
+        let read = read_offsets(&log, &t, p, 300).await;
         assert_eq!(read, (0..300).collect::<Vec<_>>(), "partition {p} reads back densely");
     }
     drop(log);
