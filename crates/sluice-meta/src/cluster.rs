@@ -63,7 +63,7 @@ impl MetaStore {
     /// The database clock, in Unix milliseconds.
     pub async fn db_now_ms(&self) -> Result<i64> {
         let row = sqlx::query(&format!("SELECT {}", self.backend.now_ms_sql()))
-            .fetch_one(&self.pool)
+            .fetch_one(&self.readers)
             .await?;
         Ok(row.try_get(0)?)
     }
@@ -82,7 +82,7 @@ impl MetaStore {
         .bind(port)
         .bind(http)
         .bind(lease_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.bump_topology().await
     }
@@ -95,7 +95,7 @@ impl MetaStore {
         ))
         .bind(lease_ms)
         .bind(node_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -105,7 +105,7 @@ impl MetaStore {
         let n = sqlx::query("UPDATE brokers SET draining = $1 WHERE node_id = $2")
             .bind(draining as i32)
             .bind(node_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         self.bump_topology().await?;
@@ -116,7 +116,7 @@ impl MetaStore {
     pub async fn deregister_broker(&self, node_id: i32) -> Result<()> {
         sqlx::query("DELETE FROM brokers WHERE node_id = $1")
             .bind(node_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         self.bump_topology().await
     }
@@ -128,7 +128,7 @@ impl MetaStore {
                CASE WHEN lease_expires_ms > {now} THEN 1 ELSE 0 END
              FROM brokers ORDER BY node_id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter()
             .map(|r| {
@@ -162,7 +162,7 @@ impl MetaStore {
         .bind(name)
         .bind(holder)
         .bind(lease_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
@@ -172,7 +172,7 @@ impl MetaStore {
         sqlx::query("UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -184,7 +184,7 @@ impl MetaStore {
              FROM leases WHERE name = $1"
         ))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.map(|r| {
             Ok(LeaseRow {
@@ -201,14 +201,14 @@ impl MetaStore {
     /// Changes whenever topics, configs, brokers or leaders change.
     pub async fn topology_version(&self) -> Result<i64> {
         let row = sqlx::query("SELECT version FROM topology WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.readers)
             .await?;
         Ok(row.try_get(0)?)
     }
 
     pub(crate) async fn bump_topology(&self) -> Result<()> {
         sqlx::query("UPDATE topology SET version = version + 1 WHERE id = 1")
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -216,10 +216,10 @@ impl MetaStore {
     /// Who leads every partition and group shard.
     pub async fn list_leadership(&self) -> Result<Vec<Leadership>> {
         let parts = sqlx::query("SELECT topic_id, partition, leader, leader_epoch, next_leader FROM partitions")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         let shards = sqlx::query("SELECT shard, leader, leader_epoch, next_leader FROM group_shards ORDER BY shard")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         let mut out = Vec::with_capacity(parts.len() + shards.len());
         for r in &parts {
@@ -250,7 +250,7 @@ impl MetaStore {
 
     /// [`MetaStore::set_leader`] for many slots in one transaction.
     pub async fn set_leaders(&self, moves: &[(Slot, i32, i32)]) -> Result<Vec<Option<i32>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut out = Vec::with_capacity(moves.len());
         for &(slot, from_epoch, to) in moves {
             let changed = match slot {
@@ -313,7 +313,7 @@ impl MetaStore {
                     .bind(epoch)
             }
         };
-        let n = q.execute(&self.pool).await?.rows_affected();
+        let n = q.execute(&self.writer).await?.rows_affected();
         if n == 1 {
             self.bump_topology().await?;
         }

@@ -139,7 +139,14 @@ impl Backend {
 
 #[derive(Clone)]
 pub struct MetaStore {
-    pool: AnyPool,
+    /// Reads.
+    readers: AnyPool,
+    /// Writes. On SQLite this is one connection, so that writers queue here in
+    /// order instead of meeting on SQLite's write lock, whose busy handler sleeps
+    /// 1, 2, 5, 10 ms... between tries: with a flush committing every millisecond,
+    /// a lease renewal that collided with it held produce acks for 5-20 ms. On
+    /// PostgreSQL it is the same pool as `readers`.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -157,45 +164,64 @@ impl MetaStore {
         } else {
             bail!("unsupported metadata store URL {url:?}: expected sqlite://PATH or postgres://...");
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL for concurrent readers; FULL so that a commit acknowledged to a
-                        // producer survives power loss too.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000",
-                        )
-                        .await?;
-                    } else {
-                        // A broker frozen mid-transaction (SIGSTOP, a VM pause) must not hold row
-                        // locks that the controller needs to fail its partitions over: the server
-                        // ends such a session after 1 s. Transactions here last milliseconds.
-                        conn.execute("SET idle_in_transaction_session_timeout = 1000; SET lock_timeout = 10000")
+        let connect = |max_connections: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max_connections)
+                // A ping before every use is one more round trip to SQLite's worker thread
+                // on each flush commit, and a local file does not drop connections.
+                .test_before_acquire(backend == Backend::Postgres)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL for concurrent readers; FULL so that a commit acknowledged to a
+                            // producer survives power loss too.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000",
+                            )
                             .await?;
-                    }
-                    Ok(())
+                        } else {
+                            // A broker frozen mid-transaction (SIGSTOP, a VM pause) must not hold row
+                            // locks that the controller needs to fail its partitions over: the server
+                            // ends such a session after 1 s. Transactions here last milliseconds.
+                            conn.execute("SET idle_in_transaction_session_timeout = 1000; SET lock_timeout = 10000")
+                                .await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect(&url)
-            .await
-            .with_context(|| format!("opening metadata store {}", redact(&url)))?;
+                .connect(&url)
+        };
+        let opening = || format!("opening metadata store {}", redact(&url));
+        let (readers, writer) = match backend {
+            Backend::Sqlite => {
+                let writer = connect(1).await.with_context(opening)?;
+                (connect(4).await.with_context(opening)?, writer)
+            }
+            Backend::Postgres => {
+                let pool = connect(8).await.with_context(opening)?;
+                (pool.clone(), pool)
+            }
+        };
         let migrated = match backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await,
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&writer).await,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&writer).await,
         };
         migrated.context("migrating metadata store")?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            readers,
+            writer,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// The pool, for modules that keep their own tables in this store.
+    /// The pool for modules that keep their own tables in this store: the
+    /// writer, so that their writes queue with the log's (see `writer`).
     pub fn pool(&self) -> &AnyPool {
-        &self.pool
+        &self.writer
     }
 
     /// The cluster id, created on first use.
@@ -203,10 +229,10 @@ impl MetaStore {
         let fresh = Uuid::new_v4().simple().to_string();
         sqlx::query("INSERT INTO cluster (key, value) VALUES ('cluster_id', $1) ON CONFLICT (key) DO NOTHING")
             .bind(&fresh)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let row = sqlx::query("SELECT value FROM cluster WHERE key = 'cluster_id'")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await?;
         Ok(row.get(0))
     }
@@ -215,7 +241,7 @@ impl MetaStore {
 
     pub async fn list_topics(&self) -> Result<Vec<TopicRow>> {
         let rows = sqlx::query("SELECT topic_id, name, partitions, configs, created_ms FROM topics ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         rows.iter().map(topic_from_row).collect()
     }
@@ -236,7 +262,7 @@ impl MetaStore {
             configs: configs.clone(),
             created_ms: now_ms(),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO topics (topic_id, name, partitions, configs, created_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO NOTHING",
@@ -262,7 +288,7 @@ impl MetaStore {
     /// garbage once no other partition references them.
     pub async fn delete_topic(&self, topic_id: Uuid) -> Result<bool> {
         let id = topic_id.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let name: Option<String> = sqlx::query("SELECT name FROM topics WHERE topic_id = $1")
             .bind(&id)
             .fetch_optional(&mut *tx)
@@ -292,7 +318,7 @@ impl MetaStore {
 
     /// Grows a topic to `new_count` partitions, the new ones led as in [`MetaStore::create_topic`].
     pub async fn add_partitions(&self, topic_id: Uuid, new_count: i32, leaders: &[i32]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row = sqlx::query("SELECT partitions FROM topics WHERE topic_id = $1")
             .bind(topic_id.to_string())
             .fetch_one(&mut *tx)
@@ -316,7 +342,7 @@ impl MetaStore {
         sqlx::query("UPDATE topics SET configs = $1 WHERE topic_id = $2")
             .bind(serde_json::to_string(configs)?)
             .bind(topic_id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         self.bump_topology().await
     }
@@ -325,7 +351,7 @@ impl MetaStore {
 
     pub async fn list_partitions(&self) -> Result<Vec<PartitionRow>> {
         let rows = sqlx::query(&format!("SELECT {PARTITION_COLUMNS} FROM partitions"))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         rows.iter().map(partition_from_row).collect()
     }
@@ -335,7 +361,7 @@ impl MetaStore {
             "SELECT {PARTITION_COLUMNS} FROM partitions WHERE topic_id = $1"
         ))
         .bind(topic_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter().map(partition_from_row).collect()
     }
@@ -347,7 +373,7 @@ impl MetaStore {
         ))
         .bind(topic_id.to_string())
         .bind(partition)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.as_ref().map(partition_from_row).transpose()
     }
@@ -359,7 +385,7 @@ impl MetaStore {
     pub async fn commit_flush(&self, commit: &FlushCommit) -> Result<Vec<bool>> {
         // A handful of statements whatever the number of partitions: every statement is a
         // round trip to the database (a thread hop for SQLite), and the flush waits for them.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let created_ms = now_ms();
         each_rows(
             &mut tx,
@@ -447,7 +473,7 @@ impl MetaStore {
         object_size: i64,
         moved: &[(i64, String, i64)],
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
             .bind(object_key)
             .bind(object_size)
@@ -492,7 +518,7 @@ impl MetaStore {
         .bind(partition)
         .bind(offset)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter().map(batch_from_row).collect()
     }
@@ -512,7 +538,7 @@ impl MetaStore {
         .bind(topic_id.to_string())
         .bind(partition)
         .bind(ts)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.as_ref().map(batch_from_row).transpose()
     }
@@ -526,7 +552,7 @@ impl MetaStore {
         )
         .bind(topic_id.to_string())
         .bind(partition)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.as_ref().map(batch_from_row).transpose()
     }
@@ -540,7 +566,7 @@ impl MetaStore {
         )
         .bind(topic_id.to_string())
         .bind(partition)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows
             .iter()
@@ -554,7 +580,7 @@ impl MetaStore {
             "SELECT partition, COALESCE(SUM(length), 0) FROM batches WHERE topic_id = $1 GROUP BY partition",
         )
         .bind(topic_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -563,7 +589,7 @@ impl MetaStore {
     /// wholly below it.
     pub async fn advance_log_start(&self, topic_id: Uuid, partition: i32, offset: i64) -> Result<()> {
         let id = topic_id.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE partitions SET log_start_offset = $1
              WHERE topic_id = $2 AND partition = $3 AND log_start_offset < $4",
@@ -591,7 +617,7 @@ impl MetaStore {
         )
         .bind(topic_id.to_string())
         .bind(partition)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -605,7 +631,7 @@ impl MetaStore {
              AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_key = o.object_key)",
         )
         .bind(before_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -613,7 +639,7 @@ impl MetaStore {
     pub async fn forget_object(&self, key: &str) -> Result<()> {
         sqlx::query("DELETE FROM objects WHERE object_key = $1")
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -621,7 +647,7 @@ impl MetaStore {
     pub async fn object_known(&self, key: &str) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM objects WHERE object_key = $1")
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?;
         Ok(row.is_some())
     }
@@ -631,14 +657,14 @@ impl MetaStore {
     pub async fn next_producer_id(&self) -> Result<i64> {
         let row = sqlx::query("INSERT INTO producer_ids (created_ms) VALUES ($1) RETURNING id")
             .bind(now_ms())
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await?;
         Ok(row.get(0))
     }
 
     pub async fn load_producer_states(&self) -> Result<Vec<ProducerStateRow>> {
         let rows = sqlx::query("SELECT topic_id, partition, producer_id, epoch, recent FROM producer_state")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         producer_states_from_rows(&rows)
     }
@@ -651,7 +677,7 @@ impl MetaStore {
         )
         .bind(topic_id.to_string())
         .bind(partition)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         producer_states_from_rows(&rows)
     }
@@ -702,7 +728,7 @@ impl MetaStore {
         .bind(g.empty_since_ms)
         .bind(now_ms())
         .bind(&g.members)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -713,7 +739,7 @@ impl MetaStore {
              UNION SELECT DISTINCT group_id, '', 0, 0, NULL FROM group_offsets
              WHERE group_id NOT IN (SELECT group_id FROM groups) ORDER BY group_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows
             .iter()
@@ -729,7 +755,7 @@ impl MetaStore {
 
     /// Deletes a group and its committed offsets.
     pub async fn delete_group(&self, group_id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let a = sqlx::query("DELETE FROM groups WHERE group_id = $1")
             .bind(group_id)
             .execute(&mut *tx)
@@ -744,7 +770,7 @@ impl MetaStore {
 
     /// Stores committed offsets, all or none.
     pub async fn commit_offsets(&self, group_id: &str, offsets: &[CommittedOffset]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for o in offsets {
             sqlx::query(
                 "INSERT INTO group_offsets (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms)
@@ -773,7 +799,7 @@ impl MetaStore {
              WHERE group_id = $1 ORDER BY topic, partition",
         )
         .bind(group_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows
             .iter()
@@ -793,7 +819,7 @@ impl MetaStore {
             .bind(group_id)
             .bind(topic)
             .bind(partition)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -809,14 +835,14 @@ impl MetaStore {
         .bind(empty_before_ms)
         .bind(empty_before_ms)
         .bind(empty_before_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         let groups: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         for g in &groups {
             sqlx::query("DELETE FROM group_offsets WHERE group_id = $1 AND commit_ms < $2")
                 .bind(g)
                 .bind(empty_before_ms)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         }
         Ok(groups)
@@ -832,7 +858,7 @@ impl MetaStore {
         objects: &[(String, i64)],
         batches: &[BatchRow],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for table in ["batches", "objects", "producer_state"] {
             sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
         }
@@ -1209,6 +1235,91 @@ pub(crate) mod tests {
         let applied = m.commit_flush(&again).await.unwrap();
         assert_eq!(applied.iter().filter(|a| !**a).count(), 1);
         assert!(!applied[5]);
+    }
+
+    /// Every kind of write at once, as a busy broker does: all land, and none waits
+    /// forever (on SQLite they share one writer connection; a write that held it
+    /// while asking for another would hang here).
+    #[tokio::test]
+    async fn concurrent_writes_of_every_kind_all_land() {
+        let (_d, m) = store().await;
+        let t = m
+            .create_topic("busy", 4, &BTreeMap::new(), &[0])
+            .await
+            .unwrap()
+            .unwrap();
+        const N: i64 = 40;
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in 0..4 {
+            let m = m.clone();
+            tasks.spawn(async move {
+                for i in 0..N {
+                    let key = format!("o-{p}-{i}");
+                    let commit = FlushCommit {
+                        objects: vec![(key.clone(), 100)],
+                        batches: vec![batch(t.id, p, i, i, &key)],
+                        watermarks: vec![WatermarkUpdate {
+                            topic_id: t.id,
+                            partition: p,
+                            high_watermark: i + 1,
+                            leader_epoch: 0,
+                        }],
+                        producers: vec![],
+                    };
+                    assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true]);
+                }
+            });
+        }
+        let offsets = m.clone();
+        tasks.spawn(async move {
+            for i in 0..N {
+                let o = CommittedOffset {
+                    topic: "busy".into(),
+                    partition: 0,
+                    offset: i,
+                    leader_epoch: 0,
+                    metadata: None,
+                    commit_ms: now_ms(),
+                };
+                offsets.commit_offsets("g", &[o]).await.unwrap();
+            }
+        });
+        let leases = m.clone();
+        tasks.spawn(async move {
+            for _ in 0..N {
+                assert!(leases.acquire_lease("busy-lease", 7, 10_000).await.unwrap().is_some());
+            }
+        });
+        let configs = m.clone();
+        tasks.spawn(async move {
+            for i in 0..N {
+                let c = BTreeMap::from([("retention.ms".to_string(), i.to_string())]);
+                configs.set_topic_configs(t.id, &c).await.unwrap();
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+        })
+        .await
+        .expect("concurrent writes finished");
+        for p in m.list_topic_partitions(t.id).await.unwrap() {
+            assert_eq!(p.high_watermark, N, "partition {}", p.partition);
+            let rows = m.batches_from(t.id, p.partition, 0, 100).await.unwrap();
+            let offsets: Vec<i64> = rows.iter().map(|r| r.base_offset).collect();
+            assert_eq!(offsets, (0..N).collect::<Vec<_>>());
+        }
+        assert_eq!(m.fetch_offsets("g").await.unwrap()[0].offset, N - 1);
+        assert_eq!(m.get_lease("busy-lease").await.unwrap().unwrap().holder, 7);
+        let topic = m
+            .list_topics()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.id == t.id)
+            .unwrap();
+        assert_eq!(topic.configs.get("retention.ms").map(String::as_str), Some("39"));
     }
 
     #[tokio::test]
