@@ -8,6 +8,7 @@
 //! bytes do not change; flush objects whose every batch has moved become
 //! unreferenced and are garbage-collected. Run by each partition's leader.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -16,13 +17,10 @@ use sluice_meta::{now_ms, BatchRow};
 use uuid::Uuid;
 
 use crate::object::{self, FooterEntry};
-use crate::{Inner, Partition, Topic, METRICS};
+use crate::{scan_rows, Inner, Partition, Topic, METRICS};
 
 /// Segment objects end in this, so compaction never picks them up again.
 pub(crate) const SEGMENT_SUFFIX: &str = ".segment";
-
-/// Index rows looked at per partition per pass.
-const SCAN_ROWS: i64 = 100_000;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,25 +55,26 @@ pub(crate) async fn pass(inner: &Inner) -> Result<CompactionReport> {
 async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Result<CompactionReport> {
     let cutoff = now_ms() - inner.opts.compaction_min_age.as_millis() as i64;
     let start = part.offsets().log_start;
-    let rows = inner.meta.batches_from(topic.id, part.index, start, SCAN_ROWS).await?;
+    let from = start.max(part.compacted_to.load(Ordering::Relaxed));
     let mut run: Vec<BatchRow> = Vec::new();
     let mut bytes = 0usize;
-    for r in rows {
-        let old_flush =
-            !r.object_key.ends_with(SEGMENT_SUFFIX) && written_ms(&r.object_key).is_some_and(|t| t < cutoff);
-        if !old_flush {
-            // Keep runs contiguous: stop at a segment only if there is a run already.
-            if run.is_empty() && r.object_key.ends_with(SEGMENT_SUFFIX) {
-                continue;
-            }
-            break;
+    scan_rows(&inner.meta, part, from, |r| {
+        let segment = r.object_key.ends_with(SEGMENT_SUFFIX);
+        if segment && run.is_empty() {
+            // Compacted history before any run: the next pass need not look at it again.
+            part.compacted_to.fetch_max(r.last_offset + 1, Ordering::Relaxed);
+            return true;
         }
-        if !run.is_empty() && bytes + r.length as usize > inner.opts.segment_bytes {
-            break;
+        let old_flush = !segment && written_ms(&r.object_key).is_some_and(|t| t < cutoff);
+        // Runs are contiguous and end at a segment, a young flush or the size limit.
+        if !old_flush || !run.is_empty() && bytes + r.length as usize > inner.opts.segment_bytes {
+            return false;
         }
         bytes += r.length as usize;
         run.push(r);
-    }
+        true
+    })
+    .await?;
     let objects = {
         let mut keys: Vec<&str> = run.iter().map(|r| r.object_key.as_str()).collect();
         keys.dedup();

@@ -20,7 +20,7 @@ mod retention;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
@@ -204,6 +204,9 @@ pub struct Partition {
     /// The leader per the latest metadata this broker has read; -1: none.
     leader: AtomicI32,
     state: Mutex<PartitionState>,
+    /// Every batch below this offset was in a segment when compaction last looked, so the
+    /// next pass starts here instead of walking the compacted history again.
+    compacted_to: AtomicI64,
 }
 
 pub(crate) struct PartitionState {
@@ -582,6 +585,7 @@ impl Partition {
             topic_id,
             index,
             leader: AtomicI32::new(leader),
+            compacted_to: AtomicI64::new(0),
             state: Mutex::new(PartitionState {
                 log_start,
                 high_watermark,
@@ -589,6 +593,33 @@ impl Partition {
                 led: leader == node_id,
                 tail: VecDeque::new(),
             }),
+        }
+    }
+}
+
+/// Index rows looked at per query when background work walks a partition's index.
+const SCAN_PAGE: i64 = if cfg!(test) { 4 } else { 1000 };
+
+/// Visits a partition's index rows from `offset` on, a page at a time, until `visit`
+/// returns false or the rows run out: retention and compaction look at the head of a
+/// log, and a log may hold millions of rows.
+async fn scan_rows(
+    meta: &MetaStore,
+    part: &Partition,
+    mut offset: i64,
+    mut visit: impl FnMut(sluice_meta::BatchRow) -> bool,
+) -> Result<()> {
+    loop {
+        let rows = meta.batches_from(part.topic_id, part.index, offset, SCAN_PAGE).await?;
+        let (full, next) = (rows.len() as i64 == SCAN_PAGE, rows.last().map(|r| r.last_offset + 1));
+        for row in rows {
+            if !visit(row) {
+                return Ok(());
+            }
+        }
+        match next {
+            Some(next) if full => offset = next,
+            _ => return Ok(()),
         }
     }
 }

@@ -57,28 +57,32 @@ pub(crate) async fn pass(inner: &Inner) -> Result<()> {
             continue;
         }
         let parts: Vec<_> = topic.partitions.read().unwrap().clone();
-        // Each leader applies retention to its own partitions.
+        // Only size retention needs a partition's total, one sum per topic.
+        let sizes = if cfg.retention_bytes >= 0 {
+            inner.meta.partition_sizes(topic.id).await?
+        } else {
+            BTreeMap::new()
+        };
+        let cutoff = (cfg.retention_ms >= 0).then(|| now.saturating_sub(cfg.retention_ms));
+        // Each leader applies retention to its own partitions, looking only at the head of
+        // the log: the batches it drops, and the first it keeps.
         for part in parts.into_iter().filter(|p| p.is_led()) {
             let o = part.offsets();
-            let extents = inner.meta.batch_extents(topic.id, part.index).await?;
             let mut start = o.log_start;
-            if cfg.retention_ms >= 0 {
-                let cutoff = now.saturating_sub(cfg.retention_ms);
-                for (_, last, _, _) in extents.iter().take_while(|e| e.2 < cutoff) {
-                    start = start.max(last + 1);
-                }
-            }
-            if cfg.retention_bytes >= 0 {
-                let mut total: i64 = extents.iter().map(|e| e.3).sum();
+            let mut total = sizes.get(&part.index).copied().unwrap_or(0);
+            crate::scan_rows(&inner.meta, &part, o.log_start, |b| {
+                let length = i64::from(b.length);
+                let expired = cutoff.is_some_and(|c| b.max_timestamp < c);
                 // As Kafka: drop the oldest batch only while what remains still meets the limit.
-                for (_, last, _, len) in &extents {
-                    if total - len < cfg.retention_bytes {
-                        break;
-                    }
-                    total -= len;
-                    start = start.max(last + 1);
+                let oversized = cfg.retention_bytes >= 0 && total - length >= cfg.retention_bytes;
+                if !expired && !oversized {
+                    return false;
                 }
-            }
+                total -= length;
+                start = start.max(b.last_offset + 1);
+                true
+            })
+            .await?;
             let start = start.min(o.high_watermark);
             if start > o.log_start {
                 advance_log_start(inner, &part, start).await?;

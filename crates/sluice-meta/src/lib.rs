@@ -557,23 +557,6 @@ impl MetaStore {
         row.as_ref().map(batch_from_row).transpose()
     }
 
-    /// (base_offset, last_offset, max_timestamp, length) of every batch of a
-    /// partition, oldest first: the input to retention.
-    pub async fn batch_extents(&self, topic_id: Uuid, partition: i32) -> Result<Vec<(i64, i64, i64, i64)>> {
-        let rows = sqlx::query(
-            "SELECT base_offset, last_offset, max_timestamp, length FROM batches
-             WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset",
-        )
-        .bind(topic_id.to_string())
-        .bind(partition)
-        .fetch_all(&self.readers)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<i64, _>(3)))
-            .collect())
-    }
-
     /// Total stored bytes per partition of a topic.
     pub async fn partition_sizes(&self, topic_id: Uuid) -> Result<BTreeMap<i32, i64>> {
         let rows = sqlx::query(
