@@ -15,8 +15,9 @@
 # same with count=4096 (sustained rate; not in --quick), and `dd ... bs=4k
 # oflag=dsync` (latency of one small synchronous write), and
 # benches/fsync_latency.py (p50/p99 of the write a flush does: new file, fsync,
-# directory fsync); (b) a fresh `sluice serve` on free loopback
-# ports with its data in the same temp dir; (c) `sluice bench produce`
+# directory fsync), and benches/cpu_stalls.py (how often the CPU runs slow);
+# (b) a fresh `sluice serve` on free loopback ports with its data in the same
+# temp dir; (c) `sluice bench produce`
 # (1 KiB, acks=all, 8 partitions, unthrottled), `sluice bench consume` of the
 # data just produced, `sluice bench produce --rate 2000 --linger-ms 0` (p99),
 # `sluice bench e2e` at the same rate, librdkafka
@@ -56,6 +57,7 @@ if [[ $QUICK -eq 1 ]]; then
     DD_LONG_COUNT=0    # MiB; 0 = skip the sustained-write reference
     DSYNC_COUNT=200    # 4 KiB synchronous writes
     FSYNC_COUNT=200    # flush-like file writes (benches/fsync_latency.py)
+    CPU_S=3            # seconds of CPU steadiness probe (benches/cpu_stalls.py)
     THROUGHPUT_S=3     # seconds per throughput step
     LATENCY_S=3        # seconds per latency step
     E2E_S=3
@@ -64,6 +66,7 @@ else
     DD_LONG_COUNT=4096
     DSYNC_COUNT=1000
     FSYNC_COUNT=4000
+    CPU_S=10
     THROUGHPUT_S=15
     LATENCY_S=20
     E2E_S=10
@@ -213,6 +216,9 @@ one_run() {
     log "run $1: python3 benches/fsync_latency.py \$TMP/fsync --count $FSYNC_COUNT"
     python3 "$ROOT/benches/fsync_latency.py" "$TMP/fsync" --count "$FSYNC_COUNT" >"$RES/fsync.json"
     rm -rf "$TMP/fsync"
+    # How much of the time the CPU runs slow: the other floor under the p99.
+    log "run $1: python3 benches/cpu_stalls.py --seconds $CPU_S"
+    python3 "$ROOT/benches/cpu_stalls.py" --seconds "$CPU_S" >"$RES/cpu.json"
 
     # (b) a fresh broker.
     rm -rf "$TMP/data"

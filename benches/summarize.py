@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 
-STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
+STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "cpu", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
          "rdkafka_consume", "rdkafka_2000", "consume_restart", "broker"]
 
 
@@ -132,6 +132,12 @@ def build(runs: list[dict]) -> list[Row]:
             rw.detail.append(f"p50 {l['p50']:.1f} p99.9 {l['p999']:.1f} max {l['max']:.1f}")
 
         lat("fsync", "new file + fsync + dir fsync (a flush's write)", "latency_ms")
+        x = r["cpu"]
+        if x:
+            rw = row("cpu", "CPU slow (100 ms windows with a quarter of 50 µs chunks > 2× median)", "% of time")
+            rw.values.append(100 * x["slow_windows"] / x["windows"])
+            c = x["chunk_us"]
+            rw.detail.append(f"chunk p50 {c['p50']:.0f} p99 {c['p99']:.0f} max {c['max']:.0f} µs")
         lat("rdkafka_2000", "librdkafka produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
         x = r["rdkafka_2000"]
         if x and "librdkafka_rtt_ms" in x:
