@@ -57,32 +57,29 @@ pub(crate) async fn pass(inner: &Inner) -> Result<()> {
             continue;
         }
         let parts: Vec<_> = topic.partitions.read().unwrap().clone();
-        // Only size retention needs a partition's total, one sum per topic.
-        let sizes = if cfg.retention_bytes >= 0 {
-            inner.meta.partition_sizes(topic.id).await?
-        } else {
-            BTreeMap::new()
-        };
-        let cutoff = (cfg.retention_ms >= 0).then(|| now.saturating_sub(cfg.retention_ms));
-        // Each leader applies retention to its own partitions, looking only at the head of
-        // the log: the batches it drops, and the first it keeps.
+        let cutoff = now.saturating_sub(cfg.retention_ms);
+        // Each leader applies retention to its own partitions. Time retention reads the
+        // head of the log up to the first batch it keeps; size retention is one query.
         for part in parts.into_iter().filter(|p| p.is_led()) {
             let o = part.offsets();
             let mut start = o.log_start;
-            let mut total = sizes.get(&part.index).copied().unwrap_or(0);
-            crate::scan_rows(&inner.meta, &part, o.log_start, |b| {
-                let length = i64::from(b.length);
-                let expired = cutoff.is_some_and(|c| b.max_timestamp < c);
-                // As Kafka: drop the oldest batch only while what remains still meets the limit.
-                let oversized = cfg.retention_bytes >= 0 && total - length >= cfg.retention_bytes;
-                if !expired && !oversized {
-                    return false;
-                }
-                total -= length;
-                start = start.max(b.last_offset + 1);
-                true
-            })
-            .await?;
+            if cfg.retention_ms >= 0 {
+                crate::scan_rows(&inner.meta, &part, o.log_start, |b| {
+                    let expired = b.max_timestamp < cutoff;
+                    if expired {
+                        start = start.max(b.last_offset + 1);
+                    }
+                    expired
+                })
+                .await?;
+            }
+            if cfg.retention_bytes >= 0 {
+                let by_size = inner
+                    .meta
+                    .size_retention_start(topic.id, part.index, cfg.retention_bytes)
+                    .await?;
+                start = start.max(by_size.unwrap_or(start));
+            }
             let start = start.min(o.high_watermark);
             if start > o.log_start {
                 advance_log_start(inner, &part, start).await?;

@@ -260,6 +260,26 @@ async fn retention_delete_records_and_gc() {
     assert!(fx.store().list("data").await.unwrap().is_empty());
 }
 
+/// Time retention reads the index a page at a time (4 rows in tests) up to the first
+/// batch it keeps.
+#[tokio::test]
+async fn retention_by_time_crosses_index_pages() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let cfg = BTreeMap::from([("retention.ms".to_string(), "60000".to_string())]);
+    let t = log.create_topic("rt", None, cfg, false).await.unwrap();
+    let now = sluice_meta::now_ms();
+    for ts in [now - 120_000; 6].into_iter().chain([now, now - 120_000]) {
+        log.append(&t, 0, make_batch(3, -1, 0, ts, Compression::None))
+            .await
+            .unwrap();
+    }
+    log.enforce_retention().await.unwrap();
+    // The six old batches go; the old one after a kept batch stays, as in Kafka.
+    let o = t.partition(0).unwrap().offsets();
+    assert_eq!((o.log_start, o.high_watermark), (18, 24));
+}
+
 #[tokio::test]
 async fn retention_by_bytes() {
     let fx = Fixture::new();

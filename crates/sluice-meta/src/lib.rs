@@ -568,6 +568,26 @@ impl MetaStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// Where size retention moves a partition's log start to: past every batch
+    /// followed by at least `limit` bytes of newer batches (as Kafka, the oldest batch
+    /// goes only while what remains still meets the limit). None: nothing to drop.
+    /// One statement, so the sizes and the batches come from one snapshot.
+    pub async fn size_retention_start(&self, topic_id: Uuid, partition: i32, limit: i64) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MAX(last_offset) + 1 FROM (
+                 SELECT last_offset, SUM(length) OVER (ORDER BY base_offset DESC
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS newer
+                 FROM batches WHERE topic_id = $1 AND partition = $2) b
+             WHERE newer >= $3",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .bind(limit)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Raises the log start offset (never lowers it) and drops index rows
     /// wholly below it.
     pub async fn advance_log_start(&self, topic_id: Uuid, partition: i32, offset: i64) -> Result<()> {
@@ -1303,6 +1323,44 @@ pub(crate) mod tests {
             .find(|x| x.id == t.id)
             .unwrap();
         assert_eq!(topic.configs.get("retention.ms").map(String::as_str), Some("39"));
+    }
+
+    #[tokio::test]
+    async fn size_retention_drops_the_oldest_batches_while_the_newer_ones_still_meet_the_limit() {
+        let (_d, m) = store().await;
+        let t = m.create_topic("s", 1, &BTreeMap::new(), &[]).await.unwrap().unwrap();
+        // Four batches of 10 offsets, oldest first: 100, 50, 100 and 10 bytes.
+        let batches: Vec<BatchRow> = [100, 50, 100, 10]
+            .iter()
+            .enumerate()
+            .map(|(i, len)| BatchRow {
+                length: *len,
+                ..batch(t.id, 0, i as i64 * 10, i as i64 * 10 + 9, "o")
+            })
+            .collect();
+        let commit = FlushCommit {
+            objects: vec![("o".into(), 260)],
+            batches,
+            watermarks: vec![WatermarkUpdate {
+                topic_id: t.id,
+                partition: 0,
+                high_watermark: 40,
+                leader_epoch: 0,
+            }],
+            producers: vec![],
+        };
+        m.commit_flush(&commit).await.unwrap();
+        let start = |limit: i64| {
+            let m = m.clone();
+            async move { m.size_retention_start(t.id, 0, limit).await.unwrap() }
+        };
+        // Newer bytes after each batch: 160, 110, 10, none.
+        assert_eq!(start(110).await, Some(20));
+        assert_eq!(start(111).await, Some(10));
+        assert_eq!(start(160).await, Some(10));
+        assert_eq!(start(161).await, None);
+        assert_eq!(start(0).await, Some(30), "the newest batch always stays");
+        assert_eq!(m.size_retention_start(t.id, 1, 0).await.unwrap(), None);
     }
 
     #[tokio::test]
