@@ -1108,26 +1108,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// A flush of `batches`, all in partition `p` and in object `key`, that moves the
+    /// partition's high watermark to `high_watermark` under leader epoch 0.
+    fn partition_commit(t: Uuid, p: i32, key: &str, batches: Vec<BatchRow>, high_watermark: i64) -> FlushCommit {
+        FlushCommit {
+            objects: vec![(key.into(), batches.iter().map(|b| i64::from(b.length)).sum())],
+            batches,
+            watermarks: vec![WatermarkUpdate {
+                topic_id: t,
+                partition: p,
+                high_watermark,
+                leader_epoch: 0,
+            }],
+            producers: vec![],
+        }
+    }
+
     #[tokio::test]
     async fn batches_from_finds_the_batch_holding_an_offset_wherever_it_falls() {
         let (_d, m) = store().await;
         let t = m.create_topic("b", 1, &BTreeMap::new(), &[]).await.unwrap().unwrap();
         // Batches [10..19], [20..29], a gap (records removed by retention or never there), [40..49].
-        let commit = FlushCommit {
-            objects: vec![("o".into(), 300)],
-            batches: vec![
-                batch(t.id, 0, 10, 19, "o"),
-                batch(t.id, 0, 20, 29, "o"),
-                batch(t.id, 0, 40, 49, "o"),
-            ],
-            watermarks: vec![WatermarkUpdate {
-                topic_id: t.id,
-                partition: 0,
-                high_watermark: 50,
-                leader_epoch: 0,
-            }],
-            producers: vec![],
-        };
+        let batches = vec![
+            batch(t.id, 0, 10, 19, "o"),
+            batch(t.id, 0, 20, 29, "o"),
+            batch(t.id, 0, 40, 49, "o"),
+        ];
+        let commit = partition_commit(t.id, 0, "o", batches, 50);
         m.commit_flush(&commit).await.unwrap();
         let bases = |offset: i64, limit: i64| {
             let m = m.clone();
@@ -1258,17 +1265,7 @@ pub(crate) mod tests {
             tasks.spawn(async move {
                 for i in 0..N {
                     let key = format!("o-{p}-{i}");
-                    let commit = FlushCommit {
-                        objects: vec![(key.clone(), 100)],
-                        batches: vec![batch(t.id, p, i, i, &key)],
-                        watermarks: vec![WatermarkUpdate {
-                            topic_id: t.id,
-                            partition: p,
-                            high_watermark: i + 1,
-                            leader_epoch: 0,
-                        }],
-                        producers: vec![],
-                    };
+                    let commit = partition_commit(t.id, p, &key, vec![batch(t.id, p, i, i, &key)], i + 1);
                     assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true]);
                 }
             });
@@ -1338,18 +1335,9 @@ pub(crate) mod tests {
                 ..batch(t.id, 0, i as i64 * 10, i as i64 * 10 + 9, "o")
             })
             .collect();
-        let commit = FlushCommit {
-            objects: vec![("o".into(), 260)],
-            batches,
-            watermarks: vec![WatermarkUpdate {
-                topic_id: t.id,
-                partition: 0,
-                high_watermark: 40,
-                leader_epoch: 0,
-            }],
-            producers: vec![],
-        };
-        m.commit_flush(&commit).await.unwrap();
+        m.commit_flush(&partition_commit(t.id, 0, "o", batches, 40))
+            .await
+            .unwrap();
         let start = |limit: i64| {
             let m = m.clone();
             async move { m.size_retention_start(t.id, 0, limit).await.unwrap() }
