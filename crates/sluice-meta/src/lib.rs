@@ -383,82 +383,55 @@ impl MetaStore {
     /// exists under the same leader epoch; the returned flags say which did,
     /// and batches of partitions that did not are left out.
     pub async fn commit_flush(&self, commit: &FlushCommit) -> Result<Vec<bool>> {
-        // A handful of statements whatever the number of partitions: every statement is a
-        // round trip to the database (a thread hop for SQLite), and the flush waits for them.
-        let mut tx = self.writer.begin().await?;
-        let created_ms = now_ms();
-        each_rows(
-            &mut tx,
-            "INSERT INTO objects (object_key, size, created_ms) VALUES {}",
-            3,
-            &commit.objects,
-            |q, (key, size)| q.bind(key.clone()).bind(*size).bind(created_ms),
-        )
-        .await?;
-        // Watermarks move only under the leader epoch that wrote them (fencing) and never back.
-        let advanced: HashSet<(String, i32)> = each_rows(
-            &mut tx,
-            "WITH v (topic_id, partition, leader_epoch, high_watermark) AS (VALUES {})
-             UPDATE partitions SET high_watermark = v.high_watermark FROM v
-             WHERE partitions.topic_id = v.topic_id AND partitions.partition = v.partition
-               AND partitions.leader_epoch = v.leader_epoch AND partitions.high_watermark <= v.high_watermark
-             RETURNING partitions.topic_id, partitions.partition",
-            4,
-            &commit.watermarks,
-            |q, w| {
-                q.bind(w.topic_id.to_string())
-                    .bind(w.partition)
-                    .bind(w.leader_epoch)
-                    .bind(w.high_watermark)
-            },
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_>>()?;
-        let applied: Vec<bool> = commit
+        let statements = flush_statements(commit, self.backend)?;
+        let advanced: HashSet<(String, i32)> = self
+            .write_transaction(statements)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_>>()?;
+        Ok(commit
             .watermarks
             .iter()
             .map(|w| advanced.contains(&(w.topic_id.to_string(), w.partition)))
-            .collect();
-        let fenced: HashSet<(Uuid, i32)> = commit
-            .watermarks
-            .iter()
-            .zip(&applied)
-            .filter(|(_, ok)| !**ok)
-            .map(|(w, _)| (w.topic_id, w.partition))
-            .collect();
-        let batches: Vec<&BatchRow> = commit
-            .batches
-            .iter()
-            .filter(|b| !fenced.contains(&(b.topic_id, b.partition)))
-            .collect();
-        each_rows(
-            &mut tx,
-            "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
-             VALUES {}",
-            8,
-            &batches,
-            |q, b| {
-                q.bind(b.topic_id.to_string())
-                    .bind(b.partition)
-                    .bind(b.base_offset)
-                    .bind(b.last_offset)
-                    .bind(b.max_timestamp)
-                    .bind(b.object_key.clone())
-                    .bind(b.position)
-                    .bind(b.length)
-            },
-        )
-        .await?;
-        let producers: Vec<&ProducerStateRow> = commit
-            .producers
-            .iter()
-            .filter(|p| !fenced.contains(&(p.topic_id, p.partition)))
-            .collect();
-        upsert_producers(&mut tx, &producers).await?;
-        tx.commit().await?;
-        Ok(applied)
+            .collect())
+    }
+
+    /// Runs `statements` in one transaction on the writer and returns the rows they
+    /// return. On SQLite the whole transaction is a single request to SQLite's thread
+    /// (one round trip instead of one per statement, a flush's commit waits for each);
+    /// PostgreSQL cannot take several statements with parameters in one request.
+    async fn write_transaction(&self, statements: Statements) -> Result<Vec<AnyRow>> {
+        if self.backend == Backend::Postgres {
+            let mut tx = self.writer.begin().await?;
+            let mut rows = Vec::new();
+            for (sql, args) in statements.sql.iter().zip(statements.args) {
+                rows.extend(bind_all(sqlx::query(sql), args).fetch_all(&mut *tx).await?);
+            }
+            tx.commit().await?;
+            return Ok(rows);
+        }
+        let sql = format!("BEGIN IMMEDIATE; {}; COMMIT", statements.sql.join("; "));
+        let query = bind_all(sqlx::query(&sql), statements.args.into_iter().flatten().collect());
+        // Closes the connection unless it is known to be outside a transaction: dropped
+        // half-way (the caller gave up) or failed with a rollback that failed too.
+        struct CloseUnlessClean(Option<sqlx::pool::PoolConnection<Any>>);
+        impl Drop for CloseUnlessClean {
+            fn drop(&mut self) {
+                if let Some(conn) = &mut self.0 {
+                    conn.close_on_drop();
+                }
+            }
+        }
+        let mut conn = CloseUnlessClean(Some(self.writer.acquire().await?));
+        let c = conn.0.as_mut().expect("held");
+        let result = query.fetch_all(&mut **c).await;
+        // A statement after BEGIN failed: the transaction is still open on this connection.
+        if result.is_err() && sqlx::query("ROLLBACK").execute(&mut **c).await.is_err() {
+            return Ok(result?);
+        }
+        conn.0.take();
+        Ok(result?)
     }
 
     /// Points batches of one partition at a new object (a compacted segment):
@@ -973,64 +946,168 @@ async fn insert_partitions(
 /// bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// `($1, $2), ($3, $4)` for `rows` rows of `cols` parameters.
-fn placeholders(rows: usize, cols: usize) -> String {
-    let row = |r: usize| {
-        let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-        format!("({})", params.join(", "))
-    };
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+/// A transaction's statements, each with its arguments in order.
+#[derive(Default)]
+struct Statements {
+    sql: Vec<String>,
+    args: Vec<Vec<Arg>>,
 }
 
-/// Inserts or replaces producer state rows (each producer at most once, as PostgreSQL
-/// requires of ON CONFLICT DO UPDATE).
-async fn upsert_producers(tx: &mut Transaction<'_, Any>, rows: &[&ProducerStateRow]) -> Result<()> {
-    let recent: Vec<String> = rows
-        .iter()
-        .map(|p| serde_json::to_string(&p.recent))
-        .collect::<Result<_, _>>()?;
-    let rows: Vec<(&ProducerStateRow, String)> = rows.iter().copied().zip(recent).collect();
-    each_rows(
-        tx,
-        "INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
-         VALUES {}
-         ON CONFLICT (topic_id, partition, producer_id)
-         DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms",
-        6,
-        &rows,
-        |q, (p, recent)| {
-            q.bind(p.topic_id.to_string())
-                .bind(p.partition)
-                .bind(p.producer_id)
-                .bind(p.epoch as i32)
-                .bind(recent.clone())
-                .bind(now_ms())
-        },
-    )
-    .await?;
-    Ok(())
+enum Arg {
+    Text(String),
+    I32(i32),
+    I64(i64),
 }
 
-/// Runs `sql`, whose `{}` stands for the VALUES rows, over `rows` in statements of up to
-/// ROWS_PER_STATEMENT rows of `cols` parameters, `bind` adding one row's values; returns
-/// what the statements return.
-async fn each_rows<T>(
-    tx: &mut Transaction<'_, Any>,
-    sql: &str,
-    cols: usize,
-    rows: &[T],
-    bind: impl for<'q> Fn(Query<'q, Any, AnyArguments<'q>>, &T) -> Query<'q, Any, AnyArguments<'q>>,
-) -> Result<Vec<AnyRow>> {
-    let mut out = Vec::new();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = sql.replace("{}", &placeholders(chunk.len(), cols));
-        let mut q = sqlx::query(&sql);
-        for row in chunk {
-            q = bind(q, row);
-        }
-        out.extend(q.fetch_all(&mut **tx).await?);
+fn bind_all<'q>(mut q: Query<'q, Any, AnyArguments<'q>>, args: Vec<Arg>) -> Query<'q, Any, AnyArguments<'q>> {
+    for a in args {
+        q = match a {
+            Arg::Text(v) => q.bind(v),
+            Arg::I32(v) => q.bind(v),
+            Arg::I64(v) => q.bind(v),
+        };
     }
-    Ok(out)
+    q
+}
+
+impl Statements {
+    /// Adds `sql`, whose `{}` stands for the VALUES rows, once per ROWS_PER_STATEMENT rows.
+    fn each_rows(&mut self, backend: Backend, sql: &str, rows: Vec<Vec<Arg>>) {
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<Vec<Arg>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+            let mut n = 0;
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|row| {
+                    let params: Vec<String> = row
+                        .iter()
+                        .map(|_| {
+                            n += 1;
+                            // SQLite gets all statements in one request, and numbers each
+                            // statement's `?` after the previous statement's parameters.
+                            match backend {
+                                Backend::Sqlite => "?".to_string(),
+                                Backend::Postgres => format!("${n}"),
+                            }
+                        })
+                        .collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
+            self.sql.push(sql.replace("{}", &values.join(", ")));
+            self.args.push(chunk.into_iter().flatten().collect());
+        }
+    }
+}
+
+/// A flush's commit. Batches and producer state of a partition are written only if its
+/// watermark moves (same leader epoch, never backwards: fencing), which the inserts check
+/// against the partition as it is before the watermark update, the last statement.
+fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements> {
+    let mut st = Statements::default();
+    let created_ms = now_ms();
+    st.each_rows(
+        backend,
+        "INSERT INTO objects (object_key, size, created_ms) VALUES {}",
+        commit
+            .objects
+            .iter()
+            .map(|(key, size)| vec![Arg::Text(key.clone()), Arg::I64(*size), Arg::I64(created_ms)])
+            .collect(),
+    );
+    let fence: std::collections::HashMap<(Uuid, i32), (i32, i64)> = commit
+        .watermarks
+        .iter()
+        .map(|w| ((w.topic_id, w.partition), (w.leader_epoch, w.high_watermark)))
+        .collect();
+    let fence_of = |topic_id: Uuid, partition: i32| {
+        fence
+            .get(&(topic_id, partition))
+            .map(|(epoch, hw)| [Arg::I32(*epoch), Arg::I64(*hw)])
+            .with_context(|| format!("flush commit has rows but no watermark for {topic_id}/{partition}"))
+    };
+    const MOVES: &str = "EXISTS (SELECT 1 FROM partitions p WHERE p.topic_id = v.topic_id AND p.partition = v.partition
+                            AND p.leader_epoch = v.leader_epoch AND p.high_watermark <= v.high_watermark)";
+    let batches = commit
+        .batches
+        .iter()
+        .map(|b| {
+            let mut row = vec![
+                Arg::Text(b.topic_id.to_string()),
+                Arg::I32(b.partition),
+                Arg::I64(b.base_offset),
+                Arg::I64(b.last_offset),
+                Arg::I64(b.max_timestamp),
+                Arg::Text(b.object_key.clone()),
+                Arg::I64(b.position),
+                Arg::I32(b.length),
+            ];
+            row.extend(fence_of(b.topic_id, b.partition)?);
+            Ok(row)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    st.each_rows(
+        backend,
+        &format!(
+            "WITH v (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length,
+                     leader_epoch, high_watermark) AS (VALUES {{}})
+             INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
+             SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
+             FROM v WHERE {MOVES}"
+        ),
+        batches,
+    );
+    let producers = commit
+        .producers
+        .iter()
+        .map(|p| {
+            let mut row = vec![
+                Arg::Text(p.topic_id.to_string()),
+                Arg::I32(p.partition),
+                Arg::I64(p.producer_id),
+                Arg::I32(p.epoch as i32),
+                Arg::Text(serde_json::to_string(&p.recent)?),
+                Arg::I64(created_ms),
+            ];
+            row.extend(fence_of(p.topic_id, p.partition)?);
+            Ok(row)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Each producer at most once per statement, as PostgreSQL requires of ON CONFLICT DO UPDATE.
+    st.each_rows(
+        backend,
+        &format!(
+            "WITH v (topic_id, partition, producer_id, epoch, recent, updated_ms, leader_epoch, high_watermark)
+                 AS (VALUES {{}})
+             INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
+             SELECT topic_id, partition, producer_id, epoch, recent, updated_ms FROM v WHERE {MOVES}
+             ON CONFLICT (topic_id, partition, producer_id)
+             DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms"
+        ),
+        producers,
+    );
+    st.each_rows(
+        backend,
+        "WITH v (topic_id, partition, leader_epoch, high_watermark) AS (VALUES {})
+         UPDATE partitions SET high_watermark = v.high_watermark FROM v
+         WHERE partitions.topic_id = v.topic_id AND partitions.partition = v.partition
+           AND partitions.leader_epoch = v.leader_epoch AND partitions.high_watermark <= v.high_watermark
+         RETURNING partitions.topic_id, partitions.partition",
+        commit
+            .watermarks
+            .iter()
+            .map(|w| {
+                vec![
+                    Arg::Text(w.topic_id.to_string()),
+                    Arg::I32(w.partition),
+                    Arg::I32(w.leader_epoch),
+                    Arg::I64(w.high_watermark),
+                ]
+            })
+            .collect(),
+    );
+    Ok(st)
 }
 
 /// A URL with its password hidden, for logs and errors.
@@ -1174,12 +1251,26 @@ pub(crate) mod tests {
                     leader_epoch: 7,
                 },
             ],
-            producers: vec![],
+            producers: [0, 1]
+                .map(|p| ProducerStateRow {
+                    topic_id: t.id,
+                    partition: p,
+                    producer_id: 42,
+                    epoch: 3,
+                    recent: vec![],
+                })
+                .to_vec(),
         };
         // Partition 1 is fenced by its epoch: its batch must not be indexed.
         assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true, false]);
         assert_eq!(m.batches_from(t.id, 0, 5, 10).await.unwrap().len(), 1);
         assert!(m.batches_from(t.id, 1, 0, 10).await.unwrap().is_empty());
+        let producers = m.load_producer_states().await.unwrap();
+        assert_eq!(
+            producers.iter().map(|p| p.partition).collect::<Vec<_>>(),
+            [0],
+            "fenced producer state"
+        );
         let parts = m.list_partitions().await.unwrap();
         let p0 = parts.iter().find(|p| p.partition == 0).unwrap();
         assert_eq!((p0.high_watermark, p0.leader), (10, 7));
@@ -1197,6 +1288,37 @@ pub(crate) mod tests {
         assert!(m.delete_topic(t.id).await.unwrap());
         assert!(m.list_topics().await.unwrap().is_empty());
         assert!(m.list_partitions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_leaves_nothing_and_the_next_one_lands() {
+        let (_d, m) = store().await;
+        let t = m.create_topic("a", 1, &BTreeMap::new(), &[1]).await.unwrap().unwrap();
+        let first = partition_commit(t.id, 0, "o1", vec![batch(t.id, 0, 0, 4, "o1")], 5);
+        assert_eq!(m.commit_flush(&first).await.unwrap(), [true]);
+        // The second batch repeats an indexed offset: the whole commit must fail, after
+        // its object row was inserted in the same transaction.
+        let clash = partition_commit(
+            t.id,
+            0,
+            "o2",
+            vec![batch(t.id, 0, 5, 9, "o2"), batch(t.id, 0, 0, 4, "o2")],
+            10,
+        );
+        assert!(m.commit_flush(&clash).await.is_err());
+        assert_eq!(m.get_partition(t.id, 0).await.unwrap().unwrap().high_watermark, 5);
+        assert_eq!(m.batches_from(t.id, 0, 0, 10).await.unwrap().len(), 1);
+        // A row left from the failed transaction would make this insert of o2 fail, or
+        // a transaction left open would swallow the writes below.
+        let retry = partition_commit(t.id, 0, "o2", vec![batch(t.id, 0, 5, 9, "o2")], 10);
+        assert_eq!(m.commit_flush(&retry).await.unwrap(), [true]);
+        m.set_topic_configs(t.id, &BTreeMap::from([("retention.ms".to_string(), "5".to_string())]))
+            .await
+            .unwrap();
+        // Reads use other connections, so they see only what was committed.
+        assert_eq!(m.get_partition(t.id, 0).await.unwrap().unwrap().high_watermark, 10);
+        assert_eq!(m.batches_from(t.id, 0, 0, 10).await.unwrap().len(), 2);
+        assert_eq!(m.list_topics().await.unwrap()[0].configs["retention.ms"], "5");
     }
 
     #[tokio::test]
