@@ -15,7 +15,8 @@
 # same with count=4096 (sustained rate; not in --quick), and `dd ... bs=4k
 # oflag=dsync` (latency of one small synchronous write), and
 # benches/fsync_latency.py (p50/p99 of the write a flush does: new file, fsync,
-# directory fsync), and benches/cpu_stalls.py (how often the CPU runs slow);
+# directory fsync), benches/cpu_stalls.py (how often the CPU runs slow), and
+# librdkafka at 2,000/s against its in-process mock broker (the client's p99 floor);
 # (b) a fresh `sluice serve` on free loopback ports with its data in the same
 # temp dir; (c) `sluice bench produce`
 # (1 KiB, acks=all, 8 partitions, unthrottled), `sluice bench consume` of the
@@ -219,6 +220,12 @@ one_run() {
     # How much of the time the CPU runs slow: the other floor under the p99.
     log "run $1: python3 benches/cpu_stalls.py --seconds $CPU_S"
     python3 "$ROOT/benches/cpu_stalls.py" --seconds "$CPU_S" >"$RES/cpu.json"
+    # The client and machine with a broker that costs next to nothing (no disk): the p99
+    # a broker could reach here.
+    if [[ $HAVE_RDKAFKA -eq 1 ]]; then
+        step rdkafka_mock_2000 python3 "$ROOT/benches/librdkafka_produce.py" --mock --json --topic floor \
+            --record-size 1024 --rate 2000 --linger-ms 0 --duration "$LATENCY_S"
+    fi
 
     # (b) a fresh broker.
     rm -rf "$TMP/data"

@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 
-STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "cpu", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
+STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "cpu", "rdkafka_mock_2000", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
          "rdkafka_consume", "rdkafka_2000", "consume_restart", "broker"]
 
 
@@ -138,6 +138,7 @@ def build(runs: list[dict]) -> list[Row]:
             rw.values.append(100 * x["slow_windows"] / x["windows"])
             c = x["chunk_us"]
             rw.detail.append(f"chunk p50 {c['p50']:.0f} p99 {c['p99']:.0f} max {c['max']:.0f} µs")
+        lat("rdkafka_mock_2000", "librdkafka @ 2000 rec/s against its own mock broker (no disk)", "latency_ms")
         lat("rdkafka_2000", "librdkafka produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
         x = r["rdkafka_2000"]
         if x and "librdkafka_rtt_ms" in x:
