@@ -6,7 +6,7 @@
 //! backends; the few dialect differences (connection options, upserts) are kept
 //! in this file.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -427,10 +427,10 @@ impl MetaStore {
         let c = conn.0.as_mut().expect("held");
         let result = query.fetch_all(&mut **c).await;
         // A statement after BEGIN failed: the transaction is still open on this connection.
-        if result.is_err() && sqlx::query("ROLLBACK").execute(&mut **c).await.is_err() {
-            return Ok(result?);
+        let clean = result.is_ok() || sqlx::query("ROLLBACK").execute(&mut **c).await.is_ok();
+        if clean {
+            conn.0.take();
         }
-        conn.0.take();
         Ok(result?)
     }
 
@@ -1016,16 +1016,18 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
             .map(|(key, size)| vec![Arg::Text(key.clone()), Arg::I64(*size), Arg::I64(created_ms)])
             .collect(),
     );
-    let fence: std::collections::HashMap<(Uuid, i32), (i32, i64)> = commit
+    let fence: HashMap<(Uuid, i32), (i32, i64)> = commit
         .watermarks
         .iter()
         .map(|w| ((w.topic_id, w.partition), (w.leader_epoch, w.high_watermark)))
         .collect();
-    let fence_of = |topic_id: Uuid, partition: i32| {
-        fence
+    // A row of a partition, followed by the leader epoch and watermark its insert is fenced on.
+    let fenced = |topic_id: Uuid, partition: i32, mut row: Vec<Arg>| -> Result<Vec<Arg>> {
+        let (epoch, hw) = fence
             .get(&(topic_id, partition))
-            .map(|(epoch, hw)| [Arg::I32(*epoch), Arg::I64(*hw)])
-            .with_context(|| format!("flush commit has rows but no watermark for {topic_id}/{partition}"))
+            .with_context(|| format!("flush commit has rows but no watermark for {topic_id}/{partition}"))?;
+        row.extend([Arg::I32(*epoch), Arg::I64(*hw)]);
+        Ok(row)
     };
     const MOVES: &str = "EXISTS (SELECT 1 FROM partitions p WHERE p.topic_id = v.topic_id AND p.partition = v.partition
                             AND p.leader_epoch = v.leader_epoch AND p.high_watermark <= v.high_watermark)";
@@ -1033,7 +1035,7 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
         .batches
         .iter()
         .map(|b| {
-            let mut row = vec![
+            let row = vec![
                 Arg::Text(b.topic_id.to_string()),
                 Arg::I32(b.partition),
                 Arg::I64(b.base_offset),
@@ -1043,8 +1045,7 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
                 Arg::I64(b.position),
                 Arg::I32(b.length),
             ];
-            row.extend(fence_of(b.topic_id, b.partition)?);
-            Ok(row)
+            fenced(b.topic_id, b.partition, row)
         })
         .collect::<Result<Vec<_>>>()?;
     st.each_rows(
@@ -1062,16 +1063,16 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
         .producers
         .iter()
         .map(|p| {
-            let mut row = vec![
+            let recent = serde_json::to_string(&p.recent)?;
+            let row = vec![
                 Arg::Text(p.topic_id.to_string()),
                 Arg::I32(p.partition),
                 Arg::I64(p.producer_id),
                 Arg::I32(p.epoch as i32),
-                Arg::Text(serde_json::to_string(&p.recent)?),
+                Arg::Text(recent),
                 Arg::I64(created_ms),
             ];
-            row.extend(fence_of(p.topic_id, p.partition)?);
-            Ok(row)
+            fenced(p.topic_id, p.partition, row)
         })
         .collect::<Result<Vec<_>>>()?;
     // Each producer at most once per statement, as PostgreSQL requires of ON CONFLICT DO UPDATE.
@@ -1185,6 +1186,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Producer 42's state (epoch 3, no batches yet) in partition `p`.
+    fn producer(t: Uuid, p: i32) -> ProducerStateRow {
+        ProducerStateRow {
+            topic_id: t,
+            partition: p,
+            producer_id: 42,
+            epoch: 3,
+            recent: vec![],
+        }
+    }
+
     /// A flush of `batches`, all in partition `p` and in object `key`, that moves the
     /// partition's high watermark to `high_watermark` under leader epoch 0.
     fn partition_commit(t: Uuid, p: i32, key: &str, batches: Vec<BatchRow>, high_watermark: i64) -> FlushCommit {
@@ -1251,15 +1263,7 @@ pub(crate) mod tests {
                     leader_epoch: 7,
                 },
             ],
-            producers: [0, 1]
-                .map(|p| ProducerStateRow {
-                    topic_id: t.id,
-                    partition: p,
-                    producer_id: 42,
-                    epoch: 3,
-                    recent: vec![],
-                })
-                .to_vec(),
+            producers: [0, 1].map(|p| producer(t.id, p)).to_vec(),
         };
         // Partition 1 is fenced by its epoch: its batch must not be indexed.
         assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true, false]);
@@ -1341,15 +1345,7 @@ pub(crate) mod tests {
                     leader_epoch: 0,
                 })
                 .collect(),
-            producers: (0..n)
-                .map(|p| ProducerStateRow {
-                    topic_id: t.id,
-                    partition: p,
-                    producer_id: 42,
-                    epoch: 3,
-                    recent: vec![],
-                })
-                .collect(),
+            producers: (0..n).map(|p| producer(t.id, p)).collect(),
         };
         assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true; n as usize]);
         let parts = m.list_partitions().await.unwrap();
