@@ -1029,8 +1029,14 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
         row.extend([Arg::I32(*epoch), Arg::I64(*hw)]);
         Ok(row)
     };
-    const MOVES: &str = "EXISTS (SELECT 1 FROM partitions p WHERE p.topic_id = v.topic_id AND p.partition = v.partition
-                            AND p.leader_epoch = v.leader_epoch AND p.high_watermark <= v.high_watermark)";
+    // The watermark update's condition, so that rows go in exactly where it applies.
+    let moves = |t: &str| {
+        format!(
+            "{t}.topic_id = v.topic_id AND {t}.partition = v.partition
+             AND {t}.leader_epoch = v.leader_epoch AND {t}.high_watermark <= v.high_watermark"
+        )
+    };
+    let moving = format!("EXISTS (SELECT 1 FROM partitions p WHERE {})", moves("p"));
     let batches = commit
         .batches
         .iter()
@@ -1055,7 +1061,7 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
                      leader_epoch, high_watermark) AS (VALUES {{}})
              INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
              SELECT topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length
-             FROM v WHERE {MOVES}"
+             FROM v WHERE {moving}"
         ),
         batches,
     );
@@ -1082,7 +1088,7 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
             "WITH v (topic_id, partition, producer_id, epoch, recent, updated_ms, leader_epoch, high_watermark)
                  AS (VALUES {{}})
              INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
-             SELECT topic_id, partition, producer_id, epoch, recent, updated_ms FROM v WHERE {MOVES}
+             SELECT topic_id, partition, producer_id, epoch, recent, updated_ms FROM v WHERE {moving}
              ON CONFLICT (topic_id, partition, producer_id)
              DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms"
         ),
@@ -1090,11 +1096,12 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
     );
     st.each_rows(
         backend,
-        "WITH v (topic_id, partition, leader_epoch, high_watermark) AS (VALUES {})
-         UPDATE partitions SET high_watermark = v.high_watermark FROM v
-         WHERE partitions.topic_id = v.topic_id AND partitions.partition = v.partition
-           AND partitions.leader_epoch = v.leader_epoch AND partitions.high_watermark <= v.high_watermark
-         RETURNING partitions.topic_id, partitions.partition",
+        &format!(
+            "WITH v (topic_id, partition, leader_epoch, high_watermark) AS (VALUES {{}})
+             UPDATE partitions SET high_watermark = v.high_watermark FROM v WHERE {}
+             RETURNING partitions.topic_id, partitions.partition",
+            moves("partitions")
+        ),
         commit
             .watermarks
             .iter()
