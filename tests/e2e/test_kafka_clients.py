@@ -826,8 +826,9 @@ def test_retention_deletes_objects(make_broker):
     payload = os.urandom(100_000)
     produce_confluent(b.bootstrap, "bulky", [Msg(0, None, payload) for _ in range(40)], flush_every=5,
                       **{"compression.type": "none"})
+    # Uploaded from the journal within its interval (250 ms).
+    wait_until(lambda: _dir_bytes(objects) >= 4_000_000, 10, interval=0.1, what=f"4 MB of objects under {objects}")
     size_full = _dir_bytes(objects)
-    assert size_full >= 4_000_000, f"expected >= 4 MB of objects under {objects}, found {size_full}"
     wait_until(lambda: watermarks(b.bootstrap, "bulky", [0])[0] == (40, 40), 30, interval=0.5,
                what="records to expire")
     wait_until(lambda: _dir_bytes(objects) < 1_000_000, 30, interval=0.5,

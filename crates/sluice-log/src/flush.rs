@@ -13,6 +13,11 @@
 //! written, in offset order, so under load commits grow instead of queueing.
 //! A flush fails if any flush before it failed, so the store sees the same
 //! sequence of commits as without the pipeline.
+//!
+//! With a journal (a single node), a flush is written to the journal instead,
+//! one at a time, and published as soon as it is synced there. Journaled
+//! flushes are staged and uploaded as one object with one commit when
+//! `UPLOAD_BYTES` are staged or the oldest has waited `upload_interval`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::journal::Journal;
 use crate::object::{self, FooterEntry};
 use crate::producer::{self, ProducerEntry, SeqCheck};
 use crate::{batch, AppendRequest, Appended, Control, FlushMsg, Inner, LogError, Partition, TailBatch, METRICS};
@@ -44,13 +50,15 @@ enum Outcome {
     Refused(LogError),
 }
 
+/// Per partition touched: the partition, its next offset after a flush, its leader epoch.
+type NextOffsets = HashMap<PartKey, (Arc<Partition>, i64, i32)>;
+
 /// A group of appends with offsets assigned and its object built.
 struct Prepared {
     started: Instant,
     group: Vec<AppendRequest>,
     outcomes: Vec<Outcome>,
-    /// Per partition touched: the partition, its next offset after this flush, its leader epoch.
-    next: HashMap<PartKey, (Arc<Partition>, i64, i32)>,
+    next: NextOffsets,
     /// Producer state after this flush, for the producers it touched.
     touched: HashMap<ProducerKey, ProducerEntry>,
     footer: Vec<FooterEntry>,
@@ -75,9 +83,10 @@ struct Writing {
     put: Put,
 }
 
+/// An object write or a journal append (whose result is the record's sequence number).
 enum Put {
-    Running(JoinHandle<anyhow::Result<()>>),
-    Done(anyhow::Result<()>),
+    Running(JoinHandle<anyhow::Result<u64>>),
+    Done(anyhow::Result<u64>),
 }
 
 impl Put {
@@ -103,8 +112,11 @@ struct Committing {
     flushes: Vec<(Prepared, Bytes)>,
     /// The partitions in the order of the commit's watermark updates.
     keys: Vec<PartKey>,
-    commit: JoinHandle<anyhow::Result<Vec<bool>>>,
+    commit: CommitTask,
 }
+
+/// A metadata commit running in its own task: per watermark, whether it applied (not fenced).
+type CommitTask = JoinHandle<anyhow::Result<Vec<bool>>>;
 
 /// What woke the flusher.
 enum Event {
@@ -112,6 +124,36 @@ enum Event {
     Committed(anyhow::Result<Vec<bool>>),
     Written,
     Deadline,
+    Uploaded(anyhow::Result<Vec<bool>>),
+    UploadDue,
+}
+
+/// Upload journaled flushes once this much is staged.
+const UPLOAD_BYTES: usize = 8 << 20;
+
+/// Wait before retrying a failed upload.
+const UPLOAD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A journaled, published flush waiting for its upload.
+struct StagedFlush {
+    seq: u64,
+    next: NextOffsets,
+    touched: HashMap<ProducerKey, ProducerEntry>,
+    footer: Vec<FooterEntry>,
+    /// The flush's object; its batches are `object[..body_len]`.
+    object: Bytes,
+    body_len: usize,
+}
+
+/// Journaled flushes not yet in the object store, and the upload in flight.
+struct Staged {
+    journal: Arc<std::sync::Mutex<Journal>>,
+    flushes: VecDeque<StagedFlush>,
+    bytes: usize,
+    /// When the oldest staged flush must be uploaded (or the failed upload retried).
+    due: tokio::time::Instant,
+    /// The flushes being uploaded (in offset order, before `flushes`) and the upload.
+    uploading: Option<(Vec<StagedFlush>, CommitTask)>,
 }
 
 struct Flusher {
@@ -121,9 +163,15 @@ struct Flusher {
     /// Flushes not yet committing, in offset order (at most `WRITES_IN_FLIGHT`).
     writing: VecDeque<Writing>,
     committing: Option<Committing>,
+    staged: Option<Staged>,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, states: Vec<ProducerStateRow>) {
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<FlushMsg>,
+    states: Vec<ProducerStateRow>,
+    journal: Option<Journal>,
+) {
     let mut f = Flusher {
         inner,
         producers: HashMap::new(),
@@ -133,6 +181,13 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
         },
         writing: VecDeque::new(),
         committing: None,
+        staged: journal.map(|j| Staged {
+            journal: Arc::new(std::sync::Mutex::new(j)),
+            flushes: VecDeque::new(),
+            bytes: 0,
+            due: tokio::time::Instant::now(),
+            uploading: None,
+        }),
     };
     f.set_producers(states);
     let interval = f.inner.opts.flush_interval;
@@ -142,14 +197,23 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
     // A message taken from the queue while gathering that must wait for the next turn.
     let mut held: Option<Option<FlushMsg>> = None;
     loop {
+        // When staged journaled flushes are due for upload, unless one is running.
+        let upload_due = f
+            .staged
+            .as_ref()
+            .filter(|s| s.uploading.is_none() && !s.flushes.is_empty())
+            .map(|s| s.due);
         let event = match held.take() {
             Some(m) => Event::Message(m),
             None => tokio::select! {
-                // While every write slot is busy, appends wait in the queue and form a larger flush.
-                m = rx.recv(), if f.writing.len() < WRITES_IN_FLIGHT => Event::Message(m),
+                // While every write slot is busy, or too much waits for its upload, appends
+                // wait in the queue and form a larger flush.
+                m = rx.recv(), if f.writing.len() < WRITES_IN_FLIGHT && !f.staged_full() => Event::Message(m),
                 r = committed(&mut f.committing) => Event::Committed(r),
                 () = written(&mut f.writing), if f.writes_running() > 0 => Event::Written,
                 _ = tokio::time::sleep_until(deadline), if !group.is_empty() => Event::Deadline,
+                r = uploaded(&mut f.staged) => Event::Uploaded(r),
+                _ = tokio::time::sleep_until(upload_due.unwrap_or(deadline)), if upload_due.is_some() => Event::UploadDue,
             },
         };
         // Whether to flush the gathered group, with every append already queued, now.
@@ -177,16 +241,18 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
                     pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() && f.may_write(pending_bytes);
             }
             Event::Deadline => flush_now = true,
+            Event::Uploaded(result) => f.uploaded(result),
+            Event::UploadDue => f.start_upload(),
             // A control message applies once everything queued before it is committed.
             Event::Message(Some(FlushMsg::Control(control))) => {
                 pending_bytes = 0;
                 f.flush(std::mem::take(&mut group)).await;
-                f.drain().await;
+                f.drain(true).await;
                 f.apply_control(control);
             }
             Event::Message(None) => {
                 f.flush(std::mem::take(&mut group)).await;
-                f.drain().await;
+                f.drain(false).await;
                 return;
             }
         }
@@ -194,6 +260,9 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<FlushMsg>, sta
             held = take_queued(&mut rx, &mut group, &mut pending_bytes, f.inner.opts.flush_bytes);
             pending_bytes = 0;
             f.flush(std::mem::take(&mut group)).await;
+        }
+        if f.staged.as_ref().is_some_and(|s| s.bytes >= UPLOAD_BYTES) {
+            f.start_upload();
         }
     }
 }
@@ -237,6 +306,14 @@ async fn written(writing: &mut VecDeque<Writing>) {
     }
 }
 
+/// The result of the upload in flight; never ready when there is none.
+async fn uploaded(staged: &mut Option<Staged>) -> anyhow::Result<Vec<bool>> {
+    match staged.as_mut().and_then(|s| s.uploading.as_mut()) {
+        Some((_, upload)) => joined(upload).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn joined<T>(task: &mut JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
     task.await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("flush task failed: {e}")))
@@ -274,11 +351,34 @@ impl Flusher {
     /// Whether a flush of `pending_bytes` may start writing now.
     fn may_write(&self, pending_bytes: usize) -> bool {
         let running = self.writes_running();
-        running == 0 || pending_bytes >= PARALLEL_WRITE_BYTES && self.writing.len() < WRITES_IN_FLIGHT
+        // The journal is one file, appended to in order: one write at a time.
+        running == 0
+            || self.staged.is_none() && pending_bytes >= PARALLEL_WRITE_BYTES && self.writing.len() < WRITES_IN_FLIGHT
     }
 
-    /// Waits until every flush is committed (or failed) and published.
-    async fn drain(&mut self) {
+    /// Bytes of journaled flushes not yet uploaded (staged or uploading).
+    fn staged_bytes(&self) -> usize {
+        self.staged.as_ref().map_or(0, |s| {
+            s.bytes
+                + s.uploading
+                    .iter()
+                    .flat_map(|u| &u.0)
+                    .map(|f| f.object.len())
+                    .sum::<usize>()
+        })
+    }
+
+    /// Whether journaled flushes waiting for their upload hold as much memory (in the
+    /// tail cache, which must not evict them) as they may.
+    fn staged_full(&self) -> bool {
+        self.staged.is_some() && self.staged_bytes() >= (self.inner.opts.tail_cache_bytes / 2).max(UPLOAD_BYTES)
+    }
+
+    /// Waits until every flush is committed (or failed) and published, and with a
+    /// journal, uploaded. `retry`: keep retrying a failing upload (a barrier must not
+    /// return before the store has everything); otherwise give up after one failure
+    /// (at shutdown: the journal keeps the data for the next start).
+    async fn drain(&mut self, retry: bool) {
         loop {
             if let Some(mut c) = self.committing.take() {
                 let result = joined(&mut c.commit).await;
@@ -286,9 +386,136 @@ impl Flusher {
             } else if let Some(w) = self.writing.front_mut() {
                 w.put.wait().await;
             } else {
-                return;
+                break;
             }
             self.start_commit().await;
+        }
+        while let Some(s) = &mut self.staged {
+            if let Some((_, upload)) = &mut s.uploading {
+                let result = joined(upload).await;
+                let failed = result.is_err();
+                self.uploaded(result);
+                if failed && !retry {
+                    return;
+                }
+                if failed {
+                    tokio::time::sleep(UPLOAD_RETRY).await;
+                }
+            } else if s.flushes.is_empty() {
+                return;
+            }
+            self.start_upload();
+        }
+    }
+
+    /// Starts uploading every staged flush as one object, unless an upload is running.
+    fn start_upload(&mut self) {
+        let Some(s) = &mut self.staged else { return };
+        if s.uploading.is_some() || s.flushes.is_empty() {
+            return;
+        }
+        let flushes: Vec<StagedFlush> = s.flushes.drain(..).collect();
+        s.bytes = 0;
+        let key = object_key(self.inner.opts.node_id);
+        // The object: each flush's batches, then one footer for all of them.
+        let mut parts: Vec<Bytes> = Vec::with_capacity(flushes.len() + 1);
+        let mut footers: Vec<Vec<FooterEntry>> = Vec::with_capacity(flushes.len());
+        let mut position = 0u64;
+        for f in &flushes {
+            parts.push(f.object.slice(..f.body_len));
+            footers.push(
+                f.footer
+                    .iter()
+                    .map(|e| FooterEntry {
+                        position: e.position + position,
+                        ..e.clone()
+                    })
+                    .collect(),
+            );
+            position += f.body_len as u64;
+        }
+        let mut footer = BytesMut::new();
+        object::finish(&mut footer, &footers.concat());
+        parts.push(footer.freeze());
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let (_, commit) = commit_for(
+            vec![(key.clone(), size as i64)],
+            flushes
+                .iter()
+                .zip(&footers)
+                .map(|(f, footer)| (key.as_str(), &f.next, &f.touched, footer.as_slice())),
+        );
+        let last_seq = flushes.last().expect("flushes to upload").seq;
+        let (inner, journal) = (self.inner.clone(), s.journal.clone());
+        let upload = tokio::spawn(async move {
+            let started = Instant::now();
+            inner.store.put_parts(&key, parts).await?;
+            let applied = inner.meta.commit_flush(&commit).await?;
+            tokio::task::spawn_blocking(move || journal.lock().unwrap().release(last_seq)).await??;
+            METRICS
+                .flush_stage_seconds
+                .with_label_values(&["upload"])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(applied)
+        });
+        s.uploading = Some((flushes, upload));
+    }
+
+    /// Applies an upload's result. Its flushes were acknowledged when journaled, so
+    /// a failed upload is retried later; the journal keeps them meanwhile.
+    fn uploaded(&mut self, result: anyhow::Result<Vec<bool>>) {
+        let Some(s) = &mut self.staged else { return };
+        let Some((flushes, _)) = s.uploading.take() else { return };
+        match result {
+            Ok(applied) => {
+                if applied.iter().any(|ok| !ok) {
+                    // Only another broker can move a leader epoch, and the journal is for a
+                    // single node: the store has another leader's data for these partitions.
+                    tracing::error!("journaled data was fenced on upload: another broker leads its partitions");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "upload of journaled flushes failed; retrying");
+                s.bytes += flushes.iter().map(|f| f.object.len()).sum::<usize>();
+                for f in flushes.into_iter().rev() {
+                    s.flushes.push_front(f);
+                }
+                s.due = tokio::time::Instant::now() + UPLOAD_RETRY;
+            }
+        }
+    }
+
+    /// Publishes the journaled flushes at the front of the queue, in order, and stages
+    /// them for upload. A flush whose journal write failed fails, and so does every
+    /// flush after it.
+    async fn publish_journaled(&mut self) {
+        while self.writing.front().is_some_and(|w| w.put.is_done()) {
+            let mut w = self.writing.pop_front().expect("front exists");
+            w.put.wait().await;
+            let seq = match std::mem::replace(&mut w.put, Put::Done(Ok(0))) {
+                Put::Done(Err(e)) => return self.fail_from(w, e),
+                Put::Done(Ok(seq)) => seq,
+                Put::Running(_) => unreachable!("waited for"),
+            };
+            if !w.key.is_empty() {
+                let p = &w.prepared;
+                let staged = StagedFlush {
+                    seq,
+                    next: p.next.clone(),
+                    touched: p.touched.clone(),
+                    footer: p.footer.clone(),
+                    // Batches are laid out in footer order from the start.
+                    body_len: p.footer.last().map_or(0, |e| (e.position + e.length as u64) as usize),
+                    object: w.object.clone(),
+                };
+                let s = self.staged.as_mut().expect("journal mode");
+                if s.flushes.is_empty() {
+                    s.due = tokio::time::Instant::now() + self.inner.opts.upload_interval;
+                }
+                s.bytes += staged.object.len();
+                s.flushes.push_back(staged);
+            }
+            self.finish(w.prepared, w.object, Ok(Vec::new()));
         }
     }
 
@@ -306,28 +533,33 @@ impl Flusher {
                 prepared: p,
                 object: Bytes::new(),
                 key: String::new(),
-                put: Put::Done(Ok(())),
+                put: Put::Done(Ok(0)),
             });
             self.start_commit().await;
             return;
         }
         object::finish(&mut p.body, &p.footer);
         let object = std::mem::take(&mut p.body).freeze();
-        let key = format!(
-            "data/{:013}-{}-{}.sobj",
-            sluice_meta::now_ms(),
-            self.inner.opts.node_id,
-            Uuid::new_v4().simple()
-        );
+        let key = object_key(self.inner.opts.node_id);
         let (inner, put_key, data) = (self.inner.clone(), key.clone(), object.clone());
+        let journal = self.staged.as_ref().map(|s| s.journal.clone());
         let put = tokio::spawn(async move {
             let started = Instant::now();
-            let put = inner.store.put(&put_key, data).await;
+            let (stage, result) = match journal {
+                Some(journal) => (
+                    "journal",
+                    tokio::task::spawn_blocking(move || journal.lock().unwrap().append(&[data]))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r.map_err(anyhow::Error::from)),
+                ),
+                None => ("put", inner.store.put(&put_key, data).await.map(|()| 0)),
+            };
             METRICS
                 .flush_stage_seconds
-                .with_label_values(&["put"])
+                .with_label_values(&[stage])
                 .observe(started.elapsed().as_secs_f64());
-            put
+            result
         });
         self.writing.push_back(Writing {
             prepared: p,
@@ -341,6 +573,9 @@ impl Flusher {
     /// queue in one transaction. A flush whose write failed fails, and so does every
     /// flush after it: their offsets follow its offsets.
     async fn start_commit(&mut self) {
+        if self.staged.is_some() {
+            return self.publish_journaled().await;
+        }
         if self.committing.is_some() {
             return;
         }
@@ -361,7 +596,7 @@ impl Flusher {
             }
             w.put.wait().await;
             let mut w = self.writing.pop_front().expect("front exists");
-            if let Put::Done(Err(e)) = std::mem::replace(&mut w.put, Put::Done(Ok(()))) {
+            if let Put::Done(Err(e)) = std::mem::replace(&mut w.put, Put::Done(Ok(0))) {
                 self.fail_from(w, e);
                 break;
             }
@@ -378,7 +613,22 @@ impl Flusher {
             }
             return;
         }
-        let (keys, commit) = commit_for(&flushes);
+        let objects = flushes
+            .iter()
+            .filter(|w| !w.key.is_empty())
+            .map(|w| (w.key.clone(), w.object.len() as i64))
+            .collect();
+        let (keys, commit) = commit_for(
+            objects,
+            flushes.iter().map(|w| {
+                (
+                    w.key.as_str(),
+                    &w.prepared.next,
+                    &w.prepared.touched,
+                    w.prepared.footer.as_slice(),
+                )
+            }),
+        );
         let inner = self.inner.clone();
         let commit = tokio::spawn(async move {
             let started = Instant::now();
@@ -595,7 +845,10 @@ impl Flusher {
                 self.producers.insert(pkey, entry);
             }
         }
-        evict(tail, self.inner.opts.tail_cache_bytes);
+        // Journaled batches not yet uploaded are the newest in the cache; reads can find
+        // them nowhere else, so the cache keeps at least as many bytes as are staged.
+        let keep = self.inner.opts.tail_cache_bytes.max(self.staged_bytes());
+        evict(&mut self.tail, keep);
         self.inner.committed.send_modify(|n| *n += 1);
 
         let batch_count = p.footer.len();
@@ -627,16 +880,37 @@ impl Flusher {
     }
 }
 
+pub(crate) fn object_key(node_id: i32) -> String {
+    format!(
+        "data/{:013}-{}-{}.sobj",
+        sluice_meta::now_ms(),
+        node_id,
+        Uuid::new_v4().simple()
+    )
+}
+
 /// The metadata commit of written flushes, in offset order: the partitions in
 /// watermark order, and the commit (each partition's watermark after the last flush).
-fn commit_for(flushes: &[Writing]) -> (Vec<PartKey>, FlushCommit) {
+/// Each flush is (its object's key, its offsets, its producers, its footer entries).
+fn commit_for<'a>(
+    objects: Vec<(String, i64)>,
+    flushes: impl Iterator<
+        Item = (
+            &'a str,
+            &'a NextOffsets,
+            &'a HashMap<ProducerKey, ProducerEntry>,
+            &'a [FooterEntry],
+        ),
+    >,
+) -> (Vec<PartKey>, FlushCommit) {
     let mut watermarks: HashMap<PartKey, WatermarkUpdate> = HashMap::new();
     let mut producers: HashMap<ProducerKey, &ProducerEntry> = HashMap::new();
-    let mut commit = FlushCommit::default();
-    for w in flushes.iter().filter(|w| !w.key.is_empty()) {
-        let p = &w.prepared;
-        commit.objects.push((w.key.clone(), w.object.len() as i64));
-        for (k, (_, next_offset, epoch)) in &p.next {
+    let mut commit = FlushCommit {
+        objects,
+        ..FlushCommit::default()
+    };
+    for (key, next, touched, footer) in flushes.filter(|f| !f.0.is_empty()) {
+        for (k, (_, next_offset, epoch)) in next {
             watermarks.insert(
                 *k,
                 WatermarkUpdate {
@@ -647,8 +921,8 @@ fn commit_for(flushes: &[Writing]) -> (Vec<PartKey>, FlushCommit) {
                 },
             );
         }
-        producers.extend(p.touched.iter().map(|(k, e)| (*k, e)));
-        commit.batches.extend(p.footer.iter().map(|e| e.index_row(&w.key)));
+        producers.extend(touched.iter().map(|(k, e)| (*k, e)));
+        commit.batches.extend(footer.iter().map(|e| e.index_row(key)));
     }
     let (keys, watermarks): (Vec<PartKey>, Vec<WatermarkUpdate>) = watermarks.into_iter().unzip();
     commit.watermarks = watermarks;

@@ -12,6 +12,7 @@ mod compaction;
 pub mod config;
 mod counting;
 mod flush;
+mod journal;
 mod leadership;
 pub mod object;
 pub mod producer;
@@ -91,7 +92,8 @@ pub(crate) struct Metrics {
     pub compactions: IntCounter,
 }
 
-pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    Metrics {
     flushes: register_int_counter!("sluice_log_flushes_total", "Group-commit flushes").unwrap(),
     flush_bytes: register_int_counter!("sluice_log_flush_bytes_total", "Bytes written in data objects").unwrap(),
     flush_seconds: register_histogram!(
@@ -108,7 +110,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     .unwrap(),
     flush_stage_seconds: register_histogram_vec!(
         "sluice_log_flush_stage_seconds",
-        "Time of one stage of a flush: put (write the object) or commit (the metadata transaction)",
+        "Time of one stage of a flush: put (write the object), commit (the metadata transaction), journal (append and sync to the single-node journal) or upload (journaled flushes to one object and one commit)",
         &["stage"],
         vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
     )
@@ -128,6 +130,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Segments written by compacting flush objects"
     )
     .unwrap(),
+}
 });
 
 #[derive(Debug, Clone)]
@@ -146,6 +149,11 @@ pub struct LogOptions {
     pub compaction_min_age: Duration,
     /// Largest segment compaction writes.
     pub segment_bytes: usize,
+    /// A local journal directory (single node only): flushes are acknowledged once
+    /// journaled, and uploaded to the object store in groups.
+    pub journal: Option<std::path::PathBuf>,
+    /// With a journal: the longest a journaled flush waits for its upload.
+    pub upload_interval: Duration,
     pub defaults: TopicDefaults,
 }
 
@@ -160,6 +168,8 @@ impl Default for LogOptions {
             gc_orphan_grace: Duration::from_secs(600),
             compaction_min_age: Duration::from_secs(60),
             segment_bytes: 64 << 20,
+            journal: None,
+            upload_interval: Duration::from_millis(250),
             defaults: TopicDefaults::default(),
         }
     }
@@ -317,6 +327,24 @@ impl Log {
     /// Loads topics, partitions and producer state, and starts the flusher
     /// and the retention and garbage-collection loop.
     pub async fn open(meta: MetaStore, store: DataStore, opts: LogOptions) -> Result<Self> {
+        // Flushes acknowledged from the journal but not uploaded before a stop go first.
+        let journal = match &opts.journal {
+            Some(dir) => {
+                let dir = dir.clone();
+                let (journal, records) =
+                    tokio::task::spawn_blocking(move || journal::Journal::open(&dir, journal::SEGMENT_BYTES)).await??;
+                let uploaded = journal::recover(&meta, &store, opts.node_id, &records).await?;
+                if uploaded > 0 {
+                    tracing::info!(records = uploaded, "uploaded journaled flushes left by the last run");
+                }
+                let mut journal = journal;
+                if let Some(last) = records.last() {
+                    journal.release(last.seq)?;
+                }
+                Some(journal)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(4096);
         let (committed, _) = watch::channel(0);
         let opts_node = opts.node_id;
@@ -338,7 +366,7 @@ impl Log {
             inner.register(topic);
         }
         let producers = inner.meta.load_producer_states().await?;
-        tokio::spawn(flush::run(inner.clone(), rx, producers));
+        tokio::spawn(flush::run(inner.clone(), rx, producers, journal));
         tokio::spawn(retention::run(inner.clone()));
         Ok(Self { inner })
     }

@@ -216,6 +216,7 @@ impl Log {
         timestamp: i64,
     ) -> Result<Option<TimestampOffset>, LogError> {
         topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        self.index_journaled().await;
         let Some(row) = self
             .inner
             .meta
@@ -234,11 +235,20 @@ impl Log {
         partition: i32,
     ) -> Result<Option<TimestampOffset>, LogError> {
         topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        self.index_journaled().await;
         let Some(row) = self.inner.meta.max_timestamp_batch(topic.id, partition).await? else {
             return Ok(None);
         };
         let max = row.max_timestamp;
         self.find_in_batch(&row, |ts| ts == max).await
+    }
+
+    /// With a journal, uploads what is journaled so that the index has every batch:
+    /// timestamp lookups search the index, and they are rare enough to wait for it.
+    async fn index_journaled(&self) {
+        if self.inner.opts.journal.is_some() {
+            self.barrier().await;
+        }
     }
 
     /// Decodes one batch (decompressing it) to find its first record matching `pred`.

@@ -75,18 +75,23 @@ impl DataStore {
 
     /// Writes a whole object; on a local store it is on disk when this returns.
     pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put_parts(key, vec![data]).await
+    }
+
+    /// Writes an object made of `parts`, in order, without joining them first.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
         match &self.local_root {
             // One blocking call for the whole write: each hop to a blocking thread is a
             // wake-up on the produce path, and object_store's own put takes two more.
             Some(root) => {
                 let (root, key) = (root.clone(), key.to_string());
-                let len = data.len() as u64;
-                tokio::task::spawn_blocking(move || write_durably(&root, &key, &data)).await??;
+                let len = parts.iter().map(|p| p.len() as u64).sum();
+                tokio::task::spawn_blocking(move || write_durably(&root, &key, &parts)).await??;
                 crate::counting::count_put(len);
                 Ok(())
             }
             None => {
-                self.inner.put(&Path::from(key), PutPayload::from_bytes(data)).await?;
+                self.inner.put(&Path::from(key), PutPayload::from_iter(parts)).await?;
                 Ok(())
             }
         }
@@ -139,7 +144,7 @@ impl DataStore {
 /// skips, as its footer does not check). An existing key is replaced atomically
 /// through a staging file (named `#<digits>` so that listings skip it, as
 /// object_store's own staging files) and a rename.
-fn write_durably(root: &std::path::Path, key: &str, data: &[u8]) -> std::io::Result<()> {
+fn write_durably(root: &std::path::Path, key: &str, parts: &[Bytes]) -> std::io::Result<()> {
     use std::fs::{File, OpenOptions};
     use std::io::{ErrorKind, Write};
     let path = root.join(key);
@@ -161,7 +166,10 @@ fn write_durably(root: &std::path::Path, key: &str, data: &[u8]) -> std::io::Res
         }
         Err(e) => return Err(e),
     };
-    let written = file.write_all(data).and_then(|()| file.sync_data());
+    let written = parts
+        .iter()
+        .try_for_each(|p| file.write_all(p))
+        .and_then(|()| file.sync_data());
     let placed = match &staging {
         Some(staging) => written.and_then(|()| std::fs::rename(staging, &path)),
         None => written,
@@ -184,13 +192,15 @@ fn with_prefix<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
 #[cfg(test)]
 mod tests {
     use super::write_durably;
+    use bytes::Bytes;
 
     #[test]
     fn a_new_key_is_written_in_place_and_an_existing_one_replaced_whole() {
         let root = tempfile::tempdir().unwrap();
-        write_durably(root.path(), "data/a.sobj", b"first").unwrap();
+        write_durably(root.path(), "data/a.sobj", &[Bytes::from_static(b"first")]).unwrap();
         assert_eq!(std::fs::read(root.path().join("data/a.sobj")).unwrap(), b"first");
-        write_durably(root.path(), "data/a.sobj", b"second, longer").unwrap();
+        let parts = [Bytes::from_static(b"second, "), Bytes::from_static(b"longer")];
+        write_durably(root.path(), "data/a.sobj", &parts).unwrap();
         assert_eq!(
             std::fs::read(root.path().join("data/a.sobj")).unwrap(),
             b"second, longer"

@@ -557,3 +557,119 @@ async fn concurrent_flushes_hand_out_dense_offsets_and_a_failed_write_hands_out_
     let t = log.topic("t").unwrap();
     assert_eq!(t.partition(2).unwrap().offsets().high_watermark, 300);
 }
+
+fn journal_opts(fx: &Fixture, upload_interval: Duration) -> LogOptions {
+    LogOptions {
+        journal: Some(fx.dir.path().join("journal")),
+        upload_interval,
+        ..opts()
+    }
+}
+
+/// The high watermark the metadata store has for a partition (what is uploaded).
+async fn stored_watermark(log: &Log, topic: &Topic, partition: i32) -> i64 {
+    let rows = log.meta().list_partitions().await.unwrap();
+    let row = rows.iter().find(|r| r.topic_id == topic.id && r.partition == partition);
+    row.unwrap().high_watermark
+}
+
+fn data_objects(fx: &Fixture) -> usize {
+    std::fs::read_dir(fx.dir.path().join("objects/data")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn journaled_appends_survive_a_crash_before_their_upload() {
+    let fx = Fixture::new();
+    let jopts = journal_opts(&fx, Duration::from_secs(3600));
+    let pid = 7;
+    // First run: appends are acknowledged from the journal, then the process "dies":
+    // dropping the runtime stops the flusher without an upload.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let t = log.create_topic("j", Some(2), BTreeMap::new(), false).await.unwrap();
+        let a = log
+            .append(&t, 0, make_batch(3, -1, 0, 10, Compression::None))
+            .await
+            .unwrap();
+        let b = log
+            .append(&t, 1, make_batch(2, pid, 0, 20, Compression::Zstd))
+            .await
+            .unwrap();
+        let c = log
+            .append(&t, 0, make_batch(2, -1, 0, 30, Compression::None))
+            .await
+            .unwrap();
+        assert_eq!((a.base_offset, b.base_offset, c.base_offset), (0, 0, 3));
+        // Readable at once, from the tail cache, though the store has none of it.
+        let r = log.read(&t, 0, 0, 1 << 20).await.unwrap();
+        assert_eq!(values(&r.batches, 0).len(), 5);
+        assert_eq!(stored_watermark(&log, &t, 0).await, 0);
+        assert_eq!(data_objects(&fx), 0);
+    });
+    // Second run: the journal is uploaded before anything is served.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let t = log.topic("j").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 0).await, 5);
+        assert_eq!(t.partition(1).unwrap().offsets().high_watermark, 2);
+        assert_eq!(data_objects(&fx), 1, "one object for every journaled flush");
+        let r = log.read(&t, 0, 0, 1 << 20).await.unwrap();
+        let got: Vec<i64> = values(&r.batches, 0).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        // The idempotent producer's state came back from the journal too: a retry of its
+        // batch is a duplicate, and its next batch follows.
+        let retry = log
+            .append(&t, 1, make_batch(2, pid, 0, 20, Compression::Zstd))
+            .await
+            .unwrap();
+        assert_eq!(retry.base_offset, 0);
+        let next = log
+            .append(&t, 1, make_batch(1, pid, 2, 40, Compression::None))
+            .await
+            .unwrap();
+        assert_eq!(next.base_offset, 2);
+    });
+    // Third run: nothing is uploaded twice.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts).await;
+        let t = log.topic("j").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 1).await, 3);
+        let r = log.read(&t, 1, 0, 1 << 20).await.unwrap();
+        assert_eq!(values(&r.batches, 0).len(), 3);
+    });
+}
+
+#[tokio::test]
+async fn journaled_flushes_are_uploaded_as_one_object() {
+    let fx = Fixture::new();
+    let log = fx.open(journal_opts(&fx, Duration::from_secs(3600))).await;
+    let t = log.create_topic("u", Some(2), BTreeMap::new(), false).await.unwrap();
+    for i in 0..6 {
+        log.append(&t, i % 2, make_batch(2, -1, 0, i as i64, Compression::None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(data_objects(&fx), 0);
+    // A barrier waits for the upload.
+    log.barrier().await;
+    assert_eq!(data_objects(&fx), 1);
+    assert_eq!(stored_watermark(&log, &t, 0).await, 6);
+    assert_eq!(stored_watermark(&log, &t, 1).await, 6);
+    let rows = log.meta().batches_from(t.id, 1, 0, 100).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.base_offset).collect::<Vec<_>>(), [0, 2, 4]);
+    // Later flushes are uploaded once their interval passes.
+    drop(log);
+    let log = fx.open(journal_opts(&fx, Duration::from_millis(20))).await;
+    let t = log.topic("u").unwrap();
+    log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if stored_watermark(&log, &t, 0).await == 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stored_watermark(&log, &t, 0).await, 7);
+    assert_eq!(data_objects(&fx), 2);
+}

@@ -53,6 +53,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub compaction_min_age: Duration,
     pub segment_bytes: usize,
+    /// None: journal when the metadata store is this node's own (`meta` unset).
+    pub journal: Option<bool>,
+    #[serde(with = "humantime_serde")]
+    pub upload_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub broker_lease: Duration,
     #[serde(with = "humantime_serde")]
@@ -106,6 +110,8 @@ impl Default for Config {
             group_consumer_heartbeat_interval: Duration::from_secs(5),
             compaction_min_age: Duration::from_secs(60),
             segment_bytes: 64 << 20,
+            journal: None,
+            upload_interval: Duration::from_millis(250),
             broker_lease: Duration::from_secs(2),
             cluster_poll_interval: Duration::from_millis(200),
             handoff_timeout: Duration::from_secs(5),
@@ -246,6 +252,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment_bytes: Option<usize>,
+    /// Acknowledge appends once they are synced to a local journal in <data-dir>/journal, and upload them to the object store in groups; false: every flush writes an object and commits before its acknowledgement. Only for a single node: a broker taking over another's partitions could not read its journal. [default: true when --meta is not given (the node's own SQLite store), else false; refused with PostgreSQL]
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<bool>,
+    /// With the journal: the longest journaled appends wait before they are uploaded as one object (sooner once 8 MiB are waiting). [default: 250ms]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_interval: Option<String>,
     /// How long a broker's lease in the metadata store lasts without renewal; its partitions move this long after it dies. [default: 2s]
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -311,6 +325,8 @@ const ENV_KEYS: &[&str] = &[
     "group_consumer_heartbeat_interval",
     "compaction_min_age",
     "segment_bytes",
+    "journal",
+    "upload_interval",
     "broker_lease",
     "cluster_poll_interval",
     "handoff_timeout",
@@ -360,6 +376,26 @@ impl Config {
                 absolute(&self.data_dir)?.join("meta.db").display()
             )),
         }
+    }
+
+    /// The journal's directory, if appends are journaled: only on a single node, so by
+    /// default only with the node's own metadata store (brokers sharing a SQLite file
+    /// hand partitions to each other).
+    pub fn journal_dir(&self) -> Result<Option<PathBuf>> {
+        let on = match self.journal {
+            Some(true) if !self.meta_url()?.starts_with("sqlite:") => {
+                anyhow::bail!(
+                    "journal = true needs SQLite metadata: a cluster's brokers cannot read each other's journals"
+                )
+            }
+            Some(on) => on,
+            None => self.meta.is_none(),
+        };
+        Ok(if on {
+            Some(absolute(&self.data_dir)?.join("journal"))
+        } else {
+            None
+        })
     }
 
     /// (host, port) clients are told to connect to.
@@ -471,6 +507,32 @@ mod tests {
             ..Default::default()
         };
         assert!(resolve(&args).is_err());
+    }
+
+    #[test]
+    fn the_journal_is_on_only_with_the_nodes_own_metadata_store() {
+        let cfg = |meta: Option<&str>, journal: Option<bool>| {
+            resolve(&ServeArgs {
+                storage: StorageArgs {
+                    meta: meta.map(String::from),
+                    data_dir: Some("/d".into()),
+                    ..Default::default()
+                },
+                journal,
+                ..Default::default()
+            })
+            .unwrap()
+            .journal_dir()
+        };
+        assert_eq!(cfg(None, None).unwrap(), Some(PathBuf::from("/d/journal")));
+        assert_eq!(cfg(None, Some(false)).unwrap(), None);
+        assert_eq!(cfg(Some("sqlite:///other/meta.db"), None).unwrap(), None);
+        assert_eq!(
+            cfg(Some("sqlite:///other/meta.db"), Some(true)).unwrap(),
+            Some(PathBuf::from("/d/journal"))
+        );
+        assert!(cfg(Some("postgres://pg/sluice"), Some(true)).is_err());
+        assert_eq!(cfg(Some("postgres://pg/sluice"), None).unwrap(), None);
     }
 
     #[test]
