@@ -154,6 +154,8 @@ struct Staged {
     due: tokio::time::Instant,
     /// The flushes being uploaded (in offset order, before `flushes`) and the upload.
     uploading: Option<(Vec<StagedFlush>, CommitTask)>,
+    /// Resolves when the last journal write started has finished.
+    last_append: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 struct Flusher {
@@ -187,6 +189,7 @@ pub(crate) async fn run(
             bytes: 0,
             due: tokio::time::Instant::now(),
             uploading: None,
+            last_append: None,
         }),
     };
     f.set_producers(states);
@@ -351,9 +354,9 @@ impl Flusher {
     /// Whether a flush of `pending_bytes` may start writing now.
     fn may_write(&self, pending_bytes: usize) -> bool {
         let running = self.writes_running();
-        // The journal is one file, appended to in order: one write at a time.
-        running == 0
-            || self.staged.is_none() && pending_bytes >= PARALLEL_WRITE_BYTES && self.writing.len() < WRITES_IN_FLIGHT
+        // Journal writes queue behind each other (they go in offset order), so a large
+        // flush starting beside a running one saves only the hand-over between them.
+        running == 0 || pending_bytes >= PARALLEL_WRITE_BYTES && self.writing.len() < WRITES_IN_FLIGHT
     }
 
     /// Bytes of journaled flushes not yet uploaded (staged or uploading).
@@ -542,17 +545,27 @@ impl Flusher {
         let object = std::mem::take(&mut p.body).freeze();
         let key = object_key(self.inner.opts.node_id);
         let (inner, put_key, data) = (self.inner.clone(), key.clone(), object.clone());
-        let journal = self.staged.as_ref().map(|s| s.journal.clone());
+        // Journal records must follow offset order: each write waits for the previous one.
+        let journal = self.staged.as_mut().map(|s| {
+            let (done, next) = tokio::sync::oneshot::channel::<()>();
+            (s.journal.clone(), s.last_append.replace(next), done)
+        });
         let put = tokio::spawn(async move {
             let started = Instant::now();
             let (stage, result) = match journal {
-                Some(journal) => (
-                    "journal",
-                    tokio::task::spawn_blocking(move || journal.lock().unwrap().append(&[data]))
-                        .await
-                        .map_err(anyhow::Error::from)
-                        .and_then(|r| r.map_err(anyhow::Error::from)),
-                ),
+                Some((journal, previous, done)) => {
+                    if let Some(previous) = previous {
+                        let _ = previous.await;
+                    }
+                    let appended = tokio::task::spawn_blocking(move || journal.lock().unwrap().append(&[data])).await;
+                    let _ = done.send(());
+                    (
+                        "journal",
+                        appended
+                            .map_err(anyhow::Error::from)
+                            .and_then(|r| r.map_err(anyhow::Error::from)),
+                    )
+                }
                 None => ("put", inner.store.put(&put_key, data).await.map(|()| 0)),
             };
             METRICS

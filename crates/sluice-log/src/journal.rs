@@ -48,9 +48,11 @@ pub(crate) struct Journal {
     /// Live segments, oldest first: (first sequence number, path). The last is written
     /// once `file` is open.
     segments: VecDeque<(u64, PathBuf)>,
-    /// The segment being written. None before the first record after opening and after
-    /// a failed write (whose bytes may be half on disk): the next record starts a segment.
+    /// The segment being written; None before the first record after opening.
     file: Option<File>,
+    /// Set by a failed write, after which every append fails until a restart: the failed
+    /// record may be whole on disk or not, and a later record could not follow it.
+    failed: bool,
     position: u64,
     next_seq: u64,
     spares: Vec<PathBuf>,
@@ -67,7 +69,7 @@ impl Journal {
     /// Writing resumes in another segment, after the last record.
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Journal, Vec<Record>)> {
         std::fs::create_dir_all(dir)?;
-        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        let (mut found, mut spares): (Vec<(u64, PathBuf)>, Vec<PathBuf>) = (Vec::new(), Vec::new());
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let seq = path
@@ -77,6 +79,8 @@ impl Journal {
                 .and_then(|n| n.parse::<u64>().ok());
             if let Some(seq) = seq {
                 found.push((seq, path));
+            } else if path.extension().is_some_and(|e| e == "spare") {
+                spares.push(path);
             }
         }
         found.sort();
@@ -104,15 +108,28 @@ impl Journal {
             segment_bytes,
             segments,
             file: None,
+            failed: false,
             position: 0,
             next_seq,
-            spares: Vec::new(),
+            spares,
         };
         Ok((journal, records))
     }
 
     /// Appends one record and syncs it; returns its sequence number.
     pub fn append(&mut self, parts: &[Bytes]) -> io::Result<u64> {
+        if self.failed {
+            return Err(io::Error::other(
+                "an earlier journal write failed; restart the broker to recover",
+            ));
+        }
+        self.failed = true;
+        let seq = self.write(parts)?;
+        self.failed = false;
+        Ok(seq)
+    }
+
+    fn write(&mut self, parts: &[Bytes]) -> io::Result<u64> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let len32 = u32::try_from(len).map_err(|_| io::Error::other("journal record over 4 GiB"))?;
         if self.file.is_none() || (self.position > 0 && self.position + (HEADER + len) as u64 > self.segment_bytes) {
@@ -160,36 +177,33 @@ impl Journal {
         Ok(())
     }
 
+    /// Opens the segment the next record goes to, and keeps one spare for the segment
+    /// after it: done before serving, so that neither the first append nor the first
+    /// change of segment waits for a file to be written with zeros.
+    pub fn prepare(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            self.rotate()?;
+        }
+        if self.spares.is_empty() {
+            let spare = self.dir.join(format!("{}.spare", uuid::Uuid::new_v4().simple()));
+            zero_filled(&spare, self.segment_bytes)?;
+            self.spares.push(spare);
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+
     /// Starts a new segment: an uploaded one renamed, or a new file written with zeros
     /// once, so that records overwrite blocks the file system has already allocated.
     fn rotate(&mut self) -> io::Result<()> {
         let path = segment_path(&self.dir, self.next_seq);
-        let file = match self.spares.pop() {
-            Some(spare) => {
-                std::fs::rename(&spare, &path)?;
-                OpenOptions::new().read(true).write(true).open(&path)?
-            }
-            None => {
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)?;
-                let zeros = vec![0u8; 1 << 20];
-                let mut left = self.segment_bytes;
-                while left > 0 {
-                    let n = left.min(zeros.len() as u64) as usize;
-                    io::Write::write_all(&mut file, &zeros[..n])?;
-                    left -= n as u64;
-                }
-                file.sync_all()?;
-                file
-            }
-        };
+        match self.spares.pop() {
+            Some(spare) => std::fs::rename(&spare, &path)?,
+            None => zero_filled(&path, self.segment_bytes)?,
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
         File::open(&self.dir)?.sync_all()?;
         if self.segments.back().is_some_and(|s| s.0 == self.next_seq) {
-            // The last segment has no record yet (its first write failed): this replaces it.
+            // The last segment has no record (it was opened for the first one): replace it.
             self.segments.pop_back();
         }
         self.segments.push_back((self.next_seq, path));
@@ -313,6 +327,19 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         bail!("journaled flushes were fenced on recovery: another broker leads their partitions");
     }
     Ok(uploaded)
+}
+
+/// Writes a file of `len` zero bytes and syncs it, so that its blocks are allocated.
+fn zero_filled(path: &Path, len: u64) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        io::Write::write_all(&mut file, &zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {

@@ -341,6 +341,7 @@ impl Log {
                 if let Some(last) = records.last() {
                     journal.release(last.seq)?;
                 }
+                let journal = tokio::task::spawn_blocking(move || journal.prepare().map(|()| journal)).await??;
                 Some(journal)
             }
             None => None,
