@@ -454,7 +454,15 @@ impl Flusher {
             let started = Instant::now();
             inner.store.put_parts(&key, parts).await?;
             let applied = inner.meta.commit_flush(&commit).await?;
-            tokio::task::spawn_blocking(move || journal.lock().unwrap().release(last_seq)).await??;
+            // The upload is done whatever happens to the journal's old segments: uploading
+            // the same flushes again would only fail on their index rows.
+            let released = tokio::task::spawn_blocking(move || journal.lock().unwrap().release(last_seq)).await;
+            if let Err(e) = released
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from))
+            {
+                tracing::warn!(error = %format!("{e:#}"), "releasing uploaded journal segments failed");
+            }
             METRICS
                 .flush_stage_seconds
                 .with_label_values(&["upload"])
