@@ -1,6 +1,8 @@
 """Object-store economy on a real S3 API (moto's server): PUTs per GB written
-at several flush.interval settings with produce latency, then objects per GB
-and GETs per GB of a cold read before and after compaction into segments.
+at several flush.interval settings with produce latency (without the journal,
+so each flush is a PUT), and with the single-node journal (a PUT per upload),
+then objects per GB and GETs per GB of a cold read before and after compaction
+into segments.
 
     python3 benches/s3_economy.py            # needs tests/e2e/requirements.txt
     SLUICE_BIN=... python3 benches/s3_economy.py --duration 8 --rate 5000
@@ -49,19 +51,20 @@ def bench(bin: Path, env: dict, *args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def run(interval: str, args, s3, workdir: Path, compact: bool) -> dict:
+def run(interval: str, args, s3, workdir: Path, compact: bool, journal: bool = False) -> dict:
     bin = sluice_bin()
     kafka, http_port = free_port(), free_port()
     http = f"http://127.0.0.1:{http_port}"
     bucket = s3.create_bucket()
     env = dict(os.environ, **s3.env())
-    data = workdir / f"{interval}-{'compacted' if compact else 'flushed'}"
+    data = workdir / f"{interval}-{'compacted' if compact else 'flushed'}-{'journal' if journal else 'direct'}"
     data.mkdir()
     broker = subprocess.Popen(
         [str(bin), "serve", "--data-dir", str(data), "--kafka-listen", f"127.0.0.1:{kafka}",
          "--http-listen", f"127.0.0.1:{http_port}", "--store", f"s3://{bucket}/sluice",
          "--flush-interval", interval, "--tail-cache-bytes", "1048576",
-         "--compaction-min-age", "1s" if compact else "1h", "--retention-check-interval", "2s"],
+         "--compaction-min-age", "1s" if compact else "1h", "--retention-check-interval", "2s",
+         "--journal", "true" if journal else "false"],
         env=env, stderr=open(data / "broker.log", "w"))
     try:
         time.sleep(1.5)
@@ -83,6 +86,7 @@ def run(interval: str, args, s3, workdir: Path, compact: bool) -> dict:
         gb_read = (m3["read"] - m2["read"]) / 1e9
         return {
             "flush_interval": interval,
+            "journal": journal,
             "compacted": compact,
             "produce_p50_ms": produced["latency_ms"]["p50"],
             "produce_p99_ms": produced["latency_ms"]["p99"],
@@ -108,6 +112,7 @@ def main() -> None:
     try:
         rows = [run(i, args, s3, workdir, compact=False) for i in ("5ms", "50ms", "250ms")]
         rows.append(run("50ms", args, s3, workdir, compact=True))
+        rows.append(run("0s", args, s3, workdir, compact=False, journal=True))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for r in rows:

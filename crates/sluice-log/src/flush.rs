@@ -140,9 +140,8 @@ struct StagedFlush {
     next: NextOffsets,
     touched: HashMap<ProducerKey, ProducerEntry>,
     footer: Vec<FooterEntry>,
-    /// The flush's object; its batches are `object[..body_len]`.
+    /// The flush's object, where `footer` places its batches.
     object: Bytes,
-    body_len: usize,
 }
 
 /// Journaled flushes not yet in the object store, and the upload in flight.
@@ -420,27 +419,42 @@ impl Flusher {
         let flushes: Vec<StagedFlush> = s.flushes.drain(..).collect();
         s.bytes = 0;
         let key = object_key(self.inner.opts.node_id);
-        // The object: each flush's batches, then one footer for all of them.
-        let mut parts: Vec<Bytes> = Vec::with_capacity(flushes.len() + 1);
-        let mut footers: Vec<Vec<FooterEntry>> = Vec::with_capacity(flushes.len());
+        // The object: each partition's batches together, in offset order (a reader of one
+        // partition then gets a run of adjacent batches with one ranged GET, where the
+        // flushes interleave partitions), then one footer for all of them.
+        let mut batches: Vec<(&FooterEntry, &Bytes)> = flushes
+            .iter()
+            .flat_map(|f| f.footer.iter().map(move |e| (e, &f.object)))
+            .collect();
+        batches.sort_by_key(|(e, _)| (e.topic_id, e.partition, e.base_offset));
+        let mut parts: Vec<Bytes> = Vec::with_capacity(batches.len() + 1);
+        let mut positions: HashMap<(Uuid, i32, i64), u64> = HashMap::with_capacity(batches.len());
+        let mut entries: Vec<FooterEntry> = Vec::with_capacity(batches.len());
         let mut position = 0u64;
-        for f in &flushes {
-            parts.push(f.object.slice(..f.body_len));
-            footers.push(
+        for (e, object) in batches {
+            parts.push(object.slice(e.position as usize..(e.position + e.length as u64) as usize));
+            positions.insert((e.topic_id, e.partition, e.base_offset), position);
+            entries.push(FooterEntry { position, ..e.clone() });
+            position += e.length as u64;
+        }
+        let mut footer = BytesMut::new();
+        object::finish(&mut footer, &entries);
+        parts.push(footer.freeze());
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        // Each flush's index rows, pointing into the new object.
+        let footers: Vec<Vec<FooterEntry>> = flushes
+            .iter()
+            .map(|f| {
+                let at = |e: &FooterEntry| positions[&(e.topic_id, e.partition, e.base_offset)];
                 f.footer
                     .iter()
                     .map(|e| FooterEntry {
-                        position: e.position + position,
+                        position: at(e),
                         ..e.clone()
                     })
-                    .collect(),
-            );
-            position += f.body_len as u64;
-        }
-        let mut footer = BytesMut::new();
-        object::finish(&mut footer, &footers.concat());
-        parts.push(footer.freeze());
-        let size: usize = parts.iter().map(|p| p.len()).sum();
+                    .collect()
+            })
+            .collect();
         let (_, commit) = commit_for(
             vec![(key.clone(), size as i64)],
             flushes
@@ -515,8 +529,6 @@ impl Flusher {
                     next: p.next.clone(),
                     touched: p.touched.clone(),
                     footer: p.footer.clone(),
-                    // Batches are laid out in footer order from the start.
-                    body_len: p.footer.last().map_or(0, |e| (e.position + e.length as u64) as usize),
                     object: w.object.clone(),
                 };
                 let s = self.staged.as_mut().expect("journal mode");

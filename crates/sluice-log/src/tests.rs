@@ -657,10 +657,18 @@ async fn journaled_flushes_are_uploaded_as_one_object() {
     assert_eq!(stored_watermark(&log, &t, 1).await, 6);
     let rows = log.meta().batches_from(t.id, 1, 0, 100).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.base_offset).collect::<Vec<_>>(), [0, 2, 4]);
+    // A partition's batches are adjacent in the object, though their flushes alternated.
+    for pair in rows.windows(2) {
+        assert_eq!(pair[1].position, pair[0].position + pair[0].length as i64);
+    }
     // Later flushes are uploaded once their interval passes.
     drop(log);
     let log = fx.open(journal_opts(&fx, Duration::from_millis(20))).await;
     let t = log.topic("u").unwrap();
+    // Read back from the object (the tail cache starts empty).
+    let r = log.read(&t, 1, 0, 1 << 20).await.unwrap();
+    let got: Vec<i64> = values(&r.batches, 0).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4, 5]);
     log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None))
         .await
         .unwrap();
