@@ -40,7 +40,7 @@ const HEADER: usize = 20;
 /// Segment size. A record larger than this gets a segment of its own, which grows.
 pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
 /// Uploaded segments kept for reuse; more are deleted.
-const SPARES: usize = 2;
+const SPARES: usize = 4;
 
 pub(crate) struct Journal {
     dir: PathBuf,
@@ -86,23 +86,20 @@ impl Journal {
         found.sort();
         let mut records = Vec::new();
         let mut segments = VecDeque::new();
-        let mut next_seq = found.first().map_or(1, |s| s.0);
         for (first, path) in found {
             let before = records.len();
-            if first == next_seq {
-                read_records(&std::fs::read(&path)?, first, &mut records);
-            }
-            match records.last() {
-                Some(r) if records.len() > before => {
-                    next_seq = r.seq + 1;
-                    segments.push_back((first, path));
-                }
-                // A segment with no record of its own (reused, then a crash before its
-                // first write) or out of sequence (its predecessor was torn): nothing
-                // acknowledged is in it.
-                _ => std::fs::remove_file(&path)?,
+            read_records(&std::fs::read(&path)?, first, &mut records);
+            if records.len() > before {
+                segments.push_back((first, path));
+            } else {
+                // No record of its own (reused, then a crash before its first write).
+                std::fs::remove_file(&path)?;
             }
         }
+        // Each segment holds a run of consecutive records and they are read in order of
+        // their first, so the records are in order. There may be gaps: a released
+        // segment whose renaming a crash undid holds only uploaded records.
+        let next_seq = records.last().map_or(1, |r| r.seq + 1);
         let journal = Journal {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -169,7 +166,10 @@ impl Journal {
             }
             let (_, path) = self.segments.pop_front().expect("a segment");
             if self.spares.len() < SPARES {
-                self.spares.push(path);
+                // Renamed, so that a restart does not read its old records as live ones.
+                let spare = self.dir.join(format!("{}.spare", uuid::Uuid::new_v4().simple()));
+                std::fs::rename(&path, &spare)?;
+                self.spares.push(spare);
             } else {
                 std::fs::remove_file(&path)?;
             }
@@ -177,28 +177,34 @@ impl Journal {
         Ok(())
     }
 
-    /// Opens the segment the next record goes to, and keeps one spare for the segment
-    /// after it: done before serving, so that neither the first append nor the first
-    /// change of segment waits for a file to be written with zeros.
+    /// Opens the segment the next record goes to, and keeps a spare for the segment
+    /// after it, both written with zeros: done before serving, so that neither the first
+    /// appends nor the first change of segment commit new blocks on each sync.
     pub fn prepare(&mut self) -> io::Result<()> {
-        if self.file.is_none() {
-            self.rotate()?;
-        }
-        if self.spares.is_empty() {
+        while self.spares.len() < 2 {
             let spare = self.dir.join(format!("{}.spare", uuid::Uuid::new_v4().simple()));
             zero_filled(&spare, self.segment_bytes)?;
             self.spares.push(spare);
         }
+        if self.file.is_none() {
+            self.rotate()?;
+        }
         File::open(&self.dir)?.sync_all()
     }
 
-    /// Starts a new segment: an uploaded one renamed, or a new file written with zeros
-    /// once, so that records overwrite blocks the file system has already allocated.
+    /// Starts a new segment: an uploaded one renamed (its blocks are allocated, so
+    /// records overwrite them), or else a new file. Only a node writing faster than it
+    /// uploads runs out of spares, and its large records amortise the new blocks.
     fn rotate(&mut self) -> io::Result<()> {
         let path = segment_path(&self.dir, self.next_seq);
         match self.spares.pop() {
             Some(spare) => std::fs::rename(&spare, &path)?,
-            None => zero_filled(&path, self.segment_bytes)?,
+            None => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?
+                .set_len(self.segment_bytes)?,
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         File::open(&self.dir)?.sync_all()?;
@@ -392,7 +398,7 @@ mod tests {
         assert_eq!(j.append(&[Bytes::from_static(b"four")]).unwrap(), 4);
         j.release(3).unwrap();
         assert_eq!(j.segments.len(), 1, "segments holding only released records went");
-        assert_eq!(j.spares.len(), 2);
+        assert_eq!(j.spares.len(), 3);
         // The next segment reuses a spare, whose old records must not come back.
         j.append(&[Bytes::from(vec![5; 70])]).unwrap();
         j.append(&[Bytes::from(vec![6; 70])]).unwrap();
@@ -401,6 +407,23 @@ mod tests {
         let seqs: Vec<u64> = found.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [4, 5, 6]);
         assert_eq!(found[2].payload.to_vec(), vec![6; 70]);
+    }
+
+    #[test]
+    fn a_stale_segment_does_not_hide_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 100).unwrap();
+        for i in 1..=3u8 {
+            j.append(&[Bytes::from(vec![i; 40])]).unwrap(); // one record per segment
+        }
+        let stale = std::fs::read(segment_path(dir.path(), 1)).unwrap();
+        j.release(2).unwrap();
+        drop(j);
+        // A crash undid the renaming of the released segment 1 into a spare.
+        std::fs::write(segment_path(dir.path(), 1), stale).unwrap();
+        let (mut j, found) = Journal::open(dir.path(), 100).unwrap();
+        assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(j.append(&[Bytes::from_static(b"4")]).unwrap(), 4);
     }
 
     #[test]
