@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use sluice_meta::{FlushCommit, ProducerStateRow, SeqEntry, WatermarkUpdate};
+use sluice_meta::{BatchRow, FlushCommit, ProducerStateRow, SeqEntry, WatermarkUpdate};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -148,6 +148,7 @@ struct StagedFlush {
 struct Staged {
     journal: Arc<std::sync::Mutex<Journal>>,
     flushes: VecDeque<StagedFlush>,
+    /// Bytes of the staged flushes and of those being uploaded.
     bytes: usize,
     /// When the oldest staged flush must be uploaded (or the failed upload retried).
     due: tokio::time::Instant,
@@ -263,7 +264,8 @@ pub(crate) async fn run(
             pending_bytes = 0;
             f.flush(std::mem::take(&mut group)).await;
         }
-        if f.staged.as_ref().is_some_and(|s| s.bytes >= UPLOAD_BYTES) {
+        // (With an upload running, its flushes count too, but none can start then.)
+        if f.staged_bytes() >= UPLOAD_BYTES {
             f.start_upload();
         }
     }
@@ -306,6 +308,14 @@ async fn written(writing: &mut VecDeque<Writing>) {
         Some(w) => w.put.wait().await,
         None => std::future::pending().await,
     }
+}
+
+/// Runs a journal operation on a blocking thread (it writes and syncs files).
+async fn journal_io<T: Send + 'static>(
+    journal: Arc<std::sync::Mutex<Journal>>,
+    op: impl FnOnce(&mut Journal) -> std::io::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(move || op(&mut journal.lock().unwrap())).await??)
 }
 
 /// The result of the upload in flight; never ready when there is none.
@@ -360,14 +370,7 @@ impl Flusher {
 
     /// Bytes of journaled flushes not yet uploaded (staged or uploading).
     fn staged_bytes(&self) -> usize {
-        self.staged.as_ref().map_or(0, |s| {
-            s.bytes
-                + s.uploading
-                    .iter()
-                    .flat_map(|u| &u.0)
-                    .map(|f| f.object.len())
-                    .sum::<usize>()
-        })
+        self.staged.as_ref().map_or(0, |s| s.bytes)
     }
 
     /// Whether journaled flushes waiting for their upload hold as much memory (in the
@@ -417,50 +420,18 @@ impl Flusher {
             return;
         }
         let flushes: Vec<StagedFlush> = s.flushes.drain(..).collect();
-        s.bytes = 0;
         let key = object_key(self.inner.opts.node_id);
-        // The object: each partition's batches together, in offset order (a reader of one
-        // partition then gets a run of adjacent batches with one ranged GET, where the
-        // flushes interleave partitions), then one footer for all of them.
-        let mut batches: Vec<(&FooterEntry, &Bytes)> = flushes
-            .iter()
-            .flat_map(|f| f.footer.iter().map(move |e| (e, &f.object)))
-            .collect();
-        batches.sort_by_key(|(e, _)| (e.topic_id, e.partition, e.base_offset));
-        let mut parts: Vec<Bytes> = Vec::with_capacity(batches.len() + 1);
-        let mut positions: HashMap<(Uuid, i32, i64), u64> = HashMap::with_capacity(batches.len());
-        let mut entries: Vec<FooterEntry> = Vec::with_capacity(batches.len());
-        let mut position = 0u64;
-        for (e, object) in batches {
-            parts.push(object.slice(e.position as usize..(e.position + e.length as u64) as usize));
-            positions.insert((e.topic_id, e.partition, e.base_offset), position);
-            entries.push(FooterEntry { position, ..e.clone() });
-            position += e.length as u64;
-        }
-        let mut footer = BytesMut::new();
-        object::finish(&mut footer, &entries);
-        parts.push(footer.freeze());
-        let size: usize = parts.iter().map(|p| p.len()).sum();
-        // Each flush's index rows, pointing into the new object.
-        let footers: Vec<Vec<FooterEntry>> = flushes
-            .iter()
-            .map(|f| {
-                let at = |e: &FooterEntry| positions[&(e.topic_id, e.partition, e.base_offset)];
-                f.footer
-                    .iter()
-                    .map(|e| FooterEntry {
-                        position: at(e),
-                        ..e.clone()
-                    })
-                    .collect()
-            })
-            .collect();
-        let (_, commit) = commit_for(
-            vec![(key.clone(), size as i64)],
+        let (parts, entries) = object::assemble(
             flushes
                 .iter()
-                .zip(&footers)
-                .map(|(f, footer)| (key.as_str(), &f.next, &f.touched, footer.as_slice())),
+                .flat_map(|f| f.footer.iter().map(move |e| (e, &f.object)))
+                .collect(),
+        );
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let (_, commit) = commit_for(
+            vec![(key.clone(), size as i64)],
+            entries.iter().map(|e| e.index_row(&key)).collect(),
+            flushes.iter().map(|f| (&f.next, &f.touched)),
         );
         let last_seq = flushes.last().expect("flushes to upload").seq;
         let (inner, journal) = (self.inner.clone(), s.journal.clone());
@@ -470,11 +441,7 @@ impl Flusher {
             let applied = inner.meta.commit_flush(&commit).await?;
             // The upload is done whatever happens to the journal's old segments: uploading
             // the same flushes again would only fail on their index rows.
-            let released = tokio::task::spawn_blocking(move || journal.lock().unwrap().release(last_seq)).await;
-            if let Err(e) = released
-                .map_err(anyhow::Error::from)
-                .and_then(|r| r.map_err(anyhow::Error::from))
-            {
+            if let Err(e) = journal_io(journal, move |j| j.release(last_seq)).await {
                 tracing::warn!(error = %format!("{e:#}"), "releasing uploaded journal segments failed");
             }
             METRICS
@@ -498,10 +465,10 @@ impl Flusher {
                     // single node: the store has another leader's data for these partitions.
                     tracing::error!("journaled data was fenced on upload: another broker leads its partitions");
                 }
+                s.bytes -= flushes.iter().map(|f| f.object.len()).sum::<usize>();
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "upload of journaled flushes failed; retrying");
-                s.bytes += flushes.iter().map(|f| f.object.len()).sum::<usize>();
                 for f in flushes.into_iter().rev() {
                     s.flushes.push_front(f);
                 }
@@ -577,14 +544,9 @@ impl Flusher {
                     if let Some(previous) = previous {
                         let _ = previous.await;
                     }
-                    let appended = tokio::task::spawn_blocking(move || journal.lock().unwrap().append(&[data])).await;
+                    let appended = journal_io(journal, move |j| j.append(&[data])).await;
                     let _ = done.send(());
-                    (
-                        "journal",
-                        appended
-                            .map_err(anyhow::Error::from)
-                            .and_then(|r| r.map_err(anyhow::Error::from)),
-                    )
+                    ("journal", appended)
                 }
                 None => ("put", inner.store.put(&put_key, data).await.map(|()| 0)),
             };
@@ -646,21 +608,14 @@ impl Flusher {
             }
             return;
         }
-        let objects = flushes
-            .iter()
-            .filter(|w| !w.key.is_empty())
-            .map(|w| (w.key.clone(), w.object.len() as i64))
-            .collect();
+        // Flushes with nothing written (all refused or duplicates) record nothing.
+        let written = || flushes.iter().filter(|w| !w.key.is_empty());
         let (keys, commit) = commit_for(
-            objects,
-            flushes.iter().map(|w| {
-                (
-                    w.key.as_str(),
-                    &w.prepared.next,
-                    &w.prepared.touched,
-                    w.prepared.footer.as_slice(),
-                )
-            }),
+            written().map(|w| (w.key.clone(), w.object.len() as i64)).collect(),
+            written()
+                .flat_map(|w| w.prepared.footer.iter().map(|e| e.index_row(&w.key)))
+                .collect(),
+            written().map(|w| (&w.prepared.next, &w.prepared.touched)),
         );
         let inner = self.inner.clone();
         let commit = tokio::spawn(async move {
@@ -922,27 +877,22 @@ pub(crate) fn object_key(node_id: i32) -> String {
     )
 }
 
-/// The metadata commit of written flushes, in offset order: the partitions in
-/// watermark order, and the commit (each partition's watermark after the last flush).
-/// Each flush is (its object's key, its offsets, its producers, its footer entries).
+/// The metadata commit of written flushes: their objects, their index rows, and each
+/// flush's offsets and producers in offset order. Returns the partitions in watermark
+/// order, and the commit (each partition's watermark after the last flush).
 fn commit_for<'a>(
     objects: Vec<(String, i64)>,
-    flushes: impl Iterator<
-        Item = (
-            &'a str,
-            &'a NextOffsets,
-            &'a HashMap<ProducerKey, ProducerEntry>,
-            &'a [FooterEntry],
-        ),
-    >,
+    batches: Vec<BatchRow>,
+    flushes: impl Iterator<Item = (&'a NextOffsets, &'a HashMap<ProducerKey, ProducerEntry>)>,
 ) -> (Vec<PartKey>, FlushCommit) {
     let mut watermarks: HashMap<PartKey, WatermarkUpdate> = HashMap::new();
     let mut producers: HashMap<ProducerKey, &ProducerEntry> = HashMap::new();
     let mut commit = FlushCommit {
         objects,
+        batches,
         ..FlushCommit::default()
     };
-    for (key, next, touched, footer) in flushes.filter(|f| !f.0.is_empty()) {
+    for (next, touched) in flushes {
         for (k, (_, next_offset, epoch)) in next {
             watermarks.insert(
                 *k,
@@ -955,7 +905,6 @@ fn commit_for<'a>(
             );
         }
         producers.extend(touched.iter().map(|(k, e)| (*k, e)));
-        commit.batches.extend(footer.iter().map(|e| e.index_row(key)));
     }
     let (keys, watermarks): (Vec<PartKey>, Vec<WatermarkUpdate>) = watermarks.into_iter().unzip();
     commit.watermarks = watermarks;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Context, Result};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use sluice_meta::{FlushCommit, MetaStore, ProducerStateRow, SeqEntry, WatermarkUpdate};
 use uuid::Uuid;
 
@@ -241,7 +241,9 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
             ((s.topic_id, s.partition, s.producer_id), entry)
         })
         .collect();
-    let (mut parts, mut footer, mut moved, mut touched) = (Vec::new(), Vec::new(), Vec::new(), HashSet::new());
+    // The batches to upload, each with the record holding it.
+    let mut batches: Vec<(FooterEntry, Bytes)> = Vec::new();
+    let (mut moved, mut touched) = (Vec::new(), HashSet::new());
     let mut uploaded = 0;
     for r in records {
         let entries = object::verify(&r.payload).with_context(|| format!("journal record {}", r.seq))?;
@@ -256,7 +258,6 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         {
             continue;
         }
-        let position: u64 = parts.iter().map(|p: &Bytes| p.len() as u64).sum();
         for e in live {
             let key = (e.topic_id, e.partition);
             let (next, _) = offsets.get_mut(&key).expect("live");
@@ -285,22 +286,15 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
                 producer::record(producers.entry(pkey).or_default(), b.producer_epoch, seq);
                 touched.insert(pkey);
             }
-            footer.push(FooterEntry {
-                position: e.position + position,
-                ..e.clone()
-            });
+            batches.push((e.clone(), r.payload.clone()));
         }
-        let body_len = r.payload.len() - object::TRAILER_LEN - object::footer_len(&r.payload, r.payload.len())?;
-        parts.push(r.payload.slice(..body_len));
         uploaded += 1;
     }
-    if footer.is_empty() {
+    if batches.is_empty() {
         return Ok(0);
     }
     let key = crate::flush::object_key(node_id);
-    let mut tail = BytesMut::new();
-    object::finish(&mut tail, &footer);
-    parts.push(tail.freeze());
+    let (parts, footer) = object::assemble(batches.iter().map(|(e, payload)| (e, payload)).collect());
     let size: usize = parts.iter().map(|p| p.len()).sum();
     moved.sort();
     moved.dedup();

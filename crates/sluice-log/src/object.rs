@@ -87,6 +87,27 @@ pub fn finish(body: &mut BytesMut, entries: &[FooterEntry]) {
     body.put_slice(MAGIC);
 }
 
+/// An object made of batches held in other objects: each batch is `(its entry, the
+/// object holding it at the entry's position)`. Each partition's batches go together, in
+/// offset order, so that a reader of one partition gets a run of adjacent batches with one
+/// ranged read. Returns the object's pieces in order (the batches, then footer and
+/// trailer) and its footer entries.
+pub fn assemble(mut batches: Vec<(&FooterEntry, &Bytes)>) -> (Vec<Bytes>, Vec<FooterEntry>) {
+    batches.sort_by_key(|(e, _)| (e.topic_id, e.partition, e.base_offset));
+    let mut parts = Vec::with_capacity(batches.len() + 1);
+    let mut entries = Vec::with_capacity(batches.len());
+    let mut position = 0u64;
+    for (e, object) in batches {
+        parts.push(object.slice(e.position as usize..(e.position + e.length as u64) as usize));
+        entries.push(FooterEntry { position, ..e.clone() });
+        position += e.length as u64;
+    }
+    let mut footer = BytesMut::new();
+    finish(&mut footer, &entries);
+    parts.push(footer.freeze());
+    (parts, entries)
+}
+
 /// Reads the trailer; returns the footer's length.
 pub fn footer_len(trailer: &[u8], object_len: usize) -> Result<usize, ObjectError> {
     if trailer.len() < TRAILER_LEN || object_len < TRAILER_LEN {
