@@ -17,14 +17,15 @@ from conftest import consume_confluent, wait_until, watermarks
 
 
 class LoadProducer(threading.Thread):
-    """Produces key "p-n" / value "record p-n ..." round-robin over partitions
+    """Produces key "p-n" / value "record p-n " * repeat round-robin over partitions
     and records each acknowledged (partition, n) -> offset."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, rate: int = 2000, **conf):
+    def __init__(self, bootstrap: str, topic: str, partitions: int, rate: int = 2000, repeat: int = 4, **conf):
         super().__init__(daemon=True, name="load-producer")
         self.topic = topic
         self.partitions = partitions
         self.rate = rate
+        self.repeat = repeat
         # (monotonic time, partition) of every acknowledgement, to time failovers.
         self.ack_times: list[tuple[float, int]] = []
         self.stop_flag = threading.Event()
@@ -73,7 +74,7 @@ class LoadProducer(threading.Thread):
                     self.producer.produce(
                         self.topic,
                         key=f"{part}-{n}".encode(),
-                        value=f"record {part}-{n} ".encode() * 4,
+                        value=self.value(part, n),
                         partition=part,
                         on_delivery=self._on_delivery(part, n),
                     )
@@ -91,6 +92,9 @@ class LoadProducer(threading.Thread):
                     next_t = time.monotonic()
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
+
+    def value(self, part: int, n: int) -> bytes:
+        return f"record {part}-{n} ".encode() * self.repeat
 
     def finish(self, timeout: float) -> int:
         self.stop_flag.set()
@@ -130,7 +134,7 @@ def check_exactly_once(bootstrap: str, topic: str, partitions: int, load: LoadPr
         for n, off in acked:
             r = by_offset.get(off)
             want_key = f"{p}-{n}".encode()
-            if r is None or r.key != want_key or r.value != f"record {p}-{n} ".encode() * 4:
+            if r is None or r.key != want_key or r.value != load.value(p, n):
                 missing.append((n, off, None if r is None else r.key))
         if missing:
             problems.append(f"partition {p}: {len(missing)} acknowledged records missing or wrong, e.g. {missing[:5]}")

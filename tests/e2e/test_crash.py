@@ -3,6 +3,9 @@
 Both write paths are covered: the single-node journal (the default: appends are
 acknowledged once synced to the local journal and uploaded later) and
 `--journal false` (every flush writes an object and commits before it is acknowledged).
+With the journal, flushes of 1 MiB or more still go straight to the store; the
+"journal-and-direct" case produces large records fast enough that flushes of both
+kinds follow each other, and checks that both kinds happened.
 
 An idempotent acks=all producer (librdkafka) writes numbered records to several
 partitions while the broker is SIGKILLed and restarted repeatedly at random
@@ -18,12 +21,15 @@ from __future__ import annotations
 import os
 import pytest
 import random
+import re
 import shutil
 import time
 import uuid
+from collections import Counter
 
 from conftest import (
     Msg,
+    http_get,
     consume_confluent,
     consume_kafka_python,
     create_topic,
@@ -39,31 +45,61 @@ KILLS = 5
 PRODUCE_RATE = 2000  # records/s, all partitions together
 
 
-@pytest.mark.parametrize("journal", ["true", "false"])
-def test_kill9_during_idempotent_load_loses_nothing(make_broker, journal):
+# (journal, records/s, value repeat (bytes / ~16), flush interval)
+LOADS = {
+    "journal": ("true", PRODUCE_RATE, 4, "2ms"),
+    "objects": ("false", PRODUCE_RATE, 4, "2ms"),
+    # ~16 KB records at 5,000/s (80 MB/s), gathered for 8 ms or while a write runs:
+    # flushes around 1 MiB.
+    "journal-and-direct": ("true", 5000, 1000, "8ms"),
+}
+
+
+def flush_stage_counts(broker) -> dict[str, float]:
+    """How many flushes went through each stage (journal, put, ...) since the broker started."""
+    status, body, _ = http_get(broker.http + "/metrics")
+    assert status == 200
+    counts = {}
+    for line in body.splitlines():
+        m = re.match(r'sluice_log_flush_stage_seconds_count\{stage="(\w+)"\} (\S+)', line)
+        if m:
+            counts[m.group(1)] = float(m.group(2))
+    return counts
+
+
+@pytest.mark.parametrize("load_kind", list(LOADS))
+def test_kill9_during_idempotent_load_loses_nothing(make_broker, load_kind):
+    journal, rate, repeat, flush_interval = LOADS[load_kind]
     seed = int(os.environ.get("SLUICE_CRASH_SEED", random.randrange(1 << 30)))
     rnd = random.Random(seed)
     print(f"SLUICE_CRASH_SEED={seed}")
     started = time.monotonic()
 
-    broker = make_broker("--flush-interval", "2ms", "--journal", journal)
+    broker = make_broker("--flush-interval", flush_interval, "--journal", journal)
     topic = "crash"
     create_topic(broker, topic, PARTITIONS)
 
-    load = LoadProducer(broker.bootstrap, topic, PARTITIONS, PRODUCE_RATE)
+    load = LoadProducer(broker.bootstrap, topic, PARTITIONS, rate, repeat=repeat)
     load.start()
     time.sleep(1.0)
 
     kills = []
+    # Flushes per stage, summed over the broker's lives (each kill resets its metrics).
+    stages: Counter[str] = Counter()
     for i in range(KILLS):
         time.sleep(rnd.uniform(0.3, 1.5))
         with load.lock:
             acked_before = len(load.acked)
+        stages.update(flush_stage_counts(broker))
         broker.kill()
         kills.append((round(time.monotonic() - started, 2), load.sent, acked_before))
         broker.start()
     sent_at_last_start = load.sent
     time.sleep(1.5)
+    stages.update(flush_stage_counts(broker))
+    print(f"flushes per stage: {dict(stages)}")
+    if load_kind == "journal-and-direct":
+        assert stages["journal"] > 0 and stages["put"] > 0, stages
 
     left = load.finish(timeout=45)
     assert load.error is None, f"producer thread failed: {load.error!r}"

@@ -18,6 +18,10 @@
 //! one at a time, and published as soon as it is synced there. Journaled
 //! flushes are staged and uploaded as one object with one commit when
 //! `UPLOAD_BYTES` are staged or the oldest has waited `upload_interval`.
+//! A flush of `DIRECT_BYTES` or more still goes straight to the store (writing
+//! it twice would halve a busy node's throughput): it is committed once every
+//! staged flush before it is uploaded, and published after its commit, so the
+//! journaled flushes after it are published after it too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -75,11 +79,16 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// there are fewer, larger objects (each costs a file and its syncs, or a PUT).
 const PARALLEL_WRITE_BYTES: usize = 1 << 20;
 
+/// With a journal, a flush at least this large is written to the store, not journaled.
+pub(crate) const DIRECT_BYTES: usize = 1 << 20;
+
 /// A flush whose object is being written, or is written and waits for its commit.
 struct Writing {
     prepared: Prepared,
     object: Bytes,
     key: String,
+    /// Written to the journal (published once synced), not to the store.
+    journaled: bool,
     put: Put,
 }
 
@@ -156,6 +165,8 @@ struct Staged {
     uploading: Option<(Vec<StagedFlush>, CommitTask)>,
     /// Resolves when the last journal write started has finished.
     last_append: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// A flush failed: every later one fails until a restart (see `fail_queued`).
+    failed: bool,
 }
 
 struct Flusher {
@@ -190,6 +201,7 @@ pub(crate) async fn run(
             due: tokio::time::Instant::now(),
             uploading: None,
             last_append: None,
+            failed: false,
         }),
     };
     f.set_producers(states);
@@ -244,7 +256,11 @@ pub(crate) async fn run(
                     pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() && f.may_write(pending_bytes);
             }
             Event::Deadline => flush_now = true,
-            Event::Uploaded(result) => f.uploaded(result),
+            Event::Uploaded(result) => {
+                f.uploaded(result);
+                // A flush written to the store may have waited for this upload.
+                f.start_commit().await;
+            }
             Event::UploadDue => f.start_upload(),
             // A control message applies once everything queued before it is committed.
             Event::Message(Some(FlushMsg::Control(control))) => {
@@ -388,6 +404,11 @@ impl Flusher {
             if let Some(mut c) = self.committing.take() {
                 let result = joined(&mut c.commit).await;
                 self.publish(c, result);
+            } else if self.staged.as_ref().is_some_and(|s| s.uploading.is_some()) {
+                // A flush written to the store waits for the flushes journaled before it.
+                if !self.wait_upload(retry).await {
+                    return self.fail_queued();
+                }
             } else if let Some(w) = self.writing.front_mut() {
                 w.put.wait().await;
             } else {
@@ -395,22 +416,31 @@ impl Flusher {
             }
             self.start_commit().await;
         }
-        while let Some(s) = &mut self.staged {
-            if let Some((_, upload)) = &mut s.uploading {
-                let result = joined(upload).await;
-                let failed = result.is_err();
-                self.uploaded(result);
-                if failed && !retry {
+        while let Some(s) = &self.staged {
+            if s.uploading.is_some() {
+                if !self.wait_upload(retry).await {
                     return;
-                }
-                if failed {
-                    tokio::time::sleep(UPLOAD_RETRY).await;
                 }
             } else if s.flushes.is_empty() {
                 return;
             }
             self.start_upload();
         }
+    }
+
+    /// Waits for the upload in flight and applies its result. Returns false if it failed
+    /// and `retry` is not set; with `retry`, a failure waits `UPLOAD_RETRY` first.
+    async fn wait_upload(&mut self, retry: bool) -> bool {
+        let Some((_, upload)) = self.staged.as_mut().and_then(|s| s.uploading.as_mut()) else {
+            return true;
+        };
+        let result = joined(upload).await;
+        let failed = result.is_err();
+        self.uploaded(result);
+        if failed && retry {
+            tokio::time::sleep(UPLOAD_RETRY).await;
+        }
+        !failed || retry
     }
 
     /// Starts uploading every staged flush as one object, unless an upload is running.
@@ -479,9 +509,24 @@ impl Flusher {
 
     /// Publishes the journaled flushes at the front of the queue, in order, and stages
     /// them for upload. A flush whose journal write failed fails, and so does every
-    /// flush after it.
+    /// flush after it. A flush written to the store at the front is committed once
+    /// every staged flush is uploaded (an upload is started for them if need be): its
+    /// watermarks must not pass offsets that the store does not have.
     async fn publish_journaled(&mut self) {
+        // Flushes after one being committed are published after it.
+        if self.committing.is_some() {
+            return;
+        }
         while self.writing.front().is_some_and(|w| w.put.is_done()) {
+            if self.writing.front().is_some_and(|w| !w.journaled && !w.key.is_empty()) {
+                let s = self.staged.as_ref().expect("journal mode");
+                if s.flushes.is_empty() && s.uploading.is_none() {
+                    self.commit_front().await;
+                } else {
+                    self.start_upload();
+                }
+                return;
+            }
             let mut w = self.writing.pop_front().expect("front exists");
             w.put.wait().await;
             let seq = match std::mem::replace(&mut w.put, Put::Done(Ok(0))) {
@@ -489,7 +534,7 @@ impl Flusher {
                 Put::Done(Ok(seq)) => seq,
                 Put::Running(_) => unreachable!("waited for"),
             };
-            if !w.key.is_empty() {
+            if w.journaled {
                 let p = &w.prepared;
                 let staged = StagedFlush {
                     seq,
@@ -523,6 +568,7 @@ impl Flusher {
                 prepared: p,
                 object: Bytes::new(),
                 key: String::new(),
+                journaled: false,
                 put: Put::Done(Ok(0)),
             });
             self.start_commit().await;
@@ -531,12 +577,24 @@ impl Flusher {
         object::finish(&mut p.body, &p.footer);
         let object = std::mem::take(&mut p.body).freeze();
         let key = object_key(self.inner.opts.node_id);
+        if self.staged.as_ref().is_some_and(|s| s.failed) {
+            let error = anyhow::anyhow!("an earlier flush failed; restart the broker to recover its journal");
+            let put = Put::Done(Err(error));
+            return self.writing.push_back(Writing {
+                prepared: p,
+                object,
+                key,
+                journaled: true,
+                put,
+            });
+        }
         let (inner, put_key, data) = (self.inner.clone(), key.clone(), object.clone());
         // Journal records must follow offset order: each write waits for the previous one.
-        let journal = self.staged.as_mut().map(|s| {
+        let journal = self.staged.as_mut().filter(|_| object.len() < DIRECT_BYTES).map(|s| {
             let (done, next) = tokio::sync::oneshot::channel::<()>();
             (s.journal.clone(), s.last_append.replace(next), done)
         });
+        let journaled = journal.is_some();
         let put = tokio::spawn(async move {
             let started = Instant::now();
             let (stage, result) = match journal {
@@ -560,6 +618,7 @@ impl Flusher {
             prepared: p,
             object,
             key,
+            journaled,
             put: Put::Running(put),
         });
     }
@@ -571,13 +630,19 @@ impl Flusher {
         if self.staged.is_some() {
             return self.publish_journaled().await;
         }
+        self.commit_front().await;
+    }
+
+    /// Unless a commit is running, commits the written flushes at the front of the queue
+    /// that went to the store (not to the journal), in one transaction.
+    async fn commit_front(&mut self) {
         if self.committing.is_some() {
             return;
         }
         let mut flushes: Vec<Writing> = Vec::new();
         let mut epochs: HashMap<PartKey, i32> = HashMap::new();
         while let Some(w) = self.writing.front_mut() {
-            if !w.put.is_done() {
+            if !w.put.is_done() || w.journaled {
                 break;
             }
             // One watermark per partition in a commit: flushes under another leader epoch wait.
@@ -642,7 +707,13 @@ impl Flusher {
 
     /// Fails every flush not yet committing: an earlier flush failed, and their offsets
     /// follow its offsets. Their objects, if written, become orphans for the collector.
+    /// With a journal, every later flush fails too, until a restart: failed flushes may
+    /// be journaled (or their writes still running), and records with offsets handed out
+    /// again after them would not follow them.
     fn fail_queued(&mut self) {
+        if let Some(s) = &mut self.staged {
+            s.failed = true;
+        }
         for w in std::mem::take(&mut self.writing) {
             self.finish(w.prepared, w.object, Err(anyhow::anyhow!("an earlier flush failed")));
         }

@@ -258,19 +258,30 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         {
             continue;
         }
+        match follows(&live, &offsets) {
+            Ok(()) => {}
+            Err(Gap::Ahead) => {
+                // A flush written to the store, published in its turn before this one, was
+                // never committed: neither it nor anything journaled after it was acknowledged.
+                tracing::warn!(
+                    record = r.seq,
+                    dropped = records.iter().filter(|d| d.seq >= r.seq).count(),
+                    "journal records after a flush that never reached the store were not acknowledged; dropping them"
+                );
+                break;
+            }
+            Err(Gap::Behind(e, next)) => bail!(
+                "journal record {} does not follow the store: {}-{} is at offset {}, the record at {}",
+                r.seq,
+                e.topic,
+                e.partition,
+                next,
+                e.base_offset
+            ),
+        }
         for e in live {
             let key = (e.topic_id, e.partition);
             let (next, _) = offsets.get_mut(&key).expect("live");
-            if e.base_offset != *next {
-                bail!(
-                    "journal record {} does not follow the store: {}-{} is at offset {}, the record at {}",
-                    r.seq,
-                    e.topic,
-                    e.partition,
-                    next,
-                    e.base_offset
-                );
-            }
             *next = e.last_offset + 1;
             moved.push(key);
             let start = e.position as usize;
@@ -327,6 +338,31 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         bail!("journaled flushes were fenced on recovery: another broker leads their partitions");
     }
     Ok(uploaded)
+}
+
+/// How a journal record fails to continue the store.
+enum Gap<'a> {
+    /// Some partition's batch starts past the store's high watermark.
+    Ahead,
+    /// Some batch starts below it: the store has other data at its offsets.
+    Behind(&'a FooterEntry, i64),
+}
+
+/// Whether a record's batches continue each partition's offsets in the store exactly.
+fn follows<'a>(entries: &[&'a FooterEntry], offsets: &HashMap<(Uuid, i32), (i64, i32)>) -> Result<(), Gap<'a>> {
+    let mut next: HashMap<(Uuid, i32), i64> = HashMap::new();
+    for e in entries {
+        let key = (e.topic_id, e.partition);
+        let at = next.entry(key).or_insert(offsets[&key].0);
+        if e.base_offset > *at {
+            return Err(Gap::Ahead);
+        }
+        if e.base_offset < *at {
+            return Err(Gap::Behind(e, *at));
+        }
+        *at = e.last_offset + 1;
+    }
+    Ok(())
 }
 
 /// Writes a file of `len` zero bytes and syncs it, so that its blocks are allocated.

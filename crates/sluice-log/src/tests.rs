@@ -681,3 +681,110 @@ async fn journaled_flushes_are_uploaded_as_one_object() {
     assert_eq!(stored_watermark(&log, &t, 0).await, 7);
     assert_eq!(data_objects(&fx), 2);
 }
+
+#[test]
+fn a_large_flush_goes_to_the_store_after_the_journaled_flushes_before_it() {
+    let fx = Fixture::new();
+    let jopts = journal_opts(&fx, Duration::from_secs(3600));
+    let big = make_batch(60_000, -1, 0, 0, Compression::None);
+    assert!(big.len() >= crate::flush::DIRECT_BYTES, "{} bytes", big.len());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let cfg = BTreeMap::from([("max.message.bytes".to_string(), (8 << 20).to_string())]);
+        let t = log.create_topic("d", Some(2), cfg, false).await.unwrap();
+        log.append(&t, 0, make_batch(3, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
+        log.append(&t, 1, make_batch(2, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
+        assert_eq!(data_objects(&fx), 0, "small flushes are journaled");
+        let a = log.append(&t, 0, big.clone()).await.unwrap();
+        assert_eq!(a.base_offset, 3);
+        // Acknowledged once committed, after the journaled flushes before it were uploaded
+        // (in their own object): the store's watermarks never pass data it lacks.
+        assert_eq!(data_objects(&fx), 2);
+        assert_eq!(stored_watermark(&log, &t, 0).await, 60_003);
+        assert_eq!(stored_watermark(&log, &t, 1).await, 2);
+        // Small flushes after it are journaled again.
+        let b = log
+            .append(&t, 1, make_batch(4, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
+        assert_eq!(b.base_offset, 2);
+        assert_eq!(stored_watermark(&log, &t, 1).await, 2);
+    });
+    // After a crash, everything acknowledged is back, in order.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts).await;
+        let t = log.topic("d").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 1).await, 6);
+        assert_eq!(read_offsets(&log, &t, 0, 60_003).await, (0..60_003).collect::<Vec<_>>());
+        assert_eq!(read_offsets(&log, &t, 1, 6).await, (0..6).collect::<Vec<_>>());
+    });
+}
+
+/// A journal record holding one batch at `base_offset`, as the flusher writes it.
+fn journal_record(t: &Topic, partition: i32, base_offset: i64, batch: &Bytes) -> Bytes {
+    let info = batch::parse_header(batch, 0).unwrap();
+    let mut body = bytes::BytesMut::from(&batch[..]);
+    batch::patch_header(&mut body, base_offset, 0);
+    let entry = object::FooterEntry {
+        topic_id: t.id,
+        topic: t.name.clone(),
+        partition,
+        base_offset,
+        last_offset: base_offset + info.last_offset_delta as i64,
+        max_timestamp: info.max_timestamp,
+        position: 0,
+        length: batch.len() as u32,
+    };
+    object::finish(&mut body, &[entry]);
+    body.freeze()
+}
+
+#[test]
+fn recovery_drops_journal_records_after_a_flush_that_never_reached_the_store() {
+    let fx = Fixture::new();
+    let jopts = journal_opts(&fx, Duration::from_secs(3600));
+    let t = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let t = log.create_topic("g", Some(1), BTreeMap::new(), false).await.unwrap();
+        log.append(&t, 0, make_batch(2, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
+        t
+    });
+    // The journal as a crash can leave it: offsets 2..=9 went to the store in a flush whose
+    // commit never landed; the flushes journaled after it (offsets 10.., and 2.. written by
+    // nothing real, to show that reading stops at the gap) were never acknowledged.
+    let dir = jopts.journal.clone().unwrap();
+    let (mut journal, records) = journal::Journal::open(&dir, journal::SEGMENT_BYTES).unwrap();
+    assert_eq!(records.len(), 1);
+    let batch = make_batch(2, -1, 0, 0, Compression::None);
+    journal.append(&[journal_record(&t, 0, 10, &batch)]).unwrap();
+    journal.append(&[journal_record(&t, 0, 2, &batch)]).unwrap();
+    drop(journal);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let t = log.topic("g").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 0).await, 2);
+        assert_eq!(read_offsets(&log, &t, 0, 2).await, [0, 1]);
+        let next = log
+            .append(&t, 0, make_batch(1, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
+        assert_eq!(next.base_offset, 2);
+    });
+    // A record that overlaps the one before it (offset 2, journaled by the run above) is
+    // not a crash's leftover: refused.
+    let (mut journal, records) = journal::Journal::open(&dir, journal::SEGMENT_BYTES).unwrap();
+    assert_eq!(records.len(), 1);
+    journal.append(&[journal_record(&t, 0, 2, &batch)]).unwrap();
+    drop(journal);
+    let meta = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let meta = MetaStore::open(&fx.meta_url()).await.unwrap();
+        Log::open(meta, fx.store(), jopts).await.err().unwrap()
+    });
+    assert!(format!("{meta:#}").contains("does not follow the store"), "{meta:#}");
+}
