@@ -7,6 +7,7 @@
 //   /tmp/gcm 1 $DIR/pre              # overwrite inside a zero-filled file (the journal)
 //   /tmp/gcm 0 $DIR/app              # append to one growing file
 //   mkdir $DIR/obj.d; /tmp/gcm 2 $DIR/obj $DIR/obj.d   # new file + fdatasync + dir fsync (an object)
+//   /tmp/gcm 3 $DIR/pre              # as 1, but O_DIRECT|O_DSYNC writes padded to 4 KiB, no fdatasync
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -16,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define N 30000
+#define MAX_N 30000
 #define RATE 2000.0
 #define RECORD 1100
 
@@ -26,7 +27,9 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static double arrived[N], latency[N];
+static double arrived[MAX_N], latency[MAX_N];
+/* Appends to model (GCM_RECORDS, default and at most MAX_N). */
+static int N = MAX_N;
 static int produced = 0;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -58,9 +61,14 @@ int main(int argc, char **argv) {
         return 2;
     }
     int mode = atoi(argv[1]);
-    static char buf[1 << 20];
+    if (getenv("GCM_RECORDS")) {
+        N = atoi(getenv("GCM_RECORDS"));
+        if (N < 1 || N > MAX_N) N = MAX_N;
+    }
+    static char buf[1 << 20] __attribute__((aligned(4096)));
     memset(buf, 'x', sizeof buf);
-    int fd = mode == 2 ? -1 : open(argv[2], O_RDWR | O_CREAT | (mode == 0 ? O_TRUNC : 0), 0644);
+    int flags = O_RDWR | O_CREAT | (mode == 0 ? O_TRUNC : 0) | (mode == 3 ? O_DIRECT | O_DSYNC : 0);
+    int fd = mode == 2 ? -1 : open(argv[2], flags, 0644);
     long pos = 0;
     int done = 0;
     pthread_t producer;
@@ -81,6 +89,10 @@ int main(int argc, char **argv) {
             int d = open(argv[3], O_RDONLY);
             fsync(d);
             close(d);
+        } else if (mode == 3) {
+            len = (len + 4095) & ~(size_t)4095;
+            if (pwrite(fd, buf, len, pos) < 0) return 1;
+            pos += (long)len;
         } else {
             if (pwrite(fd, buf, len, pos) < 0 || fdatasync(fd) < 0) return 1;
             pos += (long)len;

@@ -15,7 +15,9 @@
 # same with count=4096 (sustained rate; not in --quick), and `dd ... bs=4k
 # oflag=dsync` (latency of one small synchronous write), and
 # benches/fsync_latency.py (p50/p99 of the write a flush does: new file, fsync,
-# directory fsync), benches/cpu_stalls.py (how often the CPU runs slow), and
+# directory fsync), benches/group_commit_model.c (p99 of the journal's write
+# pattern at 2,000 appends/s, without a broker), benches/cpu_stalls.py (how often
+# the CPU runs slow), and
 # librdkafka at 2,000/s against its in-process mock broker (the client's p99 floor);
 # (b) a fresh `sluice serve` on free loopback ports with its data in the same
 # temp dir; (c) `sluice bench produce`
@@ -47,7 +49,7 @@ while [[ $# -gt 0 ]]; do
         --keep) KEEP=1 ;;
         --out) OUT="$2"; shift ;;
         --runs) RUNS="$2"; shift ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -58,6 +60,7 @@ if [[ $QUICK -eq 1 ]]; then
     DD_LONG_COUNT=0    # MiB; 0 = skip the sustained-write reference
     DSYNC_COUNT=200    # 4 KiB synchronous writes
     FSYNC_COUNT=200    # flush-like file writes (benches/fsync_latency.py)
+    JOURNAL_N=2000     # appends in the journal's write model (benches/group_commit_model.c)
     CPU_S=3            # seconds of CPU steadiness probe (benches/cpu_stalls.py)
     THROUGHPUT_S=3     # seconds per throughput step
     LATENCY_S=3        # seconds per latency step
@@ -67,6 +70,7 @@ else
     DD_LONG_COUNT=4096
     DSYNC_COUNT=1000
     FSYNC_COUNT=4000
+    JOURNAL_N=30000
     CPU_S=10
     THROUGHPUT_S=15
     LATENCY_S=20
@@ -129,6 +133,8 @@ else
 fi
 HAVE_RDKAFKA=1
 python3 -c 'import confluent_kafka' 2>/dev/null || HAVE_RDKAFKA=0
+# The journal's write model; skipped without a C compiler.
+cc -O2 -o "$TMP/gcm" "$ROOT/benches/group_commit_model.c" -lpthread 2>/dev/null || rm -f "$TMP/gcm"
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -217,6 +223,19 @@ one_run() {
     log "run $1: python3 benches/fsync_latency.py \$TMP/fsync --count $FSYNC_COUNT"
     python3 "$ROOT/benches/fsync_latency.py" "$TMP/fsync" --count "$FSYNC_COUNT" >"$RES/fsync.json"
     rm -rf "$TMP/fsync"
+    # The journal's write alone (appends at 2,000/s, group commit, overwriting a zero-filled
+    # file, fdatasync; C, no broker): the floor under the produce p99 with the journal.
+    if [[ -x "$TMP/gcm" ]]; then
+        log "run $1: GCM_RECORDS=$JOURNAL_N benches/group_commit_model 1 \$TMP/journal"
+        dd if=/dev/zero of="$TMP/journal" bs=1M count=64 conv=fdatasync 2>/dev/null
+        GCM_RECORDS="$JOURNAL_N" "$TMP/gcm" 1 "$TMP/journal" | python3 -c '
+import json, sys
+w = sys.stdin.read().split()
+v = {w[i]: float(w[i + 1]) for i in range(2, 10, 2)}
+print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
+        cat "$RES/journal_floor.json" >&2
+        rm -f "$TMP/journal"
+    fi
     # How much of the time the CPU runs slow: the other floor under the p99.
     log "run $1: python3 benches/cpu_stalls.py --seconds $CPU_S"
     python3 "$ROOT/benches/cpu_stalls.py" --seconds "$CPU_S" >"$RES/cpu.json"

@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 
-STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "cpu", "rdkafka_mock_2000", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
+STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
          "rdkafka_consume", "rdkafka_2000", "consume_restart", "broker"]
 
 
@@ -132,6 +132,7 @@ def build(runs: list[dict]) -> list[Row]:
             rw.detail.append(f"p50 {l['p50']:.1f} p99.9 {l['p999']:.1f} max {l['max']:.1f}")
 
         lat("fsync", "new file + fsync + dir fsync (a flush's write)", "latency_ms")
+        lat("journal_floor", "the journal's write @ 2000 rec/s (C model, no broker)", "latency_ms")
         x = r["cpu"]
         if x:
             rw = row("cpu", "CPU slow (100 ms windows with a quarter of 50 µs chunks > 2× median)", "% of time")

@@ -4,6 +4,7 @@
 //! pending, which lets clients pipeline.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -27,6 +28,8 @@ pub(crate) enum Reply {
 const MAX_IN_FLIGHT: usize = 64;
 
 struct Pending {
+    /// When the request was read whole, and its API's name, for the request-time metric.
+    read: (Instant, &'static str),
     correlation_id: i32,
     header_version: i16,
     api_version: i16,
@@ -52,6 +55,11 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<()> {
             if wr.write_all(&out).await.is_err() {
                 break;
             }
+            let (read, api) = p.read;
+            METRICS
+                .request_seconds
+                .with_label_values(&[api])
+                .observe(read.elapsed().as_secs_f64());
         }
         let _ = wr.shutdown().await;
     });
@@ -103,12 +111,14 @@ async fn read_loop(
 
 /// Decodes one request frame and starts handling it.
 async fn handle_frame(frame: Bytes, broker: &Arc<Broker>) -> Result<Pending> {
+    let read = Instant::now();
     let (key, version) = ((&frame[0..2]).get_i16(), (&frame[2..4]).get_i16());
     let correlation_id = (&frame[4..8]).get_i32();
     if let (Ok(ApiKey::ApiVersions), Some((min, max))) = (ApiKey::try_from(key), api::advertised(ApiKey::ApiVersions)) {
         if version < min || version > max {
             // KIP-511: answer in v0 with the supported versions so the client can retry.
             return Ok(Pending {
+                read: (read, "ApiVersions"),
                 correlation_id,
                 header_version: 0,
                 api_version: 0,
@@ -121,6 +131,7 @@ async fn handle_frame(frame: Bytes, broker: &Arc<Broker>) -> Result<Pending> {
     METRICS.requests.with_label_values(&[api::name(api_key)]).inc();
     let reply = api::dispatch(broker, &header, body).await?;
     Ok(Pending {
+        read: (read, api::name(api_key)),
         correlation_id,
         header_version: api_key.response_header_version(version),
         api_version: version,

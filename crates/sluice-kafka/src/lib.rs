@@ -16,7 +16,9 @@ mod produce;
 use std::sync::{Arc, LazyLock};
 
 use anyhow::Result;
-use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec, IntCounterVec, IntGauge,
+};
 use sluice_log::Log;
 use tokio::net::TcpListener;
 
@@ -46,12 +48,20 @@ pub struct Broker {
 
 pub(crate) struct Metrics {
     pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
     pub connections: IntGauge,
     pub closed_bad_frames: IntCounterVec,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     requests: register_int_counter_vec!("sluice_kafka_requests_total", "Kafka requests handled", &["api"]).unwrap(),
+    request_seconds: register_histogram_vec!(
+        "sluice_kafka_request_seconds",
+        "Time from a request read whole to its response written (Kafka's TotalTimeMs, less the read)",
+        &["api"],
+        vec![0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0]
+    )
+    .unwrap(),
     connections: register_int_gauge!("sluice_kafka_connections", "Open Kafka connections").unwrap(),
     closed_bad_frames: register_int_counter_vec!(
         "sluice_kafka_connections_closed_total",
