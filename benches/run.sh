@@ -244,6 +244,10 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
     if [[ $HAVE_RDKAFKA -eq 1 ]]; then
         step rdkafka_mock_2000 python3 "$ROOT/benches/librdkafka_produce.py" --mock --json --topic floor \
             --record-size 1024 --rate 2000 --linger-ms 0 --duration "$LATENCY_S"
+        # And unthrottled: how fast this client produces here at all (it shares the cores
+        # with the broker in the real step).
+        step rdkafka_mock python3 "$ROOT/benches/librdkafka_produce.py" --mock --json --topic ceiling \
+            --record-size 1024 --duration "$THROUGHPUT_S"
     fi
 
     # (b) a fresh broker.
