@@ -5,7 +5,8 @@ acknowledged once synced to the local journal and uploaded later) and
 `--journal false` (every flush writes an object and commits before it is acknowledged).
 With the journal, flushes of 1 MiB or more still go straight to the store; the
 "journal-and-direct" case produces large records fast enough that flushes of both
-kinds follow each other, and checks that both kinds happened.
+kinds follow each other, and checks that both kinds happened; it also writes large objects
+with O_DIRECT (`--direct-io true`).
 
 An idempotent acks=all producer (librdkafka) writes numbered records to several
 partitions while the broker is SIGKILLed and restarted repeatedly at random
@@ -45,13 +46,13 @@ KILLS = 5
 PRODUCE_RATE = 2000  # records/s, all partitions together
 
 
-# (journal, records/s, value repeat (bytes / ~16), flush interval)
+# (journal, records/s, value repeat (bytes / ~16), flush interval, more broker args)
 LOADS = {
-    "journal": ("true", PRODUCE_RATE, 4, "2ms"),
-    "objects": ("false", PRODUCE_RATE, 4, "2ms"),
+    "journal": ("true", PRODUCE_RATE, 4, "2ms", []),
+    "objects": ("false", PRODUCE_RATE, 4, "2ms", []),
     # ~16 KB records at 5,000/s (80 MB/s), gathered for 8 ms or while a write runs:
-    # flushes around 1 MiB.
-    "journal-and-direct": ("true", 5000, 1000, "8ms"),
+    # flushes around 1 MiB. Objects of 1 MiB or more are written with O_DIRECT.
+    "journal-and-direct": ("true", 5000, 1000, "8ms", ["--direct-io", "true"]),
 }
 
 
@@ -69,13 +70,13 @@ def flush_stage_counts(broker) -> dict[str, float]:
 
 @pytest.mark.parametrize("load_kind", list(LOADS))
 def test_kill9_during_idempotent_load_loses_nothing(make_broker, load_kind):
-    journal, rate, repeat, flush_interval = LOADS[load_kind]
+    journal, rate, repeat, flush_interval, more = LOADS[load_kind]
     seed = int(os.environ.get("SLUICE_CRASH_SEED", random.randrange(1 << 30)))
     rnd = random.Random(seed)
     print(f"SLUICE_CRASH_SEED={seed}")
     started = time.monotonic()
 
-    broker = make_broker("--flush-interval", flush_interval, "--journal", journal)
+    broker = make_broker("--flush-interval", flush_interval, "--journal", journal, *more)
     topic = "crash"
     create_topic(broker, topic, PARTITIONS)
 

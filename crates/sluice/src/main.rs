@@ -98,7 +98,7 @@ fn run() -> Result<()> {
 
 async fn open_stores(cfg: &Config) -> Result<(MetaStore, DataStore)> {
     let meta = MetaStore::open(&cfg.meta_url()?).await?;
-    let store = DataStore::open(&cfg.store_url()?)?;
+    let store = DataStore::open(&cfg.store_url()?)?.with_direct_io(cfg.direct_io);
     Ok((meta, store))
 }
 
