@@ -245,7 +245,11 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
     let mut batches: Vec<(FooterEntry, Bytes)> = Vec::new();
     let (mut moved, mut touched) = (Vec::new(), HashSet::new());
     let mut uploaded = 0;
+    let mut previous: Option<u64> = None;
     for r in records {
+        // Whether the journal holds every record between the one before and this one.
+        let after_hole = previous.filter(|p| r.seq != p + 1);
+        previous = Some(r.seq);
         let entries = object::verify(&r.payload).with_context(|| format!("journal record {}", r.seq))?;
         // A record is uploaded whole or not at all; entries of deleted topics are dropped.
         let live: Vec<&FooterEntry> = entries
@@ -260,6 +264,13 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         }
         match follows(&live, &offsets) {
             Ok(()) => {}
+            Err(Gap::Ahead) if after_hole.is_some() => bail!(
+                "journal record {} starts past the store's offsets, and records {}..{} before it are \
+                 missing from the journal: acknowledged data may be lost",
+                r.seq,
+                after_hole.unwrap_or_default() + 1,
+                r.seq
+            ),
             Err(Gap::Ahead) => {
                 // A flush written to the store, published in its turn before this one, was
                 // never committed: neither it nor anything journaled after it was acknowledged.

@@ -788,3 +788,28 @@ fn recovery_drops_journal_records_after_a_flush_that_never_reached_the_store() {
     });
     assert!(format!("{meta:#}").contains("does not follow the store"), "{meta:#}");
 }
+
+#[test]
+fn recovery_refuses_a_record_past_the_store_after_a_hole_in_the_journal() {
+    let fx = Fixture::new();
+    let jopts = journal_opts(&fx, Duration::from_secs(3600));
+    let t = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        log.create_topic("h", Some(1), BTreeMap::new(), false).await.unwrap()
+    });
+    // One record per segment, so that a whole one can go missing (a lost file), unlike
+    // a direct flush that never committed, which leaves no hole in the sequence.
+    let dir = jopts.journal.clone().unwrap();
+    let (mut journal, _) = journal::Journal::open(&dir, 1).unwrap();
+    let batch = make_batch(2, -1, 0, 0, Compression::None);
+    journal.append(&[journal_record(&t, 0, 0, &batch)]).unwrap();
+    let lost = journal.append(&[journal_record(&t, 0, 2, &batch)]).unwrap();
+    journal.append(&[journal_record(&t, 0, 4, &batch)]).unwrap();
+    drop(journal);
+    std::fs::remove_file(dir.join(format!("{lost:020}.jnl"))).unwrap();
+    let error = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let meta = MetaStore::open(&fx.meta_url()).await.unwrap();
+        Log::open(meta, fx.store(), jopts).await.err().unwrap()
+    });
+    assert!(format!("{error:#}").contains("missing from the journal"), "{error:#}");
+}
