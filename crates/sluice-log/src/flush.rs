@@ -517,8 +517,8 @@ impl Flusher {
         if self.committing.is_some() {
             return;
         }
-        while self.writing.front().is_some_and(|w| w.put.is_done()) {
-            if self.writing.front().is_some_and(|w| !w.journaled && !w.key.is_empty()) {
+        while let Some(front) = self.writing.front().filter(|w| w.put.is_done()) {
+            if !front.journaled && !front.key.is_empty() {
                 let s = self.staged.as_ref().expect("journal mode");
                 if s.flushes.is_empty() && s.uploading.is_none() {
                     self.commit_front().await;
@@ -574,20 +574,13 @@ impl Flusher {
             self.start_commit().await;
             return;
         }
+        if self.staged.as_ref().is_some_and(|s| s.failed) {
+            let error = anyhow::anyhow!("an earlier flush failed; restart the broker to recover its journal");
+            return self.finish(p, Bytes::new(), Err(error));
+        }
         object::finish(&mut p.body, &p.footer);
         let object = std::mem::take(&mut p.body).freeze();
         let key = object_key(self.inner.opts.node_id);
-        if self.staged.as_ref().is_some_and(|s| s.failed) {
-            let error = anyhow::anyhow!("an earlier flush failed; restart the broker to recover its journal");
-            let put = Put::Done(Err(error));
-            return self.writing.push_back(Writing {
-                prepared: p,
-                object,
-                key,
-                journaled: true,
-                put,
-            });
-        }
         let (inner, put_key, data) = (self.inner.clone(), key.clone(), object.clone());
         // Journal records must follow offset order: each write waits for the previous one.
         let journal = self.staged.as_mut().filter(|_| object.len() < DIRECT_BYTES).map(|s| {
