@@ -264,14 +264,16 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         }
         match follows(&live, &offsets) {
             Ok(()) => {}
-            Err(Gap::Ahead) if after_hole.is_some() => bail!(
-                "journal record {} starts past the store's offsets, and records {}..{} before it are \
-                 missing from the journal: acknowledged data may be lost",
-                r.seq,
-                after_hole.unwrap_or_default() + 1,
-                r.seq
-            ),
             Err(Gap::Ahead) => {
+                if let Some(before) = after_hole {
+                    bail!(
+                        "journal record {} starts past the store's offsets, and records {}..{} before it are \
+                         missing from the journal: acknowledged data may be lost",
+                        r.seq,
+                        before + 1,
+                        r.seq
+                    );
+                }
                 // A flush written to the store, published in its turn before this one, was
                 // never committed: neither it nor anything journaled after it was acknowledged.
                 tracing::warn!(

@@ -207,13 +207,11 @@ fn write_parts(file: &mut std::fs::File, path: &std::path::Path, parts: &[Bytes]
     use std::io::Write;
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let direct = match direct && len >= DIRECT_IO_BYTES {
-        true => std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok(),
-        false => None,
+    let direct = if direct && len >= DIRECT_IO_BYTES {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+    } else {
+        None
     };
     let Some(direct) = direct else {
         return parts.iter().try_for_each(|p| file.write_all(p));
