@@ -18,10 +18,12 @@
 //! one at a time, and published as soon as it is synced there. Journaled
 //! flushes are staged and uploaded as one object with one commit when
 //! `UPLOAD_BYTES` are staged or the oldest has waited `upload_interval`.
-//! A flush of `DIRECT_BYTES` or more still goes straight to the store (writing
-//! it twice would halve a busy node's throughput): it is committed once every
-//! staged flush before it is uploaded, and published after its commit, so the
-//! journaled flushes after it are published after it too.
+//! A flush of `DIRECT_BYTES` or more is written to the store instead (writing it
+//! twice would halve a busy node's throughput), and the journal records a
+//! reference to its object: it is published once that record is synced, and
+//! indexed with the next upload, like the flushes journaled around it. Journal
+//! records follow offset order: each is written once the one before it is, and
+//! not at all if that one failed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::journal::Journal;
+use crate::journal::{self, Journal};
 use crate::object::{self, FooterEntry};
 use crate::producer::{self, ProducerEntry, SeqCheck};
 use crate::{batch, AppendRequest, Appended, Control, FlushMsg, Inner, LogError, Partition, TailBatch, METRICS};
@@ -79,7 +81,8 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// there are fewer, larger objects (each costs a file and its syncs, or a PUT).
 const PARALLEL_WRITE_BYTES: usize = 1 << 20;
 
-/// With a journal, a flush at least this large is written to the store, not journaled.
+/// With a journal, a flush at least this large is written to the store, and the journal
+/// records only a reference to its object.
 pub(crate) const DIRECT_BYTES: usize = 1 << 20;
 
 /// A flush whose object is being written, or is written and waits for its commit.
@@ -87,8 +90,8 @@ struct Writing {
     prepared: Prepared,
     object: Bytes,
     key: String,
-    /// Written to the journal (published once synced), not to the store.
-    journaled: bool,
+    /// Written to the store as `key` (with a journal: the journal holds a reference to it).
+    stored: bool,
     put: Put,
 }
 
@@ -151,6 +154,9 @@ struct StagedFlush {
     footer: Vec<FooterEntry>,
     /// The flush's object, where `footer` places its batches.
     object: Bytes,
+    /// The object's key if it is in the store already (a large flush); else the journal
+    /// holds it and the upload writes it.
+    stored: Option<String>,
 }
 
 /// Journaled flushes not yet in the object store, and the upload in flight.
@@ -256,11 +262,7 @@ pub(crate) async fn run(
                     pending_bytes >= f.inner.opts.flush_bytes || interval.is_zero() && f.may_write(pending_bytes);
             }
             Event::Deadline => flush_now = true,
-            Event::Uploaded(result) => {
-                f.uploaded(result);
-                // A flush written to the store may have waited for this upload.
-                f.start_commit().await;
-            }
+            Event::Uploaded(result) => f.uploaded(result),
             Event::UploadDue => f.start_upload(),
             // A control message applies once everything queued before it is committed.
             Event::Message(Some(FlushMsg::Control(control))) => {
@@ -404,11 +406,6 @@ impl Flusher {
             if let Some(mut c) = self.committing.take() {
                 let result = joined(&mut c.commit).await;
                 self.publish(c, result);
-            } else if self.staged.as_ref().is_some_and(|s| s.uploading.is_some()) {
-                // A flush written to the store waits for the flushes journaled before it.
-                if !self.wait_upload(retry).await {
-                    return self.fail_queued();
-                }
             } else if let Some(w) = self.writing.front_mut() {
                 w.put.wait().await;
             } else {
@@ -450,24 +447,36 @@ impl Flusher {
             return;
         }
         let flushes: Vec<StagedFlush> = s.flushes.drain(..).collect();
+        // The journaled flushes' batches go into one new object; flushes already in the
+        // store are only indexed where they are.
         let key = object_key(self.inner.opts.node_id);
         let (parts, entries) = object::assemble(
             flushes
                 .iter()
+                .filter(|f| f.stored.is_none())
                 .flat_map(|f| f.footer.iter().map(move |e| (e, &f.object)))
                 .collect(),
         );
-        let size: usize = parts.iter().map(|p| p.len()).sum();
-        let (_, commit) = commit_for(
-            vec![(key.clone(), size as i64)],
-            entries.iter().map(|e| e.index_row(&key)).collect(),
-            flushes.iter().map(|f| (&f.next, &f.touched)),
-        );
+        let (mut objects, mut rows) = (Vec::new(), Vec::new());
+        for f in &flushes {
+            if let Some(stored) = &f.stored {
+                objects.push((stored.clone(), f.object.len() as i64));
+                rows.extend(f.footer.iter().map(|e| e.index_row(stored)));
+            }
+        }
+        let parts = (!entries.is_empty()).then(|| {
+            objects.push((key.clone(), parts.iter().map(|p| p.len() as i64).sum()));
+            rows.extend(entries.iter().map(|e| e.index_row(&key)));
+            parts
+        });
+        let (_, commit) = commit_for(objects, rows, flushes.iter().map(|f| (&f.next, &f.touched)));
         let last_seq = flushes.last().expect("flushes to upload").seq;
         let (inner, journal) = (self.inner.clone(), s.journal.clone());
         let upload = tokio::spawn(async move {
             let started = Instant::now();
-            inner.store.put_parts(&key, parts).await?;
+            if let Some(parts) = parts {
+                inner.store.put_parts(&key, parts).await?;
+            }
             let applied = inner.meta.commit_flush(&commit).await?;
             // The upload is done whatever happens to the journal's old segments: uploading
             // the same flushes again would only fail on their index rows.
@@ -495,6 +504,10 @@ impl Flusher {
                     // single node: the store has another leader's data for these partitions.
                     tracing::error!("journaled data was fenced on upload: another broker leads its partitions");
                 }
+                let mut unindexed = self.inner.unindexed.lock().unwrap();
+                for key in flushes.iter().filter_map(|f| f.stored.as_ref()) {
+                    unindexed.remove(key);
+                }
                 s.bytes -= flushes.iter().map(|f| f.object.len()).sum::<usize>();
             }
             Err(e) => {
@@ -508,25 +521,9 @@ impl Flusher {
     }
 
     /// Publishes the journaled flushes at the front of the queue, in order, and stages
-    /// them for upload. A flush whose journal write failed fails, and so does every
-    /// flush after it. A flush written to the store at the front is committed once
-    /// every staged flush is uploaded (an upload is started for them if need be): its
-    /// watermarks must not pass offsets that the store does not have.
+    /// them for upload. A flush whose write failed fails, and so does every flush after it.
     async fn publish_journaled(&mut self) {
-        // Flushes after one being committed are published after it.
-        if self.committing.is_some() {
-            return;
-        }
-        while let Some(front) = self.writing.front().filter(|w| w.put.is_done()) {
-            if !front.journaled && !front.key.is_empty() {
-                let s = self.staged.as_ref().expect("journal mode");
-                if s.flushes.is_empty() && s.uploading.is_none() {
-                    self.commit_front().await;
-                } else {
-                    self.start_upload();
-                }
-                return;
-            }
+        while self.writing.front().is_some_and(|w| w.put.is_done()) {
             let mut w = self.writing.pop_front().expect("front exists");
             w.put.wait().await;
             let seq = match std::mem::replace(&mut w.put, Put::Done(Ok(0))) {
@@ -534,7 +531,7 @@ impl Flusher {
                 Put::Done(Ok(seq)) => seq,
                 Put::Running(_) => unreachable!("waited for"),
             };
-            if w.journaled {
+            if !w.key.is_empty() {
                 let p = &w.prepared;
                 let staged = StagedFlush {
                     seq,
@@ -542,6 +539,7 @@ impl Flusher {
                     touched: p.touched.clone(),
                     footer: p.footer.clone(),
                     object: w.object.clone(),
+                    stored: w.stored.then(|| w.key.clone()),
                 };
                 let s = self.staged.as_mut().expect("journal mode");
                 if s.flushes.is_empty() {
@@ -568,7 +566,7 @@ impl Flusher {
                 prepared: p,
                 object: Bytes::new(),
                 key: String::new(),
-                journaled: false,
+                stored: false,
                 put: Put::Done(Ok(0)),
             });
             self.start_commit().await;
@@ -582,36 +580,48 @@ impl Flusher {
         let object = std::mem::take(&mut p.body).freeze();
         let key = object_key(self.inner.opts.node_id);
         let (inner, put_key, data) = (self.inner.clone(), key.clone(), object.clone());
-        // Journal records must follow offset order: each write waits for the previous one.
-        let journal = self.staged.as_mut().filter(|_| object.len() < DIRECT_BYTES).map(|s| {
+        // Journal records follow offset order: each write waits for the one before, and
+        // is not made if that one failed (its sender is then dropped unused).
+        let journal = self.staged.as_mut().map(|s| {
             let (done, next) = tokio::sync::oneshot::channel::<()>();
             (s.journal.clone(), s.last_append.replace(next), done)
         });
-        let journaled = journal.is_some();
+        let stored = journal.is_none() || object.len() >= DIRECT_BYTES;
+        if stored && journal.is_some() {
+            self.inner.unindexed.lock().unwrap().insert(key.clone());
+        }
         let put = tokio::spawn(async move {
             let started = Instant::now();
-            let (stage, result) = match journal {
-                Some((journal, previous, done)) => {
-                    if let Some(previous) = previous {
-                        let _ = previous.await;
-                    }
-                    let appended = journal_io(journal, move |j| j.append(&[data])).await;
-                    let _ = done.send(());
-                    ("journal", appended)
-                }
-                None => ("put", inner.store.put(&put_key, data).await.map(|()| 0)),
+            if stored {
+                inner.store.put(&put_key, data.clone()).await?;
+                let put_time = started.elapsed().as_secs_f64();
+                METRICS
+                    .flush_stage_seconds
+                    .with_label_values(&["put"])
+                    .observe(put_time);
+            }
+            let Some((journal, previous, done)) = journal else {
+                return Ok(0);
             };
+            if let Some(previous) = previous {
+                previous.await.map_err(|_| anyhow::anyhow!("an earlier flush failed"))?;
+            }
+            let record = if stored { journal::reference(&put_key) } else { data };
+            let started = Instant::now();
+            let seq = journal_io(journal, move |j| j.append(&[record])).await?;
+            let _ = done.send(());
+            let journal_time = started.elapsed().as_secs_f64();
             METRICS
                 .flush_stage_seconds
-                .with_label_values(&[stage])
-                .observe(started.elapsed().as_secs_f64());
-            result
+                .with_label_values(&["journal"])
+                .observe(journal_time);
+            Ok(seq)
         });
         self.writing.push_back(Writing {
             prepared: p,
             object,
             key,
-            journaled,
+            stored,
             put: Put::Running(put),
         });
     }
@@ -635,7 +645,7 @@ impl Flusher {
         let mut flushes: Vec<Writing> = Vec::new();
         let mut epochs: HashMap<PartKey, i32> = HashMap::new();
         while let Some(w) = self.writing.front_mut() {
-            if !w.put.is_done() || w.journaled {
+            if !w.put.is_done() {
                 break;
             }
             // One watermark per partition in a commit: flushes under another leader epoch wait.

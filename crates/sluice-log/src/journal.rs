@@ -11,8 +11,9 @@
 //! data sync does not have to commit new extents.
 //!
 //! A record is `magic:u32 len:u32 seq:u64 crc32c:u32 payload`, where the CRC
-//! covers `seq` and the payload, and the payload is the flush's data object
-//! (batches and footer), so it describes itself. Sequence numbers run on
+//! covers `seq` and the payload. The payload is the flush's data object
+//! (batches and footer), so it describes itself, or for a large flush written
+//! to the store, a reference to that object (`reference`). Sequence numbers run on
 //! across segments; a segment is named by the sequence number of its first
 //! record. Reading stops at the first record that is torn, fails its CRC or
 //! is out of sequence (a reused segment still holds its old records after the
@@ -56,6 +57,29 @@ pub(crate) struct Journal {
     position: u64,
     next_seq: u64,
     spares: Vec<PathBuf>,
+}
+
+/// Ends the payload of a record that refers to an object in the store.
+const REFERENCE_MAGIC: &[u8; 8] = b"SLUICER1";
+
+/// The payload of a record for a flush written to the store as object `key` (synced
+/// before the record is written): `key len:u16 "SLUICER1"`. A data object ends with
+/// another magic (`object::MAGIC`).
+pub(crate) fn reference(key: &str) -> Bytes {
+    let mut out = Vec::with_capacity(key.len() + 10);
+    out.extend_from_slice(key.as_bytes());
+    out.put_u16(key.len() as u16);
+    out.extend_from_slice(REFERENCE_MAGIC);
+    out.into()
+}
+
+/// The object key a reference record names; None for a record holding its data.
+fn referenced(payload: &[u8]) -> Option<&str> {
+    let rest = payload.strip_suffix(REFERENCE_MAGIC)?;
+    let (key, len) = rest.split_at_checked(rest.len().checked_sub(2)?)?;
+    (u16::from_be_bytes([len[0], len[1]]) as usize == key.len())
+        .then(|| std::str::from_utf8(key).ok())
+        .flatten()
 }
 
 /// A journaled flush read back on opening.
@@ -220,8 +244,9 @@ impl Journal {
 }
 
 /// Uploads and indexes the journaled flushes the store does not have: those
-/// acknowledged before a crash and not yet uploaded. Runs before the log loads
-/// its partitions. Returns how many records it uploaded.
+/// acknowledged before a crash and not yet uploaded (or, for reference records,
+/// written to the store but not yet indexed). Runs before the log loads its
+/// partitions. Returns how many records it recovered.
 pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, records: &[Record]) -> Result<usize> {
     let mut offsets: HashMap<(Uuid, i32), (i64, i32)> = meta
         .list_partitions()
@@ -241,17 +266,23 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
             ((s.topic_id, s.partition, s.producer_id), entry)
         })
         .collect();
-    // The batches to upload, each with the record holding it.
+    // The batches to upload, each with the record holding it; flushes already in the
+    // store (reference records), with their index rows.
     let mut batches: Vec<(FooterEntry, Bytes)> = Vec::new();
+    let (mut stored, mut stored_rows) = (Vec::new(), Vec::new());
     let (mut moved, mut touched) = (Vec::new(), HashSet::new());
     let mut uploaded = 0;
-    let mut previous: Option<u64> = None;
     for r in records {
-        // Whether the journal holds every record between the one before and this one.
-        let after_hole = previous.filter(|p| r.seq != p + 1);
-        previous = Some(r.seq);
-        let entries = object::verify(&r.payload).with_context(|| format!("journal record {}", r.seq))?;
-        // A record is uploaded whole or not at all; entries of deleted topics are dropped.
+        let key = referenced(&r.payload);
+        let data = match key {
+            Some(key) => store
+                .get(key)
+                .await
+                .with_context(|| format!("reading {key}, which journal record {} refers to", r.seq))?,
+            None => r.payload.clone(),
+        };
+        let entries = object::verify(&data).with_context(|| format!("journal record {}", r.seq))?;
+        // A record is recovered whole or not at all; entries of deleted topics are dropped.
         let live: Vec<&FooterEntry> = entries
             .iter()
             .filter(|e| offsets.contains_key(&(e.topic_id, e.partition)))
@@ -262,69 +293,69 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         {
             continue;
         }
+        // Records are written in offset order, each only once the one before it is, so
+        // the first one the store lacks continues its offsets exactly.
         match follows(&live, &offsets) {
             Ok(()) => {}
-            Err(Gap::Ahead) => {
-                if let Some(before) = after_hole {
-                    bail!(
-                        "journal record {} starts past the store's offsets, and records {}..{} before it are \
-                         missing from the journal: acknowledged data may be lost",
-                        r.seq,
-                        before + 1,
-                        r.seq
-                    );
-                }
-                // A flush written to the store, published in its turn before this one, was
-                // never committed: neither it nor anything journaled after it was acknowledged.
-                tracing::warn!(
-                    record = r.seq,
-                    dropped = records.iter().filter(|d| d.seq >= r.seq).count(),
-                    "journal records after a flush that never reached the store were not acknowledged; dropping them"
-                );
-                break;
-            }
-            Err(Gap::Behind(e, next)) => bail!(
-                "journal record {} does not follow the store: {}-{} is at offset {}, the record at {}",
+            Err((e, next)) => bail!(
+                "journal record {} does not follow the store: {}-{} is at offset {}, the record at {}{}",
                 r.seq,
                 e.topic,
                 e.partition,
                 next,
-                e.base_offset
+                e.base_offset,
+                if e.base_offset > next {
+                    " (records are missing from the journal: acknowledged data may be lost)"
+                } else {
+                    ""
+                }
             ),
         }
         for e in live {
-            let key = (e.topic_id, e.partition);
-            let (next, _) = offsets.get_mut(&key).expect("live");
+            let pkey = (e.topic_id, e.partition);
+            let (next, _) = offsets.get_mut(&pkey).expect("live");
             *next = e.last_offset + 1;
-            moved.push(key);
+            moved.push(pkey);
             let start = e.position as usize;
-            let b = batch::parse_header(&r.payload[start..start + e.length as usize], 0)?;
+            let b = batch::parse_header(&data[start..start + e.length as usize], 0)?;
             if b.producer_id >= 0 {
-                let pkey = (key.0, key.1, b.producer_id);
+                let prod = (pkey.0, pkey.1, b.producer_id);
                 let seq = SeqEntry {
                     first_seq: b.base_sequence,
                     last_seq: b.last_sequence(),
                     base_offset: e.base_offset,
                     last_offset: e.last_offset,
                 };
-                producer::record(producers.entry(pkey).or_default(), b.producer_epoch, seq);
-                touched.insert(pkey);
+                producer::record(producers.entry(prod).or_default(), b.producer_epoch, seq);
+                touched.insert(prod);
             }
-            batches.push((e.clone(), r.payload.clone()));
+            match key {
+                Some(key) => stored_rows.push(e.index_row(key)),
+                None => batches.push((e.clone(), data.clone())),
+            }
+        }
+        if let Some(key) = key {
+            stored.push((key.to_string(), data.len() as i64));
         }
         uploaded += 1;
     }
-    if batches.is_empty() {
+    if uploaded == 0 {
         return Ok(0);
     }
     let key = crate::flush::object_key(node_id);
     let (parts, footer) = object::assemble(batches.iter().map(|(e, payload)| (e, payload)).collect());
     let size: usize = parts.iter().map(|p| p.len()).sum();
+    let mut objects = stored;
+    let mut rows = stored_rows;
+    if !batches.is_empty() {
+        objects.push((key.clone(), size as i64));
+        rows.extend(footer.iter().map(|e| e.index_row(&key)));
+    }
     moved.sort();
     moved.dedup();
     let commit = FlushCommit {
-        objects: vec![(key.clone(), size as i64)],
-        batches: footer.iter().map(|e| e.index_row(&key)).collect(),
+        objects,
+        batches: rows,
         watermarks: moved
             .iter()
             .map(|k| WatermarkUpdate {
@@ -345,7 +376,9 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
             })
             .collect(),
     };
-    store.put_parts(&key, parts).await?;
+    if !batches.is_empty() {
+        store.put_parts(&key, parts).await?;
+    }
     let applied = meta.commit_flush(&commit).await?;
     if applied.iter().any(|ok| !ok) {
         bail!("journaled flushes were fenced on recovery: another broker leads their partitions");
@@ -353,25 +386,18 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
     Ok(uploaded)
 }
 
-/// How a journal record fails to continue the store.
-enum Gap<'a> {
-    /// Some partition's batch starts past the store's high watermark.
-    Ahead,
-    /// Some batch starts below it: the store has other data at its offsets.
-    Behind(&'a FooterEntry, i64),
-}
-
-/// Whether a record's batches continue each partition's offsets in the store exactly.
-fn follows<'a>(entries: &[&'a FooterEntry], offsets: &HashMap<(Uuid, i32), (i64, i32)>) -> Result<(), Gap<'a>> {
+/// Whether a record's batches continue each partition's offsets in the store exactly;
+/// if not, the first batch that does not, and the offset it should have had.
+fn follows<'a>(
+    entries: &[&'a FooterEntry],
+    offsets: &HashMap<(Uuid, i32), (i64, i32)>,
+) -> Result<(), (&'a FooterEntry, i64)> {
     let mut next: HashMap<(Uuid, i32), i64> = HashMap::new();
     for e in entries {
         let key = (e.topic_id, e.partition);
         let at = next.entry(key).or_insert(offsets[&key].0);
-        if e.base_offset > *at {
-            return Err(Gap::Ahead);
-        }
-        if e.base_offset < *at {
-            return Err(Gap::Behind(e, *at));
+        if e.base_offset != *at {
+            return Err((e, *at));
         }
         *at = e.last_offset + 1;
     }

@@ -311,6 +311,9 @@ pub(crate) struct Inner {
     gc: AtomicBool,
     /// Bumped after every commit, so that long-polling readers wake.
     committed: watch::Sender<u64>,
+    /// Objects of large flushes that the journal refers to and the index does not have
+    /// yet: not orphans, whatever their age.
+    unindexed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Serialises topic creation and deletion.
     admin: tokio::sync::Mutex<()>,
 }
@@ -357,6 +360,7 @@ impl Log {
             placement: RwLock::new(vec![opts_node]),
             gc: AtomicBool::new(true),
             committed,
+            unindexed: Default::default(),
             admin: tokio::sync::Mutex::new(()),
         });
         let parts = inner.meta.list_partitions().await?;

@@ -121,7 +121,8 @@ pub(crate) async fn collect_orphans(inner: &Inner, grace: Duration) -> Result<us
     let cutoff = now_ms() - grace.as_millis() as i64;
     let mut deleted = 0;
     for obj in inner.store.list(DATA_PREFIX).await? {
-        if obj.last_modified_ms <= cutoff && !inner.meta.object_known(&obj.key).await? {
+        let referenced = inner.unindexed.lock().unwrap().contains(&obj.key);
+        if obj.last_modified_ms <= cutoff && !referenced && !inner.meta.object_known(&obj.key).await? {
             inner.store.delete(&obj.key).await?;
             METRICS.objects_deleted.inc();
             deleted += 1;

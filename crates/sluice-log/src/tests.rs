@@ -683,12 +683,12 @@ async fn journaled_flushes_are_uploaded_as_one_object() {
 }
 
 #[test]
-fn a_large_flush_goes_to_the_store_after_the_journaled_flushes_before_it() {
+fn a_large_flush_goes_to_the_store_and_the_journal_refers_to_it() {
     let fx = Fixture::new();
     let jopts = journal_opts(&fx, Duration::from_secs(3600));
     let big = make_batch(60_000, -1, 0, 0, Compression::None);
     assert!(big.len() >= crate::flush::DIRECT_BYTES, "{} bytes", big.len());
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
+    let big_key = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let log = fx.open(jopts.clone()).await;
         let cfg = BTreeMap::from([("max.message.bytes".to_string(), (8 << 20).to_string())]);
         let t = log.create_topic("d", Some(2), cfg, false).await.unwrap();
@@ -701,26 +701,55 @@ fn a_large_flush_goes_to_the_store_after_the_journaled_flushes_before_it() {
         assert_eq!(data_objects(&fx), 0, "small flushes are journaled");
         let a = log.append(&t, 0, big.clone()).await.unwrap();
         assert_eq!(a.base_offset, 3);
-        // Acknowledged once committed, after the journaled flushes before it were uploaded
-        // (in their own object): the store's watermarks never pass data it lacks.
-        assert_eq!(data_objects(&fx), 2);
-        assert_eq!(stored_watermark(&log, &t, 0).await, 60_003);
-        assert_eq!(stored_watermark(&log, &t, 1).await, 2);
-        // Small flushes after it are journaled again.
+        // Acknowledged once its object is in the store and the journal refers to it; not
+        // indexed before the next upload, and not collected as an orphan meanwhile.
+        assert_eq!(data_objects(&fx), 1);
+        assert_eq!(stored_watermark(&log, &t, 0).await, 0);
+        assert_eq!(log.collect_orphans(Duration::ZERO).await.unwrap(), 0);
+        assert_eq!(data_objects(&fx), 1);
+        assert_eq!(read_offsets(&log, &t, 0, 60_003).await, (0..60_003).collect::<Vec<_>>());
         let b = log
             .append(&t, 1, make_batch(4, -1, 0, 0, Compression::None))
             .await
             .unwrap();
         assert_eq!(b.base_offset, 2);
-        assert_eq!(stored_watermark(&log, &t, 1).await, 2);
+        let dir = fx.dir.path().join("objects/data");
+        std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().file_name()
     });
-    // After a crash, everything acknowledged is back, in order.
+    // After a crash, everything acknowledged is back, in order; the large flush is
+    // indexed where it is, not copied.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let t = log.topic("d").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 0).await, 60_003);
+        assert_eq!(stored_watermark(&log, &t, 1).await, 6);
+        assert_eq!(data_objects(&fx), 2);
+        let rows = log.meta().batches_from(t.id, 0, 3, 1).await.unwrap();
+        assert!(rows[0].object_key.ends_with(big_key.to_str().unwrap()), "{rows:?}");
+        assert_eq!(read_offsets(&log, &t, 0, 60_003).await, (0..60_003).collect::<Vec<_>>());
+        assert_eq!(read_offsets(&log, &t, 1, 6).await, (0..6).collect::<Vec<_>>());
+        // Without a crash, the upload indexes a large flush where it is too.
+        log.append(&t, 1, make_batch(1, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
+        log.append(&t, 0, big.clone()).await.unwrap();
+        log.barrier().await;
+        assert_eq!(
+            data_objects(&fx),
+            4,
+            "one object for the small flush, one for the large"
+        );
+        assert_eq!(stored_watermark(&log, &t, 0).await, 120_003);
+        assert_eq!(stored_watermark(&log, &t, 1).await, 7);
+    });
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let log = fx.open(jopts).await;
         let t = log.topic("d").unwrap();
-        assert_eq!(stored_watermark(&log, &t, 1).await, 6);
-        assert_eq!(read_offsets(&log, &t, 0, 60_003).await, (0..60_003).collect::<Vec<_>>());
-        assert_eq!(read_offsets(&log, &t, 1, 6).await, (0..6).collect::<Vec<_>>());
+        assert_eq!(data_objects(&fx), 4, "nothing recovered twice");
+        assert_eq!(
+            read_offsets(&log, &t, 0, 120_003).await,
+            (0..120_003).collect::<Vec<_>>()
+        );
     });
 }
 
@@ -744,7 +773,7 @@ fn journal_record(t: &Topic, partition: i32, base_offset: i64, batch: &Bytes) ->
 }
 
 #[test]
-fn recovery_drops_journal_records_after_a_flush_that_never_reached_the_store() {
+fn recovery_refuses_journal_records_that_do_not_follow_the_store() {
     let fx = Fixture::new();
     let jopts = journal_opts(&fx, Duration::from_secs(3600));
     let t = tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -755,38 +784,33 @@ fn recovery_drops_journal_records_after_a_flush_that_never_reached_the_store() {
             .unwrap();
         t
     });
-    // The journal as a crash can leave it: offsets 2..=9 went to the store in a flush whose
-    // commit never landed; the flushes journaled after it (offsets 10.., and 2.. written by
-    // nothing real, to show that reading stops at the gap) were never acknowledged.
     let dir = jopts.journal.clone().unwrap();
-    let (mut journal, records) = journal::Journal::open(&dir, journal::SEGMENT_BYTES).unwrap();
-    assert_eq!(records.len(), 1);
+    let open_error = || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let meta = MetaStore::open(&fx.meta_url()).await.unwrap();
+            format!("{:#}", Log::open(meta, fx.store(), jopts.clone()).await.err().unwrap())
+        })
+    };
+    // Records are written in offset order, each only after the one before: one that
+    // starts past the offsets before it means records are missing.
     let batch = make_batch(2, -1, 0, 0, Compression::None);
-    journal.append(&[journal_record(&t, 0, 10, &batch)]).unwrap();
-    journal.append(&[journal_record(&t, 0, 2, &batch)]).unwrap();
-    drop(journal);
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let log = fx.open(jopts.clone()).await;
-        let t = log.topic("g").unwrap();
-        assert_eq!(stored_watermark(&log, &t, 0).await, 2);
-        assert_eq!(read_offsets(&log, &t, 0, 2).await, [0, 1]);
-        let next = log
-            .append(&t, 0, make_batch(1, -1, 0, 0, Compression::None))
-            .await
-            .unwrap();
-        assert_eq!(next.base_offset, 2);
-    });
-    // A record that overlaps the one before it (offset 2, journaled by the run above) is
-    // not a crash's leftover: refused.
     let (mut journal, records) = journal::Journal::open(&dir, journal::SEGMENT_BYTES).unwrap();
     assert_eq!(records.len(), 1);
-    journal.append(&[journal_record(&t, 0, 2, &batch)]).unwrap();
+    let skipped = journal.append(&[journal_record(&t, 0, 10, &batch)]).unwrap();
     drop(journal);
-    let meta = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let meta = MetaStore::open(&fx.meta_url()).await.unwrap();
-        Log::open(meta, fx.store(), jopts).await.err().unwrap()
-    });
-    assert!(format!("{meta:#}").contains("does not follow the store"), "{meta:#}");
+    let error = open_error();
+    assert!(error.contains("records are missing from the journal"), "{error}");
+    // One that overlaps the one before it is refused too.
+    std::fs::remove_file(dir.join(format!("{skipped:020}.jnl"))).unwrap();
+    let (mut journal, _) = journal::Journal::open(&dir, journal::SEGMENT_BYTES).unwrap();
+    journal.append(&[journal_record(&t, 0, 2, &batch)]).unwrap();
+    journal.append(&[journal_record(&t, 0, 3, &batch)]).unwrap();
+    drop(journal);
+    let error = open_error();
+    assert!(
+        error.contains("does not follow the store: g-0 is at offset 4, the record at 3"),
+        "{error}"
+    );
 }
 
 #[test]
