@@ -18,14 +18,17 @@
 # directory fsync), benches/group_commit_model.c (p99 of the journal's write
 # pattern at 2,000 appends/s, without a broker), benches/cpu_stalls.py (how often
 # the CPU runs slow), and
-# librdkafka at 2,000/s against its in-process mock broker (the client's p99 floor);
+# librdkafka at 2,000/s against its in-process mock broker (the client's p99 floor),
+# and unthrottled against it from Python and from C (the clients' ceilings);
 # (b) a fresh `sluice serve` on free loopback ports with its data in the same
 # temp dir; (c) `sluice bench produce`
 # (1 KiB, acks=all, 8 partitions, unthrottled), `sluice bench consume` of the
 # data just produced, `sluice bench produce --rate 2000 --linger-ms 0` (p99),
 # `sluice bench e2e` at the same rate, librdkafka
 # (benches/librdkafka_produce.py: idempotent, acks=all, 1 KiB, 8 partitions)
-# for throughput (then consumed) and for p99 at 2,000 records/s, and a consume
+# for throughput (then consumed) and for p99 at 2,000 records/s, librdkafka's own
+# C tool (benches/rdkafka_performance.py: the same producer settings, no Python; built
+# by benches/rdkafka_performance_build.sh, skipped if it cannot be), and a consume
 # after a broker restart (tail cache empty). Then (d) the table
 # (benches/summarize.py). The broker is stopped and the temp dir removed on
 # exit, also on failure or Ctrl-C.
@@ -49,7 +52,7 @@ while [[ $# -gt 0 ]]; do
         --keep) KEEP=1 ;;
         --out) OUT="$2"; shift ;;
         --runs) RUNS="$2"; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -65,6 +68,7 @@ if [[ $QUICK -eq 1 ]]; then
     THROUGHPUT_S=3     # seconds per throughput step
     LATENCY_S=3        # seconds per latency step
     E2E_S=3
+    RDPERF_N=50000     # records per rdkafka_performance step
 else
     DD_COUNT=1024
     DD_LONG_COUNT=4096
@@ -75,6 +79,7 @@ else
     THROUGHPUT_S=15
     LATENCY_S=20
     E2E_S=10
+    RDPERF_N=3000000
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
@@ -133,6 +138,11 @@ else
 fi
 HAVE_RDKAFKA=1
 python3 -c 'import confluent_kafka' 2>/dev/null || HAVE_RDKAFKA=0
+# librdkafka's own C benchmark tool, built once into a cache (needs npm, cc, make).
+RDPERF=""
+if [[ $HAVE_RDKAFKA -eq 1 ]] && ! RDPERF="$("$ROOT/benches/rdkafka_performance_build.sh")"; then
+    RDPERF=""
+fi
 # The journal's write model; skipped without a C compiler.
 cc -O2 -o "$TMP/gcm" "$ROOT/benches/group_commit_model.c" -lpthread 2>/dev/null || rm -f "$TMP/gcm"
 
@@ -249,6 +259,11 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
         step rdkafka_mock python3 "$ROOT/benches/librdkafka_produce.py" --mock --json --topic ceiling \
             --record-size 1024 --duration "$THROUGHPUT_S"
     fi
+    if [[ -n "$RDPERF" ]]; then
+        # The same for librdkafka from C: no Python per record.
+        step rdkafka_c_mock python3 "$ROOT/benches/rdkafka_performance.py" --bin "$RDPERF" --mock \
+            --topic ceiling --count "$RDPERF_N"
+    fi
 
     # (b) a fresh broker.
     rm -rf "$TMP/data"
@@ -273,6 +288,12 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
             --duration "$LATENCY_S"
     else
         log "confluent-kafka is not installed: skipping the librdkafka steps"
+    fi
+    if [[ -n "$RDPERF" ]]; then
+        step rdkafka_c python3 "$ROOT/benches/rdkafka_performance.py" --bin "$RDPERF" --bootstrap "$BOOT" \
+            --topic bench-rdkafka-c --count "$RDPERF_N"
+    else
+        log "rdkafka_performance is not available: skipping its steps"
     fi
     echo "{\"peak_rss_kb\": $(peak_rss_kb)}" >"$RES/broker.json"
     # Cold read: a restarted broker has an empty tail cache (the OS page

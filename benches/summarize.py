@@ -16,8 +16,8 @@ import json
 import os
 import statistics
 
-STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
-         "rdkafka_consume", "rdkafka_2000", "consume_restart", "broker"]
+STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "rdkafka_c_mock", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
+         "rdkafka_consume", "rdkafka_2000", "rdkafka_c", "consume_restart", "broker"]
 
 
 def load(d: str) -> dict:
@@ -119,6 +119,11 @@ def build(runs: list[dict]) -> list[Row]:
         ref_mbs["librdkafka, mock broker"] = thr("rdkafka_mock", "librdkafka produce against its own mock broker (no disk)")
         ref_mbs["librdkafka produce"] = thr("rdkafka", "librdkafka produce, idempotent, acks=all", "dd", 0.6)
         thr("rdkafka", "  the same against the client's own ceiling", "librdkafka, mock broker", row_key="rdkafka_vs_mock")
+        ref_mbs["librdkafka C, mock broker"] = thr(
+            "rdkafka_c_mock", "librdkafka C (rdkafka_performance) against its own mock broker (no disk)")
+        thr("rdkafka_c", "librdkafka C (rdkafka_performance) produce, idempotent, acks=all", "dd", 0.6)
+        thr("rdkafka_c", "  the same against the C client's own ceiling", "librdkafka C, mock broker",
+            row_key="rdkafka_c_vs_mock")
         ref_mbs["sluice bench produce"] = thr("produce", "sluice bench produce, acks=all", "dd", 0.6)
         thr("rdkafka_consume", "consume just produced (librdkafka's data)", "librdkafka produce", 1.0)
         thr("consume", "consume just produced (sluice bench's data)", "sluice bench produce", 1.0)

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Durable produce throughput with librdkafka's own C benchmark tool.
+
+Runs librdkafka's examples/rdkafka_performance (built by
+benches/rdkafka_performance_build.sh) as a producer: 1 KiB records, acks=all,
+enable.idempotence=true, librdkafka's defaults otherwise, into a topic of 8
+partitions (created here). Unlike benches/librdkafka_produce.py, no Python runs
+per record, so on these two cores the client leaves the broker more CPU.
+Prints one JSON object. With --mock it produces to librdkafka's in-process mock
+broker instead: the C client's own ceiling here.
+
+    python3 benches/rdkafka_performance.py --bin PATH --bootstrap 127.0.0.1:9092 --topic t --count 3000000
+    python3 benches/rdkafka_performance.py --bin PATH --mock --topic t --count 3000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from librdkafka_produce import ensure_topic  # noqa: E402
+
+# rdkafka_performance's summary line, e.g. "% 500000 messages produced (512000000 bytes),
+# 500000 delivered (offset 62529, 0 failed) in 4389ms: 113917 msgs/s and 116.65 MB/s, ..."
+SUMMARY = re.compile(
+    r"% (\d+) messages produced \((\d+) bytes\), (\d+) delivered \(offset -?\d+, (\d+) failed\) in (\d+)ms: "
+    r"(\d+) msgs/s and ([\d.]+) MB/s"
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", required=True, help="rdkafka_performance binary")
+    ap.add_argument("--bootstrap")
+    ap.add_argument("--mock", action="store_true", help="librdkafka's mock broker instead of --bootstrap")
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--record-size", type=int, default=1024)
+    ap.add_argument("--count", type=int, default=3_000_000)
+    args = ap.parse_args()
+    cmd = [args.bin, "-P", "-t", args.topic, "-s", str(args.record_size), "-c", str(args.count), "-a", "-1",
+           "-X", "enable.idempotence=true", "-i", "600000"]
+    if args.mock:
+        # The mock creates the topic on first use, with its default partition count.
+        cmd += ["-X", "test.mock.num.brokers=1"]
+    else:
+        ensure_topic(args.bootstrap, args.topic, args.partitions)
+        cmd += ["-b", args.bootstrap]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [m for m in (SUMMARY.search(line) for line in out.stdout.splitlines()) if m]
+    if out.returncode != 0 or not lines:
+        sys.exit(f"rdkafka_performance failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    produced, nbytes, delivered, failed, ms, rate, mbs = lines[-1].groups()
+    if int(delivered) != args.count or int(failed):
+        sys.exit(f"rdkafka_performance delivered {delivered} of {args.count} records, {failed} failed")
+    print(json.dumps({
+        "tool": "librdkafka examples/rdkafka_performance",
+        "command": " ".join(cmd),
+        "records": int(delivered),
+        "bytes": int(nbytes),
+        "elapsed_s": int(ms) / 1000,
+        "records_per_sec": int(delivered) / (int(ms) / 1000),
+        "mb_per_sec": int(nbytes) / 1e6 / (int(ms) / 1000),
+        "reported_mb_per_sec": float(mbs),
+    }))
+
+
+if __name__ == "__main__":
+    main()
