@@ -19,6 +19,7 @@ Set SLUICE_CRASH_SEED to replay a particular kill schedule.
 
 from __future__ import annotations
 
+import json
 import os
 import pytest
 import random
@@ -191,3 +192,50 @@ def test_orphaned_objects_are_collected(make_broker):
     assert watermarks(broker.bootstrap, "orph", [0]) == {0: (0, 20)}
     after = consume_confluent(broker.bootstrap, "orph", [0])
     assert [(r.offset, r.key, r.value) for r in after[0]] == [(r.offset, r.key, r.value) for r in before[0]]
+
+
+def produce_expecting_failure(bootstrap: str, topic: str, value: bytes) -> str:
+    """Produce one record with no retries; return the delivery error's name."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "retries": 0, "message.max.bytes": 8 << 20,
+                  "message.timeout.ms": 10000})
+    errors = []
+    p.produce(topic, value=value, partition=0, on_delivery=lambda err, m: errors.append(err))
+    assert p.flush(20) == 0
+    assert errors and errors[0] is not None, "the record was acknowledged"
+    return errors[0].name()
+
+
+def test_a_failed_flush_makes_the_broker_unhealthy_until_a_restart(make_broker):
+    """With the journal, a flush whose write fails (here: a large flush's object, with a
+    file where the store's data directory goes) fails with KAFKA_STORAGE_ERROR, and every
+    later write fails too until a restart (offsets handed out again would not follow what
+    the journal may hold); /health says so with 503, so that a supervisor restarts the
+    broker. The restart recovers every acknowledged record, and writing goes on."""
+    broker = make_broker()
+    create_topic(broker, "fail", 1, {"max.message.bytes": str(8 << 20)})
+    msgs = [Msg(0, b"k%d" % i, b"v%d" % i) for i in range(10)]
+    assert produce_confluent(broker.bootstrap, "fail", msgs) == [(0, i) for i in range(10)]
+    data = broker.data_dir / "objects" / "data"
+    wait_until(data.exists, 10, what="the first upload")
+    moved = data.with_name("data.moved")
+    data.rename(moved)
+    data.write_bytes(b"in the way")
+
+    assert produce_expecting_failure(broker.bootstrap, "fail", b"x" * (2 << 20)) == "KAFKA_STORAGE_ERROR"
+    status, body, _ = http_get(broker.http + "/health")
+    assert status == 503, body
+    health = json.loads(body)
+    assert health["status"] == "failed" and "restart" in health["reason"] and "data" in health["reason"], health
+    # A small record, which the journal alone could take, is refused too.
+    assert produce_expecting_failure(broker.bootstrap, "fail", b"small") == "KAFKA_STORAGE_ERROR"
+
+    broker.kill()
+    data.unlink()
+    moved.rename(data)
+    broker.start()
+    assert http_get(broker.http + "/health")[0] == 200
+    assert produce_confluent(broker.bootstrap, "fail", [Msg(0, b"k", b"after")]) == [(0, 10)]
+    got = consume_confluent(broker.bootstrap, "fail", [0])
+    assert [(r.offset, r.value) for r in got[0]] == [(i, b"v%d" % i) for i in range(10)] + [(10, b"after")]

@@ -49,12 +49,21 @@ pub async fn serve(listener: TcpListener, router: Router) -> Result<()> {
     Ok(())
 }
 
-async fn health() -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"ok"}"#,
-    )
+/// 200 while the broker serves; 503 once it refuses every write until a restart (a
+/// failed flush with the journal), so that a supervisor restarts it and the journal is
+/// recovered.
+async fn health(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> impl IntoResponse {
+    let (status, body) = match state.log.write_failure() {
+        None => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "status": "failed",
+                "reason": format!("a flush failed, and writes are refused until a restart: {reason}"),
+            }),
+        ),
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> impl IntoResponse {

@@ -171,8 +171,6 @@ struct Staged {
     uploading: Option<(Vec<StagedFlush>, CommitTask)>,
     /// Resolves when the last journal write started has finished.
     last_append: Option<tokio::sync::oneshot::Receiver<()>>,
-    /// A flush failed: every later one fails until a restart (see `fail_queued`).
-    failed: bool,
 }
 
 struct Flusher {
@@ -207,7 +205,6 @@ pub(crate) async fn run(
             due: tokio::time::Instant::now(),
             uploading: None,
             last_append: None,
-            failed: false,
         }),
     };
     f.set_producers(states);
@@ -572,8 +569,9 @@ impl Flusher {
             self.start_commit().await;
             return;
         }
-        if self.staged.as_ref().is_some_and(|s| s.failed) {
-            let error = anyhow::anyhow!("an earlier flush failed; restart the broker to recover its journal");
+        let failure = self.inner.write_failure.lock().unwrap().clone();
+        if let Some(failure) = failure {
+            let error = anyhow::anyhow!("a flush failed ({failure}); restart the broker to recover its journal");
             return self.finish(p, Bytes::new(), Err(error));
         }
         object::finish(&mut p.body, &p.footer);
@@ -703,20 +701,20 @@ impl Flusher {
     }
 
     /// Fails a flush and every flush queued after it, which build on its offsets.
+    /// With a journal, every later flush fails too, until a restart (`Inner::write_failure`):
+    /// failed flushes may be journaled, and records with offsets handed out again after
+    /// them would not follow them. Recovery sorts it out on the restart.
     fn fail_from(&mut self, first: Writing, error: anyhow::Error) {
+        if self.staged.is_some() {
+            *self.inner.write_failure.lock().unwrap() = Some(format!("{error:#}"));
+        }
         self.finish(first.prepared, first.object, Err(error));
         self.fail_queued();
     }
 
     /// Fails every flush not yet committing: an earlier flush failed, and their offsets
     /// follow its offsets. Their objects, if written, become orphans for the collector.
-    /// With a journal, every later flush fails too, until a restart: failed flushes may
-    /// be journaled (or their writes still running), and records with offsets handed out
-    /// again after them would not follow them.
     fn fail_queued(&mut self) {
-        if let Some(s) = &mut self.staged {
-            s.failed = true;
-        }
         for w in std::mem::take(&mut self.writing) {
             self.finish(w.prepared, w.object, Err(anyhow::anyhow!("an earlier flush failed")));
         }

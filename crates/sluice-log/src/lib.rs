@@ -314,6 +314,8 @@ pub(crate) struct Inner {
     /// Objects of large flushes that the journal refers to and the index does not have
     /// yet: not orphans, whatever their age.
     unindexed: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// With a journal, why this broker refuses every write until a restart: a flush failed.
+    write_failure: std::sync::Mutex<Option<String>>,
     /// Serialises topic creation and deletion.
     admin: tokio::sync::Mutex<()>,
 }
@@ -361,6 +363,7 @@ impl Log {
             gc: AtomicBool::new(true),
             committed,
             unindexed: Default::default(),
+            write_failure: Default::default(),
             admin: tokio::sync::Mutex::new(()),
         });
         let parts = inner.meta.list_partitions().await?;
@@ -545,6 +548,12 @@ impl Log {
             .await
             .map_err(|_| LogError::Storage("log is shutting down".into()))?;
         Ok(rx)
+    }
+
+    /// Why this broker refuses every write until a restart, if it does: with a journal,
+    /// after a failed flush (a restart recovers the journal). `/health` reports it.
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.write_failure.lock().unwrap().clone()
     }
 
     /// Raises the log start offset to `offset` (-1: the high watermark).

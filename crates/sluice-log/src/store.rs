@@ -96,7 +96,10 @@ impl DataStore {
             Some(root) => {
                 let (root, key, direct) = (root.clone(), key.to_string(), self.direct_io);
                 let len = parts.iter().map(|p| p.len() as u64).sum();
-                tokio::task::spawn_blocking(move || write_durably(&root, &key, &parts, direct)).await??;
+                let path = root.join(&key);
+                tokio::task::spawn_blocking(move || write_durably(&root, &key, &parts, direct))
+                    .await?
+                    .with_context(|| format!("writing {}", path.display()))?;
                 crate::counting::count_put(len);
                 Ok(())
             }

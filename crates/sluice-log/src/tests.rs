@@ -837,3 +837,44 @@ fn recovery_refuses_a_record_past_the_store_after_a_hole_in_the_journal() {
     });
     assert!(format!("{error:#}").contains("missing from the journal"), "{error:#}");
 }
+
+#[test]
+fn after_a_failed_flush_the_journal_refuses_writes_until_a_restart_recovers_it() {
+    let fx = Fixture::new();
+    let jopts = journal_opts(&fx, Duration::from_secs(3600));
+    let big = make_batch(60_000, -1, 0, 0, Compression::None);
+    let data_dir = fx.dir.path().join("objects/data");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let cfg = BTreeMap::from([("max.message.bytes".to_string(), (8 << 20).to_string())]);
+        let t = log.create_topic("f", Some(1), cfg, false).await.unwrap();
+        log.append(&t, 0, make_batch(3, -1, 0, 0, Compression::None))
+            .await
+            .unwrap();
+        assert_eq!(log.write_failure(), None);
+        // A file where the store's data directory goes: the large flush's object write fails.
+        std::fs::write(&data_dir, b"in the way").unwrap();
+        let failed = log.append(&t, 0, big.clone()).await;
+        assert!(matches!(failed, Err(LogError::Storage(_))), "{failed:?}");
+        let reason = log.write_failure().expect("the failure is reported");
+        assert!(reason.contains("data"), "{reason}");
+        // Even a small append, which the journal alone could take, is refused now.
+        let refused = log.append(&t, 0, make_batch(1, -1, 0, 0, Compression::None)).await;
+        assert!(
+            matches!(&refused, Err(LogError::Storage(m)) if m.contains("restart the broker")),
+            "{refused:?}"
+        );
+        assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 3);
+    });
+    // The restart recovers what was acknowledged, and writes go on after it.
+    std::fs::remove_file(&data_dir).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts).await;
+        assert_eq!(log.write_failure(), None);
+        let t = log.topic("f").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 0).await, 3);
+        let next = log.append(&t, 0, big).await.unwrap();
+        assert_eq!(next.base_offset, 3);
+        assert_eq!(read_offsets(&log, &t, 0, 60_003).await, (0..60_003).collect::<Vec<_>>());
+    });
+}
