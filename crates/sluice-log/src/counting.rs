@@ -67,6 +67,12 @@ pub(crate) fn count_put(bytes: u64) {
     STORE_METRICS.bytes.with_label_values(&["written"]).inc_by(bytes);
 }
 
+/// Counts a ranged GET made without object_store (the local store's read).
+pub(crate) fn count_get(bytes: u64) {
+    count("get");
+    STORE_METRICS.bytes.with_label_values(&["read"]).inc_by(bytes);
+}
+
 #[derive(Debug)]
 pub(crate) struct CountingStore {
     inner: Arc<dyn ObjectStore>,
