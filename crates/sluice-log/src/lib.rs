@@ -89,6 +89,8 @@ pub(crate) struct Metrics {
     pub objects_deleted: IntCounter,
     pub tail_reads: IntCounter,
     pub object_reads: IntCounter,
+    pub read_aheads: IntCounter,
+    pub read_ahead_hits: IntCounter,
     pub compactions: IntCounter,
 }
 
@@ -124,6 +126,13 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     )
     .unwrap(),
     object_reads: register_int_counter!("sluice_log_object_reads_total", "Ranged reads from data objects").unwrap(),
+    read_aheads: register_int_counter!(
+        "sluice_log_read_aheads_total",
+        "Cold reads started ahead of a reader going through a partition in order"
+    )
+    .unwrap(),
+    read_ahead_hits: register_int_counter!("sluice_log_read_ahead_hits_total", "Reads answered from a read ahead")
+        .unwrap(),
     compactions: register_int_counter!(
         "sluice_log_compactions_total",
         "Segments written by compacting flush objects"
@@ -316,6 +325,8 @@ pub(crate) struct Inner {
     unindexed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// With a journal, why this broker refuses every write until a restart: a flush failed.
     write_failure: std::sync::Mutex<Option<String>>,
+    /// Cold reads started ahead of sequential readers.
+    read_ahead: read::ReadAheads,
     /// Serialises topic creation and deletion.
     admin: tokio::sync::Mutex<()>,
 }
@@ -364,6 +375,7 @@ impl Log {
             committed,
             unindexed: Default::default(),
             write_failure: Default::default(),
+            read_ahead: Default::default(),
             admin: tokio::sync::Mutex::new(()),
         });
         let parts = inner.meta.list_partitions().await?;

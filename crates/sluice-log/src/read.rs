@@ -1,12 +1,14 @@
 //! The read path: the tail cache for recent batches, the offset index and
 //! ranged object reads for older ones, and offset lookups by timestamp.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{stream, StreamExt};
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_meta::BatchRow;
+use uuid::Uuid;
 
 use crate::{Inner, Log, LogError, Offsets, Topic, METRICS};
 
@@ -80,60 +82,36 @@ impl Log {
         let mut position = offset;
         let mut budget = max_bytes;
 
-        // Older than the tail: index lookup and ranged reads of objects.
+        // Older than the tail: index lookup and ranged reads of objects, maybe read ahead
+        // by the previous read of this partition.
         let cold_end = tail_start.unwrap_or(offsets.high_watermark).min(offsets.high_watermark);
-        let started = Instant::now();
-        let mut page = FIRST_INDEX_PAGE;
-        while position < cold_end && (out.batches.is_empty() || (budget > 0 && started.elapsed() < COLD_READ_BUDGET)) {
-            let rows = self
-                .inner
-                .meta
-                .batches_from(topic.id, partition, position, page)
-                .await?;
-            page = INDEX_PAGE;
-            let rows: Vec<BatchRow> = rows.into_iter().take_while(|r| r.base_offset < cold_end).collect();
-            if rows.is_empty() {
-                break;
-            }
-            let mut chosen = Vec::new();
-            for r in rows {
-                if !chosen.is_empty() && r.length as usize > budget {
-                    budget = 0;
-                    break;
-                }
-                budget = budget.saturating_sub(r.length as usize);
-                chosen.push(r);
-                if budget == 0 {
-                    break;
-                }
-            }
-            // Read the page a few GETs at a time and honour the time budget between
-            // chunks, not only between pages: a page of small objects is up to
-            // INDEX_PAGE GETs, seconds against a busy store, and this read holds up
-            // every response queued behind its Fetch on the connection.
-            let mut over_time = false;
-            for chunk in chosen.chunks(READ_CONCURRENCY) {
-                if !out.batches.is_empty() && started.elapsed() >= COLD_READ_BUDGET {
-                    over_time = true;
-                    break;
-                }
-                match self.inner.read_rows(chunk).await {
-                    Ok(batches) => out.batches.extend(batches),
-                    // Compaction may have moved these batches and collected their object
-                    // since the index was read: read the index again, once.
-                    Err(_) => {
-                        let again = self
-                            .inner
-                            .meta
-                            .batches_from(topic.id, partition, chunk[0].base_offset, chunk.len() as i64)
-                            .await?;
-                        out.batches.extend(self.inner.read_rows(&again).await?);
+        if position < cold_end {
+            let key = (topic.id, partition);
+            let cold = match self.inner.read_ahead.take(key, position, max_bytes) {
+                Some(ahead) => match ahead.await {
+                    Ok(Ok(cold)) => {
+                        METRICS.read_ahead_hits.inc();
+                        self.inner
+                            .read_ahead
+                            .hits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        cold
                     }
-                }
-                position = chunk[chunk.len() - 1].last_offset + 1;
-            }
-            if over_time {
-                break;
+                    // Failed (compaction may have moved the batches): read now.
+                    _ => cold_read(&self.inner, key, position, cold_end, budget).await?,
+                },
+                None => cold_read(&self.inner, key, position, cold_end, budget).await?,
+            };
+            (position, budget) = (cold.position, budget.saturating_sub(cold.bytes));
+            out.batches.extend(cold.batches);
+            if position < cold_end && position > offset {
+                // A reader going through the partition in order asks for this next: read it
+                // while this answer is on its way.
+                let inner = self.inner.clone();
+                let limit = max_bytes.min(READ_AHEAD_MAX_BYTES);
+                self.inner.read_ahead.start(key, position, limit, async move {
+                    cold_read(&inner, key, position, cold_end, limit).await
+                });
             }
         }
 
@@ -152,6 +130,143 @@ impl Log {
             METRICS.tail_reads.inc();
         }
         Ok(out)
+    }
+}
+
+/// Batches read from objects: whole batches from a position on, their bytes, and the
+/// position after them.
+pub(crate) struct ColdRead {
+    batches: Vec<Bytes>,
+    bytes: usize,
+    position: i64,
+}
+
+/// Reads whole batches of a partition from the objects, from `position` up to `end` (where
+/// the tail cache starts) and about `budget` bytes: at least one batch, and within
+/// `COLD_READ_BUDGET` once it has data.
+async fn cold_read(
+    inner: &Inner,
+    key: (Uuid, i32),
+    mut position: i64,
+    end: i64,
+    mut budget: usize,
+) -> Result<ColdRead, LogError> {
+    let mut out = ColdRead {
+        batches: Vec::new(),
+        bytes: 0,
+        position,
+    };
+    let started = Instant::now();
+    let mut page = FIRST_INDEX_PAGE;
+    while position < end && (out.batches.is_empty() || (budget > 0 && started.elapsed() < COLD_READ_BUDGET)) {
+        let rows = inner.meta.batches_from(key.0, key.1, position, page).await?;
+        page = INDEX_PAGE;
+        let rows: Vec<BatchRow> = rows.into_iter().take_while(|r| r.base_offset < end).collect();
+        if rows.is_empty() {
+            break;
+        }
+        let mut chosen = Vec::new();
+        for r in rows {
+            if !chosen.is_empty() && r.length as usize > budget {
+                budget = 0;
+                break;
+            }
+            budget = budget.saturating_sub(r.length as usize);
+            chosen.push(r);
+            if budget == 0 {
+                break;
+            }
+        }
+        // Read the page a few GETs at a time and honour the time budget between
+        // chunks, not only between pages: a page of small objects is up to
+        // INDEX_PAGE GETs, seconds against a busy store, and this read holds up
+        // every response queued behind its Fetch on the connection.
+        let mut over_time = false;
+        for chunk in chosen.chunks(READ_CONCURRENCY) {
+            if !out.batches.is_empty() && started.elapsed() >= COLD_READ_BUDGET {
+                over_time = true;
+                break;
+            }
+            let batches = match inner.read_rows(chunk).await {
+                Ok(batches) => batches,
+                // Compaction may have moved these batches and collected their object
+                // since the index was read: read the index again, once.
+                Err(_) => {
+                    let again = inner
+                        .meta
+                        .batches_from(key.0, key.1, chunk[0].base_offset, chunk.len() as i64)
+                        .await?;
+                    inner.read_rows(&again).await?
+                }
+            };
+            out.bytes += batches.iter().map(|b| b.len()).sum::<usize>();
+            out.batches.extend(batches);
+            position = chunk[chunk.len() - 1].last_offset + 1;
+        }
+        if over_time {
+            break;
+        }
+    }
+    out.position = position;
+    Ok(out)
+}
+
+/// Partitions with a read ahead in flight or done and not yet asked for, at most.
+const READ_AHEADS: usize = 64;
+/// A read ahead reads at most this much (a Fetch may allow far more per partition).
+const READ_AHEAD_MAX_BYTES: usize = 4 << 20;
+/// A read ahead nobody asked for within this long is dropped.
+const READ_AHEAD_TTL: Duration = Duration::from_secs(10);
+
+type ReadAheadTask = tokio::task::JoinHandle<Result<ColdRead, LogError>>;
+
+/// Cold reads started ahead of their readers: after a cold read of a partition, the next
+/// part is read while the answer travels, so that a reader catching up keeps the disk or
+/// the store busy. One per partition, for a reader that asks again at the position where
+/// the last read ended.
+#[derive(Default)]
+pub(crate) struct ReadAheads {
+    started: std::sync::Mutex<HashMap<(Uuid, i32), (i64, usize, Instant, ReadAheadTask)>>,
+    /// Reads answered from a read ahead (the metric counts every log's).
+    hits: std::sync::atomic::AtomicU64,
+}
+
+impl ReadAheads {
+    /// The read ahead of `key` from `position`, if one was started for a limit that fits
+    /// in `max_bytes`.
+    fn take(&self, key: (Uuid, i32), position: i64, max_bytes: usize) -> Option<ReadAheadTask> {
+        let mut started = self.started.lock().unwrap();
+        match started.get(&key) {
+            Some((from, limit, _, _)) if *from == position && *limit <= max_bytes => {
+                started.remove(&key).map(|(_, _, _, task)| task)
+            }
+            _ => None,
+        }
+    }
+
+    /// Starts `read` as the read ahead of `key` from `position`, unless too many are held.
+    fn start(
+        &self,
+        key: (Uuid, i32),
+        position: i64,
+        limit: usize,
+        read: impl std::future::Future<Output = Result<ColdRead, LogError>> + Send + 'static,
+    ) {
+        let mut started = self.started.lock().unwrap();
+        started.retain(|_, (_, _, at, task)| {
+            let keep = at.elapsed() < READ_AHEAD_TTL;
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        if started.len() >= READ_AHEADS && !started.contains_key(&key) {
+            return;
+        }
+        METRICS.read_aheads.inc();
+        if let Some((_, _, _, old)) = started.insert(key, (position, limit, Instant::now(), tokio::spawn(read))) {
+            old.abort();
+        }
     }
 }
 
@@ -207,6 +322,11 @@ impl Inner {
 }
 
 impl Log {
+    /// How many reads a read ahead answered.
+    pub fn read_ahead_hits(&self) -> u64 {
+        self.inner.read_ahead.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The earliest offset whose record timestamp is >= `timestamp`; None if
     /// no record is that recent.
     pub async fn offset_for_timestamp(

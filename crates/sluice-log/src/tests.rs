@@ -147,6 +147,45 @@ async fn catch_up_reads_through_many_objects_are_dense() {
     assert_eq!(read_offsets(&log, &t, 0, 1300).await, (0..1300).collect::<Vec<_>>());
 }
 
+/// A reader going through cold data in order is answered from reads started ahead of
+/// it, with the same batches; one that jumps elsewhere is answered correctly too.
+#[tokio::test]
+async fn sequential_cold_reads_are_read_ahead() {
+    let fx = Fixture::new();
+    let log = fx
+        .open(LogOptions {
+            tail_cache_bytes: 0,
+            ..opts()
+        })
+        .await;
+    let t = log.create_topic("t", None, BTreeMap::new(), false).await.unwrap();
+    for i in 0..40 {
+        log.append(&t, 0, make_batch(5, -1, 0, i, Compression::None))
+            .await
+            .unwrap();
+    }
+    let one = log.read(&t, 0, 0, 1).await.unwrap().batches[0].len();
+    let mut next = 0;
+    while next < 200 {
+        let r = log.read(&t, 0, next, 2 * one).await.unwrap();
+        let got = values(&r.batches, next);
+        assert_eq!(got.first().unwrap().0, next);
+        let want: Vec<i64> = (next..next + got.len() as i64).collect();
+        assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), want);
+        next += got.len() as i64;
+    }
+    assert!(
+        log.read_ahead_hits() >= 10,
+        "{} reads answered ahead",
+        log.read_ahead_hits()
+    );
+    // A jump back, then on from there.
+    let r = log.read(&t, 0, 7, 2 * one).await.unwrap();
+    assert_eq!(values(&r.batches, 7).first().unwrap().0, 7);
+    let r = log.read(&t, 0, 10, 2 * one).await.unwrap();
+    assert_eq!(values(&r.batches, 10).first().unwrap().0, 10);
+}
+
 /// The offsets of the records read from partition `p`, from 0 until `end`, one read after another.
 async fn read_offsets(log: &Log, t: &Topic, p: i32, end: i64) -> Vec<i64> {
     let mut read = Vec::new();
