@@ -220,13 +220,21 @@ const READ_AHEAD_TTL: Duration = Duration::from_secs(10);
 
 type ReadAheadTask = tokio::task::JoinHandle<Result<ColdRead, LogError>>;
 
+/// A read ahead of one partition: where it starts, its byte limit, when it started.
+struct ReadAhead {
+    from: i64,
+    limit: usize,
+    started: Instant,
+    task: ReadAheadTask,
+}
+
 /// Cold reads started ahead of their readers: after a cold read of a partition, the next
 /// part is read while the answer travels, so that a reader catching up keeps the disk or
 /// the store busy. One per partition, for a reader that asks again at the position where
 /// the last read ended.
 #[derive(Default)]
 pub(crate) struct ReadAheads {
-    started: std::sync::Mutex<HashMap<(Uuid, i32), (i64, usize, Instant, ReadAheadTask)>>,
+    started: std::sync::Mutex<HashMap<(Uuid, i32), ReadAhead>>,
     /// Reads answered from a read ahead (the metric counts every log's).
     hits: std::sync::atomic::AtomicU64,
 }
@@ -237,9 +245,7 @@ impl ReadAheads {
     fn take(&self, key: (Uuid, i32), position: i64, max_bytes: usize) -> Option<ReadAheadTask> {
         let mut started = self.started.lock().unwrap();
         match started.get(&key) {
-            Some((from, limit, _, _)) if *from == position && *limit <= max_bytes => {
-                started.remove(&key).map(|(_, _, _, task)| task)
-            }
+            Some(a) if a.from == position && a.limit <= max_bytes => started.remove(&key).map(|a| a.task),
             _ => None,
         }
     }
@@ -253,10 +259,10 @@ impl ReadAheads {
         read: impl std::future::Future<Output = Result<ColdRead, LogError>> + Send + 'static,
     ) {
         let mut started = self.started.lock().unwrap();
-        started.retain(|_, (_, _, at, task)| {
-            let keep = at.elapsed() < READ_AHEAD_TTL;
+        started.retain(|_, a| {
+            let keep = a.started.elapsed() < READ_AHEAD_TTL;
             if !keep {
-                task.abort();
+                a.task.abort();
             }
             keep
         });
@@ -264,8 +270,14 @@ impl ReadAheads {
             return;
         }
         METRICS.read_aheads.inc();
-        if let Some((_, _, _, old)) = started.insert(key, (position, limit, Instant::now(), tokio::spawn(read))) {
-            old.abort();
+        let ahead = ReadAhead {
+            from: position,
+            limit,
+            started: Instant::now(),
+            task: tokio::spawn(read),
+        };
+        if let Some(old) = started.insert(key, ahead) {
+            old.task.abort();
         }
     }
 }
