@@ -30,6 +30,16 @@ impl Fixture {
         let meta = MetaStore::open(&self.meta_url()).await.unwrap();
         Log::open(meta, self.store(), opts).await.unwrap()
     }
+    /// A log that caches no tail (every read goes to the objects), with a topic "t".
+    async fn open_uncached_topic(&self) -> (Log, Arc<Topic>) {
+        let opts = LogOptions {
+            tail_cache_bytes: 0,
+            ..opts()
+        };
+        let log = self.open(opts).await;
+        let t = log.create_topic("t", None, BTreeMap::new(), false).await.unwrap();
+        (log, t)
+    }
 }
 
 fn opts() -> LogOptions {
@@ -101,13 +111,7 @@ async fn append_assigns_offsets_and_survives_restart() {
 #[tokio::test]
 async fn read_respects_max_bytes_but_returns_one_batch() {
     let fx = Fixture::new();
-    let log = fx
-        .open(LogOptions {
-            tail_cache_bytes: 0,
-            ..opts()
-        })
-        .await;
-    let t = log.create_topic("t", None, BTreeMap::new(), false).await.unwrap();
+    let (log, t) = fx.open_uncached_topic().await;
     for _ in 0..5 {
         log.append(&t, 0, make_batch(10, -1, 0, 0, Compression::None))
             .await
@@ -152,13 +156,7 @@ async fn catch_up_reads_through_many_objects_are_dense() {
 #[tokio::test]
 async fn sequential_cold_reads_are_read_ahead() {
     let fx = Fixture::new();
-    let log = fx
-        .open(LogOptions {
-            tail_cache_bytes: 0,
-            ..opts()
-        })
-        .await;
-    let t = log.create_topic("t", None, BTreeMap::new(), false).await.unwrap();
+    let (log, t) = fx.open_uncached_topic().await;
     for i in 0..40 {
         log.append(&t, 0, make_batch(5, -1, 0, i, Compression::None))
             .await
