@@ -86,7 +86,7 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
     }
     let mut body = BytesMut::with_capacity(bytes + 4096);
     let mut footer = Vec::with_capacity(run.len());
-    for (batch, row) in inner.read_rows(&run).await?.into_iter().zip(&run) {
+    for (batch, row) in crate::read::read_rows(&inner.store, &run).await?.into_iter().zip(&run) {
         footer.push(FooterEntry {
             topic_id: topic.id,
             topic: topic.name.clone(),

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{stream, StreamExt};
 use kafka_protocol::records::RecordBatchDecoder;
-use sluice_meta::BatchRow;
+use sluice_meta::{BatchRow, MetaStore};
 use uuid::Uuid;
 
-use crate::{Inner, Log, LogError, Offsets, Topic, METRICS};
+use crate::{DataStore, Log, LogError, Offsets, Topic, METRICS};
 
 /// Batches read from a partition, with its offsets at the time of reading.
 #[derive(Debug, Clone, Default)]
@@ -98,19 +98,20 @@ impl Log {
                         cold
                     }
                     // Failed (compaction may have moved the batches): read now.
-                    _ => cold_read(&self.inner, key, position, cold_end, budget).await?,
+                    _ => cold_read(&self.inner.meta, &self.inner.store, key, position, cold_end, budget).await?,
                 },
-                None => cold_read(&self.inner, key, position, cold_end, budget).await?,
+                None => cold_read(&self.inner.meta, &self.inner.store, key, position, cold_end, budget).await?,
             };
             (position, budget) = (cold.position, budget.saturating_sub(cold.bytes));
             out.batches.extend(cold.batches);
             if position < cold_end && position > offset {
                 // A reader going through the partition in order asks for this next: read it
                 // while this answer is on its way.
-                let inner = self.inner.clone();
+                // The task holds the stores, not the log: a log dropped meanwhile still stops.
+                let (meta, store) = (self.inner.meta.clone(), self.inner.store.clone());
                 let limit = max_bytes.min(READ_AHEAD_MAX_BYTES);
                 self.inner.read_ahead.start(key, position, limit, async move {
-                    cold_read(&inner, key, position, cold_end, limit).await
+                    cold_read(&meta, &store, key, position, cold_end, limit).await
                 });
             }
         }
@@ -145,7 +146,8 @@ pub(crate) struct ColdRead {
 /// the tail cache starts) and about `budget` bytes: at least one batch, and within
 /// `COLD_READ_BUDGET` once it has data.
 async fn cold_read(
-    inner: &Inner,
+    meta: &MetaStore,
+    store: &DataStore,
     key: (Uuid, i32),
     mut position: i64,
     end: i64,
@@ -159,7 +161,7 @@ async fn cold_read(
     let started = Instant::now();
     let mut page = FIRST_INDEX_PAGE;
     while position < end && (out.batches.is_empty() || (budget > 0 && started.elapsed() < COLD_READ_BUDGET)) {
-        let rows = inner.meta.batches_from(key.0, key.1, position, page).await?;
+        let rows = meta.batches_from(key.0, key.1, position, page).await?;
         page = INDEX_PAGE;
         let rows: Vec<BatchRow> = rows.into_iter().take_while(|r| r.base_offset < end).collect();
         if rows.is_empty() {
@@ -187,16 +189,15 @@ async fn cold_read(
                 over_time = true;
                 break;
             }
-            let batches = match inner.read_rows(chunk).await {
+            let batches = match read_rows(store, chunk).await {
                 Ok(batches) => batches,
                 // Compaction may have moved these batches and collected their object
                 // since the index was read: read the index again, once.
                 Err(_) => {
-                    let again = inner
-                        .meta
+                    let again = meta
                         .batches_from(key.0, key.1, chunk[0].base_offset, chunk.len() as i64)
                         .await?;
-                    inner.read_rows(&again).await?
+                    read_rows(store, &again).await?
                 }
             };
             out.bytes += batches.iter().map(|b| b.len()).sum::<usize>();
@@ -282,55 +283,52 @@ impl ReadAheads {
     }
 }
 
-impl Inner {
-    /// Reads the given index rows, one ranged GET per run of adjacent batches
-    /// in the same object, up to `READ_CONCURRENCY` GETs at once (objects are
-    /// small when flushes are frequent, and each GET pays a round trip).
-    pub(crate) async fn read_rows(&self, rows: &[BatchRow]) -> Result<Vec<Bytes>, LogError> {
-        // Each run: its object, byte range, and the batch lengths in it.
-        let mut runs: Vec<(String, u64, Vec<usize>)> = Vec::new();
-        let mut i = 0;
-        while i < rows.len() {
-            let mut j = i + 1;
-            while j < rows.len()
-                && rows[j].object_key == rows[i].object_key
-                && rows[j].position == rows[j - 1].position + rows[j - 1].length as i64
-            {
-                j += 1;
-            }
-            let lengths = rows[i..j].iter().map(|r| r.length as usize).collect();
-            runs.push((rows[i].object_key.clone(), rows[i].position as u64, lengths));
-            i = j;
+/// Reads the given index rows, one ranged GET per run of adjacent batches
+/// in the same object, up to `READ_CONCURRENCY` GETs at once (objects are
+/// small when flushes are frequent, and each GET pays a round trip).
+pub(crate) async fn read_rows(store: &DataStore, rows: &[BatchRow]) -> Result<Vec<Bytes>, LogError> {
+    // Each run: its object, byte range, and the batch lengths in it.
+    let mut runs: Vec<(String, u64, Vec<usize>)> = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let mut j = i + 1;
+        while j < rows.len()
+            && rows[j].object_key == rows[i].object_key
+            && rows[j].position == rows[j - 1].position + rows[j - 1].length as i64
+        {
+            j += 1;
         }
-        let store = &self.store;
-        let reads: Vec<_> = runs
-            .into_iter()
-            .map(|(key, start, lengths)| async move {
-                let end = start + lengths.iter().sum::<usize>() as u64;
-                let data = store
-                    .get_range(&key, start, end)
-                    .await
-                    .map_err(|e| LogError::Storage(format!("reading {key}: {e:#}")))?;
-                METRICS.object_reads.inc();
-                let mut from = 0;
-                Ok::<_, LogError>(
-                    lengths
-                        .into_iter()
-                        .map(|len| {
-                            from += len;
-                            data.slice(from - len..from)
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .collect();
-        let mut out = Vec::with_capacity(rows.len());
-        let mut done = stream::iter(reads).buffered(READ_CONCURRENCY);
-        while let Some(batches) = done.next().await {
-            out.extend(batches?);
-        }
-        Ok(out)
+        let lengths = rows[i..j].iter().map(|r| r.length as usize).collect();
+        runs.push((rows[i].object_key.clone(), rows[i].position as u64, lengths));
+        i = j;
     }
+    let reads: Vec<_> = runs
+        .into_iter()
+        .map(|(key, start, lengths)| async move {
+            let end = start + lengths.iter().sum::<usize>() as u64;
+            let data = store
+                .get_range(&key, start, end)
+                .await
+                .map_err(|e| LogError::Storage(format!("reading {key}: {e:#}")))?;
+            METRICS.object_reads.inc();
+            let mut from = 0;
+            Ok::<_, LogError>(
+                lengths
+                    .into_iter()
+                    .map(|len| {
+                        from += len;
+                        data.slice(from - len..from)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
+    let mut done = stream::iter(reads).buffered(READ_CONCURRENCY);
+    while let Some(batches) = done.next().await {
+        out.extend(batches?);
+    }
+    Ok(out)
 }
 
 impl Log {
@@ -389,7 +387,7 @@ impl Log {
         row: &BatchRow,
         pred: impl Fn(i64) -> bool,
     ) -> Result<Option<TimestampOffset>, LogError> {
-        let data = self.inner.read_rows(std::slice::from_ref(row)).await?.remove(0);
+        let data = read_rows(&self.inner.store, std::slice::from_ref(row)).await?.remove(0);
         let mut buf = data;
         let set = RecordBatchDecoder::decode(&mut buf)
             .map_err(|e| LogError::Storage(format!("decoding stored batch: {e:#}")))?;
