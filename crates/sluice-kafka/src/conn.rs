@@ -237,10 +237,15 @@ unsafe impl BufMut for Pieces<'_> {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
-        let shared = self
-            .records
-            .iter()
-            .find(|r| r.len() == src.len() && r.as_ptr() == src.as_ptr());
+        // Every field comes through here: only a slice as large as a shared record set
+        // is looked up.
+        let shared = (src.len() >= MIN_SHARED_RECORDS)
+            .then(|| {
+                self.records
+                    .iter()
+                    .find(|r| r.len() == src.len() && r.as_ptr() == src.as_ptr())
+            })
+            .flatten();
         match shared {
             Some(records) => {
                 let encoded = self.head.split().freeze();
