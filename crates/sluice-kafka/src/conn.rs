@@ -48,28 +48,20 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<()> {
                 Reply::Later(f) => f.await,
                 Reply::None => continue,
             };
-            let written = match &body {
+            let encoded = match &body {
                 // Record sets go out as they are, not copied into the encoded response.
-                ResponseKind::Fetch(fetch) => {
-                    match encode_pieces(p.correlation_id, p.header_version, p.api_version, fetch) {
-                        Ok(mut pieces) => write_pieces(&mut wr, &mut pieces).await,
-                        Err(e) => {
-                            tracing::error!(error = %e, "encoding response failed; closing connection");
-                            break;
-                        }
-                    }
-                }
-                _ => {
-                    out.clear();
-                    if let Err(e) = encode_response(&mut out, p.correlation_id, p.header_version, p.api_version, &body)
-                    {
-                        tracing::error!(error = %e, "encoding response failed; closing connection");
-                        break;
-                    }
-                    wr.write_all(&out).await
+                ResponseKind::Fetch(fetch) => encode_pieces(p.correlation_id, p.header_version, p.api_version, fetch),
+                _ => encode_response(&mut out, p.correlation_id, p.header_version, p.api_version, &body)
+                    .map(|()| vec![out.split().freeze()]),
+            };
+            let mut pieces = match encoded {
+                Ok(pieces) => pieces,
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding response failed; closing connection");
+                    break;
                 }
             };
-            if written.is_err() {
+            if write_pieces(&mut wr, &mut pieces).await.is_err() {
                 break;
             }
             let (read, api) = p.read;

@@ -2,6 +2,7 @@
 //! ranged object reads for older ones, and offset lookups by timestamp.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -87,19 +88,17 @@ impl Log {
         let cold_end = tail_start.unwrap_or(offsets.high_watermark).min(offsets.high_watermark);
         if position < cold_end {
             let key = (topic.id, partition);
-            let cold = match self.inner.read_ahead.take(key, position, max_bytes) {
-                Some(ahead) => match ahead.await {
-                    Ok(Ok(cold)) => {
-                        METRICS.read_ahead_hits.inc();
-                        self.inner
-                            .read_ahead
-                            .hits
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        cold
-                    }
-                    // Failed (compaction may have moved the batches): read now.
-                    _ => cold_read(&self.inner.meta, &self.inner.store, key, position, cold_end, budget).await?,
-                },
+            // A read ahead that failed (compaction may have moved the batches) is read again.
+            let ahead = match self.inner.read_ahead.take(key, position, max_bytes) {
+                Some(task) => task.await.ok().and_then(Result::ok),
+                None => None,
+            };
+            let cold = match ahead {
+                Some(cold) => {
+                    METRICS.read_ahead_hits.inc();
+                    self.inner.read_ahead.hits.fetch_add(1, Ordering::Relaxed);
+                    cold
+                }
                 None => cold_read(&self.inner.meta, &self.inner.store, key, position, cold_end, budget).await?,
             };
             (position, budget) = (cold.position, budget.saturating_sub(cold.bytes));
@@ -237,7 +236,7 @@ struct ReadAhead {
 pub(crate) struct ReadAheads {
     started: std::sync::Mutex<HashMap<(Uuid, i32), ReadAhead>>,
     /// Reads answered from a read ahead (the metric counts every log's).
-    hits: std::sync::atomic::AtomicU64,
+    hits: AtomicU64,
 }
 
 impl ReadAheads {
@@ -334,7 +333,7 @@ pub(crate) async fn read_rows(store: &DataStore, rows: &[BatchRow]) -> Result<Ve
 impl Log {
     /// How many reads a read ahead answered.
     pub fn read_ahead_hits(&self) -> u64 {
-        self.inner.read_ahead.hits.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.read_ahead.hits.load(Ordering::Relaxed)
     }
 
     /// The earliest offset whose record timestamp is >= `timestamp`; None if
