@@ -6,8 +6,16 @@ benches/rdkafka_performance_build.sh) as a producer: 1 KiB records, acks=all,
 enable.idempotence=true, librdkafka's defaults otherwise, into a topic of 8
 partitions (created here). Unlike benches/librdkafka_produce.py, no Python runs
 per record, so on these two cores the client leaves the broker more CPU.
-Prints one JSON object. With --mock it produces to librdkafka's in-process mock
-broker instead: the C client's own ceiling here.
+Prints one JSON object, with the client's own view of its Produce requests (from
+its statistics, once a second): the round trip and how many were in flight. With
+--mock it produces to librdkafka's in-process mock broker instead: the C client's
+own ceiling here.
+
+The idempotent producer keeps at most one Produce request in flight per partition
+(librdkafka's `RD_KAFKA_IDEMP_MAX_INFLIGHT - rktp_msgs_inflight` in
+rdkafka_broker.c counts messages, not requests), and its sticky partitioner fills one
+partition at a time, so its throughput is about one batch (up to batch.size, 1 MB)
+per round trip.
 
     python3 benches/rdkafka_performance.py --bin PATH --bootstrap 127.0.0.1:9092 --topic t --count 3000000
     python3 benches/rdkafka_performance.py --bin PATH --mock --topic t --count 3000000
@@ -19,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -44,7 +53,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=3_000_000)
     args = ap.parse_args()
     cmd = [args.bin, "-P", "-t", args.topic, "-s", str(args.record_size), "-c", str(args.count), "-a", "-1",
-           "-X", "enable.idempotence=true", "-i", "600000"]
+           "-X", "enable.idempotence=true", "-i", "600000", "-T", "1000"]
     if args.mock:
         # The mock creates the topic on first use, with its default partition count.
         cmd += ["-X", "test.mock.num.brokers=1"]
@@ -58,7 +67,7 @@ def main() -> None:
     produced, nbytes, delivered, failed, ms, rate, mbs = lines[-1].groups()
     if int(delivered) != args.count or int(failed):
         sys.exit(f"rdkafka_performance delivered {delivered} of {args.count} records, {failed} failed")
-    print(json.dumps({
+    result = {
         "tool": "librdkafka examples/rdkafka_performance",
         "command": " ".join(cmd),
         "records": int(delivered),
@@ -67,7 +76,39 @@ def main() -> None:
         "records_per_sec": int(delivered) / (int(ms) / 1000),
         "mb_per_sec": int(nbytes) / 1e6 / (int(ms) / 1000),
         "reported_mb_per_sec": float(mbs),
-    }))
+    }
+    trips = round_trips(out.stdout + out.stderr)
+    if trips:
+        result["round_trip"] = trips
+    print(json.dumps(result))
+
+
+def round_trips(output: str) -> dict | None:
+    """Medians over the statistics windows (the first, warming up, skipped) of the
+    broker's Produce round trip as the client measures it, and of the requests waiting
+    for their response when the window closed."""
+    windows = []
+    for line in output.splitlines():
+        start = line.find('{ "name"')
+        if start < 0:
+            continue
+        try:
+            stats = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        brokers = [b for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0 and b["rtt"]["cnt"]]
+        if brokers:
+            b = max(brokers, key=lambda b: b["rtt"]["cnt"])
+            windows.append((b["rtt"]["avg"] / 1000, b["rtt"]["p99"] / 1000, b["waitresp_cnt"]))
+    windows = windows[1:] or windows
+    if not windows:
+        return None
+    return {
+        "windows": len(windows),
+        "median_avg_ms": round(statistics.median(w[0] for w in windows), 3),
+        "median_p99_ms": round(statistics.median(w[1] for w in windows), 3),
+        "median_in_flight": statistics.median(w[2] for w in windows),
+    }
 
 
 if __name__ == "__main__":

@@ -121,7 +121,11 @@ def build(runs: list[dict]) -> list[Row]:
         thr("rdkafka", "  the same against the client's own ceiling", "librdkafka, mock broker", row_key="rdkafka_vs_mock")
         ref_mbs["librdkafka C, mock broker"] = thr(
             "rdkafka_c_mock", "librdkafka C (rdkafka_performance) against its own mock broker (no disk)")
-        thr("rdkafka_c", "librdkafka C (rdkafka_performance) produce, idempotent, acks=all", "dd", 0.6)
+        if thr("rdkafka_c", "librdkafka C (rdkafka_performance) produce, idempotent, acks=all", "dd", 0.6):
+            t = r["rdkafka_c"].get("round_trip")
+            if t:
+                rows["rdkafka_c"].detail[-1] += (f", rtt avg {t['median_avg_ms']:.2f} ms p99 {t['median_p99_ms']:.2f},"
+                                                 f" {t['median_in_flight']:g} in flight")
         thr("rdkafka_c", "  the same against the C client's own ceiling", "librdkafka C, mock broker",
             row_key="rdkafka_c_vs_mock")
         ref_mbs["sluice bench produce"] = thr("produce", "sluice bench produce, acks=all", "dd", 0.6)

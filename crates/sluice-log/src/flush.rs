@@ -957,40 +957,51 @@ fn commit_for<'a>(
     batches: Vec<BatchRow>,
     flushes: impl Iterator<Item = (&'a NextOffsets, &'a HashMap<ProducerKey, ProducerEntry>)>,
 ) -> (Vec<PartKey>, FlushCommit) {
-    let mut watermarks: HashMap<PartKey, WatermarkUpdate> = HashMap::new();
+    let mut watermarks: HashMap<PartKey, (i64, i32)> = HashMap::new();
     let mut producers: HashMap<ProducerKey, &ProducerEntry> = HashMap::new();
-    let mut commit = FlushCommit {
-        objects,
-        batches,
-        ..FlushCommit::default()
-    };
     for (next, touched) in flushes {
-        for (k, (_, next_offset, epoch)) in next {
-            watermarks.insert(
-                *k,
-                WatermarkUpdate {
-                    topic_id: k.0,
-                    partition: k.1,
-                    high_watermark: *next_offset,
-                    leader_epoch: *epoch,
-                },
-            );
-        }
+        watermarks.extend(
+            next.iter()
+                .map(|(k, (_, next_offset, epoch))| (*k, (*next_offset, *epoch))),
+        );
         producers.extend(touched.iter().map(|(k, e)| (*k, e)));
     }
-    let (keys, watermarks): (Vec<PartKey>, Vec<WatermarkUpdate>) = watermarks.into_iter().unzip();
-    commit.watermarks = watermarks;
-    commit.producers = producers
-        .into_iter()
-        .map(|(k, e)| ProducerStateRow {
-            topic_id: k.0,
-            partition: k.1,
-            producer_id: k.2,
-            epoch: e.epoch,
-            recent: e.recent.iter().copied().collect(),
-        })
-        .collect();
+    let keys: Vec<PartKey> = watermarks.keys().copied().collect();
+    let commit = flush_commit(objects, batches, keys.iter().map(|k| (*k, watermarks[k])), producers);
     (keys, commit)
+}
+
+/// A metadata commit: objects and their index rows, each partition's new high watermark
+/// and leader epoch (in the order given), and the state of each producer touched.
+pub(crate) fn flush_commit<'a>(
+    objects: Vec<(String, i64)>,
+    batches: Vec<BatchRow>,
+    watermarks: impl IntoIterator<Item = (PartKey, (i64, i32))>,
+    producers: impl IntoIterator<Item = (ProducerKey, &'a ProducerEntry)>,
+) -> FlushCommit {
+    FlushCommit {
+        objects,
+        batches,
+        watermarks: watermarks
+            .into_iter()
+            .map(|(k, (high_watermark, leader_epoch))| WatermarkUpdate {
+                topic_id: k.0,
+                partition: k.1,
+                high_watermark,
+                leader_epoch,
+            })
+            .collect(),
+        producers: producers
+            .into_iter()
+            .map(|(k, e)| ProducerStateRow {
+                topic_id: k.0,
+                partition: k.1,
+                producer_id: k.2,
+                epoch: e.epoch,
+                recent: e.recent.iter().copied().collect(),
+            })
+            .collect(),
+    }
 }
 
 fn evict(tail: &mut TailBudget, budget: usize) {

@@ -19,17 +19,15 @@
 //! is out of sequence (a reused segment still holds its old records after the
 //! new ones).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use std::collections::{HashMap, HashSet};
-
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes};
-use sluice_meta::{FlushCommit, MetaStore, ProducerStateRow, SeqEntry, WatermarkUpdate};
+use sluice_meta::{MetaStore, SeqEntry};
 use uuid::Uuid;
 
 use crate::object::{self, FooterEntry};
@@ -353,29 +351,12 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
     }
     moved.sort();
     moved.dedup();
-    let commit = FlushCommit {
+    let commit = crate::flush::flush_commit(
         objects,
-        batches: rows,
-        watermarks: moved
-            .iter()
-            .map(|k| WatermarkUpdate {
-                topic_id: k.0,
-                partition: k.1,
-                high_watermark: offsets[k].0,
-                leader_epoch: offsets[k].1,
-            })
-            .collect(),
-        producers: touched
-            .into_iter()
-            .map(|k| ProducerStateRow {
-                topic_id: k.0,
-                partition: k.1,
-                producer_id: k.2,
-                epoch: producers[&k].epoch,
-                recent: producers[&k].recent.iter().copied().collect(),
-            })
-            .collect(),
-    };
+        rows,
+        moved.iter().map(|k| (*k, offsets[k])),
+        touched.iter().map(|k| (*k, &producers[k])),
+    );
     if !batches.is_empty() {
         store.put_parts(&key, parts).await?;
     }

@@ -174,9 +174,12 @@ impl MetaStore {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
                             // WAL for concurrent readers; FULL so that a commit acknowledged to a
-                            // producer survives power loss too.
+                            // producer survives power loss too. Temporary storage in memory: a
+                            // flush commit's statement journal was otherwise a new file in
+                            // /var/tmp each time (created, written, unlinked).
                             conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000",
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
+                                 PRAGMA temp_store = MEMORY",
                             )
                             .await?;
                         } else {
