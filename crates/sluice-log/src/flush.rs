@@ -472,7 +472,8 @@ impl Flusher {
         let upload = tokio::spawn(async move {
             let started = Instant::now();
             if let Some(parts) = parts {
-                inner.store.put_parts(&key, parts).await?;
+                let foreground = inner.foreground.clone();
+                inner.store.put_parts_behind(&key, parts, foreground).await?;
             }
             let applied = inner.meta.commit_flush(&commit).await?;
             // The upload is done whatever happens to the journal's old segments: uploading
@@ -591,6 +592,7 @@ impl Flusher {
         let put = tokio::spawn(async move {
             let started = Instant::now();
             if stored {
+                let _writing = inner.foreground.start();
                 inner.store.put(&put_key, data.clone()).await?;
                 let put_time = started.elapsed().as_secs_f64();
                 METRICS
@@ -606,7 +608,9 @@ impl Flusher {
             }
             let record = if stored { journal::reference(&put_key) } else { data };
             let started = Instant::now();
+            let writing = inner.foreground.start();
             let seq = journal_io(journal, move |j| j.append(&[record])).await?;
+            drop(writing);
             let _ = done.send(());
             let journal_time = started.elapsed().as_secs_f64();
             METRICS

@@ -325,6 +325,8 @@ pub(crate) struct Inner {
     unindexed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// With a journal, why this broker refuses every write until a restart: a flush failed.
     write_failure: std::sync::Mutex<Option<String>>,
+    /// Writes producers wait for, which uploads give way to.
+    foreground: Arc<store::Foreground>,
     /// Cold reads started ahead of sequential readers.
     read_ahead: read::ReadAheads,
     /// Serialises topic creation and deletion.
@@ -375,6 +377,7 @@ impl Log {
             committed,
             unindexed: Default::default(),
             write_failure: Default::default(),
+            foreground: Default::default(),
             read_ahead: Default::default(),
             admin: tokio::sync::Mutex::new(()),
         });

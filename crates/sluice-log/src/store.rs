@@ -90,6 +90,22 @@ impl DataStore {
 
     /// Writes an object made of `parts`, in order, without joining them first.
     pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        self.put_inner(key, parts, None).await
+    }
+
+    /// `put_parts` for a write nobody waits on (an upload of journaled appends): on a
+    /// local store it gives way to the writes of `foreground` before each piece it writes
+    /// and before its sync, for at most `YIELD_LIMIT` each.
+    pub(crate) async fn put_parts_behind(
+        &self,
+        key: &str,
+        parts: Vec<Bytes>,
+        foreground: Arc<Foreground>,
+    ) -> Result<()> {
+        self.put_inner(key, parts, Some(foreground)).await
+    }
+
+    async fn put_inner(&self, key: &str, parts: Vec<Bytes>, behind: Option<Arc<Foreground>>) -> Result<()> {
         match &self.local_root {
             // One blocking call for the whole write: each hop to a blocking thread is a
             // wake-up on the produce path, and object_store's own put takes two more.
@@ -97,7 +113,7 @@ impl DataStore {
                 let (root, key, direct) = (root.clone(), key.to_string(), self.direct_io);
                 let len = parts.iter().map(|p| p.len() as u64).sum();
                 let path = root.join(&key);
-                tokio::task::spawn_blocking(move || write_durably(&root, &key, &parts, direct))
+                tokio::task::spawn_blocking(move || write_durably(&root, &key, &parts, direct, behind.as_deref()))
                     .await?
                     .with_context(|| format!("writing {}", path.display()))?;
                 crate::counting::count_put(len);
@@ -169,7 +185,13 @@ impl DataStore {
 /// skips, as its footer does not check). An existing key is replaced atomically
 /// through a staging file (named `#<digits>` so that listings skip it, as
 /// object_store's own staging files) and a rename.
-fn write_durably(root: &std::path::Path, key: &str, parts: &[Bytes], direct: bool) -> std::io::Result<()> {
+fn write_durably(
+    root: &std::path::Path,
+    key: &str,
+    parts: &[Bytes],
+    direct: bool,
+    behind: Option<&Foreground>,
+) -> std::io::Result<()> {
     use std::fs::{File, OpenOptions};
     use std::io::ErrorKind;
     let path = root.join(key);
@@ -192,7 +214,10 @@ fn write_durably(root: &std::path::Path, key: &str, parts: &[Bytes], direct: boo
         Err(e) => return Err(e),
     };
     let target = staging.as_deref().unwrap_or(&path);
-    let written = write_parts(&mut file, target, parts, direct).and_then(|()| file.sync_data());
+    let written = write_parts(&mut file, target, parts, direct, behind).and_then(|()| {
+        give_way(behind);
+        file.sync_data()
+    });
     let placed = match &staging {
         Some(staging) => written.and_then(|()| std::fs::rename(staging, &path)),
         None => written,
@@ -217,10 +242,68 @@ const DIRECT_CHUNK: usize = 1 << 20;
 /// With `direct_io`, ranges at least this large are read with O_DIRECT.
 const DIRECT_READ_BYTES: usize = 64 << 10;
 
+/// Writes that acknowledge appends (journal records, objects of large flushes), which
+/// background object writes give way to: beside an upload's writes, a journal append of
+/// 1 MiB took twice as long as alone (docs/benchmarks.md, set K), and a producer waits
+/// for it.
+#[derive(Default)]
+pub(crate) struct Foreground {
+    running: std::sync::Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+/// A foreground write in progress, until dropped.
+pub(crate) struct ForegroundWrite(Arc<Foreground>);
+
+impl Foreground {
+    pub(crate) fn start(self: &Arc<Self>) -> ForegroundWrite {
+        *self.running.lock().unwrap() += 1;
+        ForegroundWrite(self.clone())
+    }
+
+    /// Waits until no foreground write runs, or `limit` has passed; true if none runs.
+    fn wait_idle(&self, limit: std::time::Duration) -> bool {
+        let running = self.running.lock().unwrap();
+        !self
+            .idle
+            .wait_timeout_while(running, limit, |n| *n > 0)
+            .unwrap()
+            .1
+            .timed_out()
+    }
+}
+
+impl Drop for ForegroundWrite {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock().unwrap();
+        *running -= 1;
+        if *running == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+/// The longest a background write waits for foreground writes before each piece: it
+/// must still keep up (journaled appends wait in memory for their upload).
+const YIELD_LIMIT: std::time::Duration = std::time::Duration::from_millis(5);
+
+fn give_way(behind: Option<&Foreground>) {
+    if let Some(foreground) = behind {
+        foreground.wait_idle(YIELD_LIMIT);
+    }
+}
+
 /// Writes `parts` to the new, empty file `file` at `path`: with `direct`, through a second
 /// descriptor opened with O_DIRECT if the object is large and the file system allows it,
-/// else through `file`. Not synced.
-fn write_parts(file: &mut std::fs::File, path: &std::path::Path, parts: &[Bytes], direct: bool) -> std::io::Result<()> {
+/// else through `file`. Not synced. `behind`: give way to foreground writes before each
+/// piece written with O_DIRECT (a write through the page cache only copies).
+fn write_parts(
+    file: &mut std::fs::File,
+    path: &std::path::Path,
+    parts: &[Bytes],
+    direct: bool,
+    behind: Option<&Foreground>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::FileExt;
     let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -242,6 +325,7 @@ fn write_parts(file: &mut std::fs::File, path: &std::path::Path, parts: &[Bytes]
             buf[filled..filled + n].copy_from_slice(&rest[..n]);
             (filled, rest) = (filled + n, &rest[n..]);
             if filled == DIRECT_CHUNK {
+                give_way(behind);
                 direct.write_all_at(buf, at)?;
                 (filled, at) = (0, at + DIRECT_CHUNK as u64);
             }
@@ -251,6 +335,7 @@ fn write_parts(file: &mut std::fs::File, path: &std::path::Path, parts: &[Bytes]
         // The last block is padded with zeros, then cut back to the object's length.
         let padded = filled.next_multiple_of(DIRECT_ALIGN);
         buf[filled..padded].fill(0);
+        give_way(behind);
         direct.write_all_at(&buf[..padded], at)?;
         file.set_len(len as u64)?;
     }
@@ -333,16 +418,46 @@ fn with_prefix<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
 
 #[cfg(test)]
 mod tests {
-    use super::write_durably;
+    use super::{write_durably, Foreground};
     use bytes::Bytes;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_background_write_waits_for_foreground_writes_to_end() {
+        let foreground = Arc::new(Foreground::default());
+        assert!(foreground.wait_idle(Duration::ZERO), "nothing runs");
+        let (first, second) = (foreground.start(), foreground.start());
+        assert!(!foreground.wait_idle(Duration::from_millis(1)), "gives up at its limit");
+        let waiter = {
+            let foreground = foreground.clone();
+            std::thread::spawn(move || foreground.wait_idle(Duration::from_secs(600)))
+        };
+        drop(first);
+        assert!(!foreground.wait_idle(Duration::ZERO), "one still runs");
+        drop(second);
+        assert!(waiter.join().unwrap(), "woken when the last one ends, not by its limit");
+
+        // Behind no foreground write, a background write writes the same bytes.
+        let root = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(2 * super::DIRECT_CHUNK + 99)).map(|i| (i % 251) as u8).collect();
+        let parts = [
+            Bytes::copy_from_slice(&data[..1000]),
+            Bytes::copy_from_slice(&data[1000..]),
+        ];
+        for direct in [false, true] {
+            write_durably(root.path(), "data/b.sobj", &parts, direct, Some(&foreground)).unwrap();
+            assert_eq!(std::fs::read(root.path().join("data/b.sobj")).unwrap(), data);
+        }
+    }
 
     #[test]
     fn a_new_key_is_written_in_place_and_an_existing_one_replaced_whole() {
         let root = tempfile::tempdir().unwrap();
-        write_durably(root.path(), "data/a.sobj", &[Bytes::from_static(b"first")], false).unwrap();
+        write_durably(root.path(), "data/a.sobj", &[Bytes::from_static(b"first")], false, None).unwrap();
         assert_eq!(std::fs::read(root.path().join("data/a.sobj")).unwrap(), b"first");
         let parts = [Bytes::from_static(b"second, "), Bytes::from_static(b"longer")];
-        write_durably(root.path(), "data/a.sobj", &parts, false).unwrap();
+        write_durably(root.path(), "data/a.sobj", &parts, false, None).unwrap();
         assert_eq!(
             std::fs::read(root.path().join("data/a.sobj")).unwrap(),
             b"second, longer"
@@ -358,7 +473,7 @@ mod tests {
     fn ranges_read_back_what_was_written_directly_or_not() {
         let root = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..(3 * super::DIRECT_CHUNK + 777)).map(|i| (i % 253) as u8).collect();
-        write_durably(root.path(), "data/r.sobj", &[Bytes::copy_from_slice(&data)], true).unwrap();
+        write_durably(root.path(), "data/r.sobj", &[Bytes::copy_from_slice(&data)], true, None).unwrap();
         let path = root.path().join("data/r.sobj");
         let n = data.len() as u64;
         // Unaligned starts and ends, one ending at the partial last block, small and large.
@@ -398,10 +513,10 @@ mod tests {
             .windows(2)
             .map(|w| Bytes::copy_from_slice(&data[w[0]..w[1]]))
             .collect();
-        write_durably(root.path(), "data/big.sobj", &parts, true).unwrap();
+        write_durably(root.path(), "data/big.sobj", &parts, true, None).unwrap();
         assert_eq!(std::fs::read(root.path().join("data/big.sobj")).unwrap(), data);
         // Replaced whole, by a shorter one.
-        write_durably(root.path(), "data/big.sobj", &parts[..4], true).unwrap();
+        write_durably(root.path(), "data/big.sobj", &parts[..4], true, None).unwrap();
         let want = &data[..super::DIRECT_CHUNK + 3];
         assert_eq!(std::fs::read(root.path().join("data/big.sobj")).unwrap(), want);
     }
