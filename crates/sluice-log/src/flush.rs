@@ -970,9 +970,9 @@ fn commit_for<'a>(
         );
         producers.extend(touched.iter().map(|(k, e)| (*k, e)));
     }
-    let keys: Vec<PartKey> = watermarks.keys().copied().collect();
-    let commit = flush_commit(objects, batches, keys.iter().map(|k| (*k, watermarks[k])), producers);
-    (keys, commit)
+    let watermarks: Vec<(PartKey, (i64, i32))> = watermarks.into_iter().collect();
+    let keys = watermarks.iter().map(|(k, _)| *k).collect();
+    (keys, flush_commit(objects, batches, watermarks, producers))
 }
 
 /// A metadata commit: objects and their index rows, each partition's new high watermark
