@@ -148,67 +148,78 @@ async fn cold_read(
     meta: &MetaStore,
     store: &DataStore,
     key: (Uuid, i32),
-    mut position: i64,
+    position: i64,
     end: i64,
-    mut budget: usize,
+    budget: usize,
 ) -> Result<ColdRead, LogError> {
+    let started = Instant::now();
+    // The whole read's index rows first, then its GETs: a run of adjacent batches that
+    // spans index pages (a segment's) is then one GET, not one per page.
+    let rows = index_rows(meta, key, position, end, budget, started).await?;
     let mut out = ColdRead {
         batches: Vec::new(),
         bytes: 0,
         position,
     };
-    let started = Instant::now();
-    let mut page = FIRST_INDEX_PAGE;
-    while position < end && (out.batches.is_empty() || (budget > 0 && started.elapsed() < COLD_READ_BUDGET)) {
-        let rows = meta.batches_from(key.0, key.1, position, page).await?;
-        page = INDEX_PAGE;
-        let rows: Vec<BatchRow> = rows.into_iter().take_while(|r| r.base_offset < end).collect();
-        if rows.is_empty() {
+    // Read a few GETs at a time and honour the time budget between chunks: a read of
+    // small objects is up to hundreds of GETs, seconds against a busy store, and it holds
+    // up every response queued behind its Fetch on the connection.
+    for chunk in get_chunks(&rows, READ_CONCURRENCY) {
+        if !out.batches.is_empty() && started.elapsed() >= COLD_READ_BUDGET {
             break;
         }
-        let mut chosen = Vec::new();
+        let batches = match read_rows(store, chunk).await {
+            Ok(batches) => batches,
+            // Compaction may have moved these batches and collected their object
+            // since the index was read: read the index again, once.
+            Err(_) => {
+                let again = meta
+                    .batches_from(key.0, key.1, chunk[0].base_offset, chunk.len() as i64)
+                    .await?;
+                read_rows(store, &again).await?
+            }
+        };
+        out.bytes += batches.iter().map(|b| b.len()).sum::<usize>();
+        out.batches.extend(batches);
+        out.position = chunk[chunk.len() - 1].last_offset + 1;
+    }
+    Ok(out)
+}
+
+/// The index rows of a partition's batches from `position` on, before `end`, up to about
+/// `budget` bytes: at least one row when any is there, and no more pages once the read's
+/// time is up.
+pub(crate) async fn index_rows(
+    meta: &MetaStore,
+    key: (Uuid, i32),
+    mut position: i64,
+    end: i64,
+    mut budget: usize,
+    started: Instant,
+) -> Result<Vec<BatchRow>, LogError> {
+    let mut chosen: Vec<BatchRow> = Vec::new();
+    let mut page = FIRST_INDEX_PAGE;
+    while position < end && (chosen.is_empty() || (budget > 0 && started.elapsed() < COLD_READ_BUDGET)) {
+        let rows = meta.batches_from(key.0, key.1, position, page).await?;
+        page = INDEX_PAGE;
+        let mut rows = rows.into_iter().take_while(|r| r.base_offset < end).peekable();
+        if rows.peek().is_none() {
+            break;
+        }
         for r in rows {
             if !chosen.is_empty() && r.length as usize > budget {
                 budget = 0;
                 break;
             }
             budget = budget.saturating_sub(r.length as usize);
+            position = r.last_offset + 1;
             chosen.push(r);
             if budget == 0 {
                 break;
             }
         }
-        // Read the page a few GETs at a time and honour the time budget between
-        // chunks, not only between pages: a page of small objects is up to
-        // INDEX_PAGE GETs, seconds against a busy store, and this read holds up
-        // every response queued behind its Fetch on the connection.
-        let mut over_time = false;
-        for chunk in chosen.chunks(READ_CONCURRENCY) {
-            if !out.batches.is_empty() && started.elapsed() >= COLD_READ_BUDGET {
-                over_time = true;
-                break;
-            }
-            let batches = match read_rows(store, chunk).await {
-                Ok(batches) => batches,
-                // Compaction may have moved these batches and collected their object
-                // since the index was read: read the index again, once.
-                Err(_) => {
-                    let again = meta
-                        .batches_from(key.0, key.1, chunk[0].base_offset, chunk.len() as i64)
-                        .await?;
-                    read_rows(store, &again).await?
-                }
-            };
-            out.bytes += batches.iter().map(|b| b.len()).sum::<usize>();
-            out.batches.extend(batches);
-            position = chunk[chunk.len() - 1].last_offset + 1;
-        }
-        if over_time {
-            break;
-        }
     }
-    out.position = position;
-    Ok(out)
+    Ok(chosen)
 }
 
 /// Partitions with a read ahead in flight or done and not yet asked for, at most.
@@ -282,41 +293,46 @@ impl ReadAheads {
     }
 }
 
+/// Splits index rows into runs of adjacent batches in the same object: one ranged GET each.
+fn get_runs(rows: &[BatchRow]) -> Vec<&[BatchRow]> {
+    rows.chunk_by(|a, b| b.object_key == a.object_key && b.position == a.position + a.length as i64)
+        .collect()
+}
+
+/// Splits index rows into consecutive slices of at most `gets` runs each. A run of a
+/// segment's adjacent batches stays one GET however many batches it holds.
+pub(crate) fn get_chunks(rows: &[BatchRow], gets: usize) -> Vec<&[BatchRow]> {
+    let mut chunks = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let len: usize = get_runs(rest).iter().take(gets).map(|run| run.len()).sum();
+        let (chunk, tail) = rest.split_at(len);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
 /// Reads the given index rows, one ranged GET per run of adjacent batches
 /// in the same object, up to `READ_CONCURRENCY` GETs at once (objects are
 /// small when flushes are frequent, and each GET pays a round trip).
 pub(crate) async fn read_rows(store: &DataStore, rows: &[BatchRow]) -> Result<Vec<Bytes>, LogError> {
-    // Each run: its object, byte range, and the batch lengths in it.
-    let mut runs: Vec<(String, u64, Vec<usize>)> = Vec::new();
-    let mut i = 0;
-    while i < rows.len() {
-        let mut j = i + 1;
-        while j < rows.len()
-            && rows[j].object_key == rows[i].object_key
-            && rows[j].position == rows[j - 1].position + rows[j - 1].length as i64
-        {
-            j += 1;
-        }
-        let lengths = rows[i..j].iter().map(|r| r.length as usize).collect();
-        runs.push((rows[i].object_key.clone(), rows[i].position as u64, lengths));
-        i = j;
-    }
-    let reads: Vec<_> = runs
+    let reads: Vec<_> = get_runs(rows)
         .into_iter()
-        .map(|(key, start, lengths)| async move {
-            let end = start + lengths.iter().sum::<usize>() as u64;
+        .map(|run| async move {
+            let (key, start) = (&run[0].object_key, run[0].position as u64);
+            let end = start + run.iter().map(|r| r.length as u64).sum::<u64>();
             let data = store
-                .get_range(&key, start, end)
+                .get_range(key, start, end)
                 .await
                 .map_err(|e| LogError::Storage(format!("reading {key}: {e:#}")))?;
             METRICS.object_reads.inc();
             let mut from = 0;
             Ok::<_, LogError>(
-                lengths
-                    .into_iter()
-                    .map(|len| {
-                        from += len;
-                        data.slice(from - len..from)
+                run.iter()
+                    .map(|r| {
+                        from += r.length as usize;
+                        data.slice(from - r.length as usize..from)
                     })
                     .collect::<Vec<_>>(),
             )
@@ -394,5 +410,57 @@ impl Log {
             offset: r.offset,
             timestamp: r.timestamp,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of `lengths` laid out back to back in `object` from `position`.
+    fn rows(object: &str, mut position: i64, lengths: &[i32]) -> Vec<BatchRow> {
+        lengths
+            .iter()
+            .map(|&length| {
+                let row = BatchRow {
+                    topic_id: Uuid::nil(),
+                    partition: 0,
+                    base_offset: position,
+                    last_offset: position,
+                    max_timestamp: 0,
+                    object_key: object.into(),
+                    position,
+                    length,
+                };
+                position += length as i64;
+                row
+            })
+            .collect()
+    }
+
+    fn chunk_lens(rows: &[BatchRow], gets: usize) -> Vec<usize> {
+        get_chunks(rows, gets).iter().map(|c| c.len()).collect()
+    }
+
+    #[test]
+    fn adjacent_batches_of_a_segment_are_one_get_however_many() {
+        let segment = rows("s", 0, &[100; 40]);
+        assert_eq!(get_runs(&segment).len(), 1);
+        assert_eq!(chunk_lens(&segment, 16), vec![40]);
+    }
+
+    #[test]
+    fn chunks_hold_at_most_their_count_of_gets() {
+        // Forty small objects: a GET each, sixteen at a time.
+        let flushes: Vec<BatchRow> = (0..40).flat_map(|i| rows(&format!("f{i}"), 0, &[100])).collect();
+        assert_eq!(chunk_lens(&flushes, 16), vec![16, 16, 8]);
+        // A gap inside one object, or a change of object, starts a new GET.
+        let mut mixed = rows("a", 0, &[10, 10]);
+        mixed.extend(rows("a", 50, &[10]));
+        mixed.extend(rows("b", 0, &[10, 10, 10]));
+        let runs: Vec<usize> = get_runs(&mixed).iter().map(|r| r.len()).collect();
+        assert_eq!(runs, vec![2, 1, 3]);
+        assert_eq!(chunk_lens(&mixed, 2), vec![3, 3]);
+        assert!(get_chunks(&[], 16).is_empty());
     }
 }

@@ -460,6 +460,36 @@ async fn compaction_moves_history_into_segments_without_changing_it() {
     );
 }
 
+/// A cold read of a segment gathers its index rows across pages before reading, so the
+/// segment's adjacent batches come back in one GET (a GET per index page, or per sixteen
+/// rows, made compacted history cost five times the GETs it should).
+#[tokio::test]
+async fn a_cold_read_of_a_segment_is_one_get_across_index_pages() {
+    let fx = Fixture::new();
+    let log = fx
+        .open(LogOptions {
+            compaction_min_age: Duration::ZERO,
+            tail_cache_bytes: 0,
+            ..opts()
+        })
+        .await;
+    let t = log.create_topic("s", Some(1), BTreeMap::new(), false).await.unwrap();
+    // Each append is its own flush object; there are more batches than an index page.
+    for _ in 0..40 {
+        log.append(&t, 0, make_batch(1, -1, 0, sluice_meta::now_ms(), Compression::None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.compact().await.unwrap().segments, 1);
+    let rows = crate::read::index_rows(&log.inner.meta, (t.id, 0), 0, 40, 1 << 20, std::time::Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 40);
+    assert!(rows.iter().all(|r| r.object_key.ends_with(".segment")));
+    assert_eq!(crate::read::get_chunks(&rows, 16).len(), 1);
+    assert_eq!(log.read(&t, 0, 0, 1 << 20).await.unwrap().batches.len(), 40);
+}
+
 /// Compaction walks the index a page at a time and remembers where compacted history
 /// ends, so a log whose head is many pages of segments still gets its new objects
 /// compacted (one unpaged query used to stop seeing them past its row limit).
