@@ -169,6 +169,35 @@ def test_kill9_before_upload_loses_nothing(make_broker):
     assert watermarks(broker.bootstrap, "jrnl", range(3)) == {0: (0, 201), 1: (0, 200), 2: (0, 200)}
 
 
+def test_kill9_after_compaction_collected_large_flushes_loses_nothing(make_broker):
+    """A large flush goes to the store and the journal keeps a reference to its object
+    after it is indexed; compaction then copies it into a segment and collects it. The
+    broker must still restart after a kill -9 (it used to read every referenced object
+    at start, the whole history since the journal's segment began, and refused to start
+    once one was gone) and serve every acknowledged record."""
+    broker = make_broker("--compaction-min-age", "1s", "--retention-check-interval", "1s")
+    create_topic(broker, "big", 4)
+    # ~64 KB records to four partitions: a request carries up to 1 MB per partition, so
+    # flushes are over the 1 MiB that goes to the store directly.
+    msgs = [Msg(i % 4, b"k%d" % i, (b"%06d" % i) * 10_000) for i in range(400)]
+    acked = produce_confluent(broker.bootstrap, "big", msgs, **{"linger.ms": 50})
+    assert sorted(acked) == sorted((p, n) for p in range(4) for n in range(100))
+    assert flush_stage_counts(broker).get("put", 0) > 0, "no flush went to the store directly"
+    first = {p.name for p in data_objects(broker) if p.suffix == ".sobj"}
+    wait_until(lambda: not first & {p.name for p in data_objects(broker)}, 30, interval=0.5,
+               what="the flush objects to be compacted and collected")
+    broker.kill()
+    started = time.monotonic()
+    broker.start()
+    print(f"restarted in {time.monotonic() - started:.2f}s")
+    assert watermarks(broker.bootstrap, "big", range(4)) == {p: (0, 100) for p in range(4)}
+    got = consume_confluent(broker.bootstrap, "big", range(4), timeout=60)
+    for p in range(4):
+        want = [(o, m.key, m.value) for m, (_, o) in sorted(zip(msgs, acked), key=lambda x: x[1]) if m.partition == p]
+        assert [(r.offset, r.key, r.value) for r in got[p]] == want
+    assert produce_confluent(broker.bootstrap, "big", [Msg(0, b"k", b"after")]) == [(0, 100)]
+
+
 def test_orphaned_objects_are_collected(make_broker):
     """An object written but never committed (what a crash between the object
     write and the metadata commit leaves) is deleted after --gc-orphan-grace,

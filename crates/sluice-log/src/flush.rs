@@ -606,7 +606,11 @@ impl Flusher {
             if let Some(previous) = previous {
                 previous.await.map_err(|_| anyhow::anyhow!("an earlier flush failed"))?;
             }
-            let record = if stored { journal::reference(&put_key) } else { data };
+            let record = if stored {
+                journal::reference(&put_key, &data)?
+            } else {
+                data
+            };
             let started = Instant::now();
             let writing = inner.foreground.start();
             let seq = journal_io(journal, move |j| j.append(&[record])).await?;

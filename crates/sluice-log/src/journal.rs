@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::object::{self, FooterEntry};
 use crate::producer::{self, ProducerEntry};
-use crate::{batch, DataStore};
+use crate::{batch, store, DataStore};
 
 const MAGIC: u32 = 0x534a_5231; // "SJR1"
 const HEADER: usize = 20;
@@ -58,26 +58,66 @@ pub(crate) struct Journal {
 }
 
 /// Ends the payload of a record that refers to an object in the store.
-const REFERENCE_MAGIC: &[u8; 8] = b"SLUICER1";
+const REFERENCE_MAGIC: &[u8; 8] = b"SLUICER2";
+/// Ended reference records of earlier builds, which held only the key.
+const REFERENCE_MAGIC_V1: &[u8; 8] = b"SLUICER1";
 
-/// The payload of a record for a flush written to the store as object `key` (synced
-/// before the record is written): `key len:u16 "SLUICER1"`. A data object ends with
-/// another magic (`object::MAGIC`).
-pub(crate) fn reference(key: &str) -> Bytes {
-    let mut out = Vec::with_capacity(key.len() + 10);
+/// The payload of a record for a flush written to the store as `object` under `key`
+/// (synced before the record is written): the object's footer and trailer, the length
+/// of its batches, then `key len:u16 "SLUICER2"`. A data object ends with another magic
+/// (`object::MAGIC`). The footer lets recovery pass over flushes the store has indexed
+/// without reading them: compaction may have collected their objects since.
+pub(crate) fn reference(key: &str, object: &[u8]) -> Result<Bytes> {
+    let footer = object::footer_len(object, object.len())? + object::TRAILER_LEN;
+    let data_len = object.len() - footer;
+    let mut out = Vec::with_capacity(footer + key.len() + 18);
+    out.extend_from_slice(&object[data_len..]);
+    out.put_u64(data_len as u64);
     out.extend_from_slice(key.as_bytes());
     out.put_u16(key.len() as u16);
     out.extend_from_slice(REFERENCE_MAGIC);
-    out.into()
+    Ok(out.into())
 }
 
-/// The object key a reference record names; None for a record holding its data.
-fn referenced(payload: &[u8]) -> Option<&str> {
-    let rest = payload.strip_suffix(REFERENCE_MAGIC)?;
-    let (key, len) = rest.split_at_checked(rest.len().checked_sub(2)?)?;
-    (u16::from_be_bytes([len[0], len[1]]) as usize == key.len())
-        .then(|| std::str::from_utf8(key).ok())
-        .flatten()
+/// What a reference record names: an object in the store, and its footer entries
+/// (None in records of earlier builds).
+struct Reference<'a> {
+    key: &'a str,
+    entries: Option<Vec<FooterEntry>>,
+}
+
+/// Reads a reference record; None for a record holding its data.
+fn referenced(payload: &[u8]) -> Result<Option<Reference<'_>>> {
+    let (rest, v1) = match (
+        payload.strip_suffix(REFERENCE_MAGIC),
+        payload.strip_suffix(REFERENCE_MAGIC_V1),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Ok(None),
+    };
+    let malformed = || anyhow::anyhow!("malformed reference record");
+    let (rest, len) = rest
+        .split_at_checked(rest.len().checked_sub(2).ok_or_else(malformed)?)
+        .ok_or_else(malformed)?;
+    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+    let (rest, key) = rest
+        .split_at_checked(rest.len().checked_sub(len).ok_or_else(malformed)?)
+        .ok_or_else(malformed)?;
+    let key = std::str::from_utf8(key).map_err(|_| malformed())?;
+    if v1 {
+        return Ok(Some(Reference { key, entries: None }));
+    }
+    let (tail, mut data_len) = rest
+        .split_at_checked(rest.len().checked_sub(8).ok_or_else(malformed)?)
+        .ok_or_else(malformed)?;
+    let data_len = data_len.get_u64();
+    let footer = object::footer_len(tail, tail.len())?;
+    let entries = object::decode_footer(&tail[..footer], tail, data_len)?;
+    Ok(Some(Reference {
+        key,
+        entries: Some(entries),
+    }))
 }
 
 /// A journaled flush read back on opening.
@@ -271,26 +311,38 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
     let (mut moved, mut touched) = (Vec::new(), HashSet::new());
     let mut uploaded = 0;
     for r in records {
-        let key = referenced(&r.payload);
-        let data = match key {
-            Some(key) => store
-                .get(key)
-                .await
-                .with_context(|| format!("reading {key}, which journal record {} refers to", r.seq))?,
+        let reference = referenced(&r.payload).with_context(|| format!("journal record {}", r.seq))?;
+        // A record is recovered whole or not at all; entries of deleted topics are dropped.
+        let in_store = |entries: &[FooterEntry]| {
+            entries
+                .iter()
+                .find(|e| offsets.contains_key(&(e.topic_id, e.partition)))
+                .is_none_or(|e| e.last_offset < offsets[&(e.topic_id, e.partition)].0)
+        };
+        let key = reference.as_ref().map(|r| r.key);
+        let data = match reference {
             None => r.payload.clone(),
+            // Indexed already: the object may since have been compacted and collected.
+            Some(Reference {
+                entries: Some(entries), ..
+            }) if in_store(&entries) => continue,
+            Some(Reference { key, entries }) => match store.get(key).await {
+                Ok(data) => data,
+                // Only an earlier build's record says nothing of its object. Recovery runs
+                // before anything could collect an object not yet indexed, so a missing
+                // one was indexed, then compacted and collected.
+                Err(e) if entries.is_none() && store::not_found(&e) => continue,
+                Err(e) => return Err(e.context(format!("reading {key}, which journal record {} refers to", r.seq))),
+            },
         };
         let entries = object::verify(&data).with_context(|| format!("journal record {}", r.seq))?;
-        // A record is recovered whole or not at all; entries of deleted topics are dropped.
+        if in_store(&entries) {
+            continue;
+        }
         let live: Vec<&FooterEntry> = entries
             .iter()
             .filter(|e| offsets.contains_key(&(e.topic_id, e.partition)))
             .collect();
-        if live
-            .first()
-            .is_none_or(|e| e.last_offset < offsets[&(e.topic_id, e.partition)].0)
-        {
-            continue;
-        }
         // Records are written in offset order, each only once the one before it is, so
         // the first one the store lacks continues its offsets exactly.
         match follows(&live, &offsets) {
@@ -428,6 +480,32 @@ mod tests {
 
     fn payloads(records: &[Record]) -> Vec<(u64, Vec<u8>)> {
         records.iter().map(|r| (r.seq, r.payload.to_vec())).collect()
+    }
+
+    #[test]
+    fn a_reference_record_carries_its_objects_footer() {
+        let entry = FooterEntry {
+            topic_id: Uuid::new_v4(),
+            topic: "t".into(),
+            partition: 3,
+            base_offset: 10,
+            last_offset: 12,
+            max_timestamp: 7,
+            position: 0,
+            length: 5,
+        };
+        let mut object = bytes::BytesMut::from(&b"12345"[..]);
+        object::finish(&mut object, std::slice::from_ref(&entry));
+        let payload = reference("data/1-0-x.sobj", &object).unwrap();
+        assert!(payload.len() < object.len() + 40);
+        let r = referenced(&payload).unwrap().unwrap();
+        assert_eq!((r.key, r.entries), ("data/1-0-x.sobj", Some(vec![entry])));
+        // A data object is not a reference; a damaged reference is an error.
+        assert!(referenced(&object).unwrap().is_none());
+        let mut damaged = payload.to_vec();
+        damaged[3] ^= 1;
+        assert!(referenced(&damaged).is_err());
+        assert!(referenced(&payload[payload.len() - 12..]).is_err());
     }
 
     #[test]

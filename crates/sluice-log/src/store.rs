@@ -242,6 +242,14 @@ const DIRECT_CHUNK: usize = 1 << 20;
 /// With `direct_io`, ranges at least this large are read with O_DIRECT.
 const DIRECT_READ_BYTES: usize = 64 << 10;
 
+/// Whether a store error says the object does not exist.
+pub(crate) fn not_found(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<object_store::Error>(),
+        Some(object_store::Error::NotFound { .. })
+    )
+}
+
 /// Writes that acknowledge appends (journal records, objects of large flushes), which
 /// background object writes give way to: beside an upload's writes, a journal append of
 /// 1 MiB took twice as long as alone (docs/benchmarks.md, set K), and a producer waits

@@ -820,6 +820,52 @@ fn a_large_flush_goes_to_the_store_and_the_journal_refers_to_it() {
     });
 }
 
+/// The journal keeps a large flush's reference record after the flush is indexed, and
+/// compaction may then collect its object. Recovery passes over such a record by the
+/// footer it carries, without reading the object: it used to read every referenced
+/// object (the whole history of a busy broker, at every start) and refused to start
+/// once one was collected.
+#[test]
+fn recovery_passes_over_indexed_large_flushes_whose_objects_were_compacted_away() {
+    let fx = Fixture::new();
+    let jopts = LogOptions {
+        compaction_min_age: Duration::ZERO,
+        ..journal_opts(&fx, Duration::from_secs(3600))
+    };
+    // Timestamps of now, or retention would delete everything.
+    let now = sluice_meta::now_ms();
+    let big = make_batch(60_000, -1, 0, now, Compression::None);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let cfg = BTreeMap::from([("max.message.bytes".to_string(), (8 << 20).to_string())]);
+        let t = log.create_topic("d", Some(1), cfg, false).await.unwrap();
+        log.append(&t, 0, big.clone()).await.unwrap();
+        log.append(&t, 0, make_batch(3, -1, 0, now, Compression::None))
+            .await
+            .unwrap();
+        log.barrier().await;
+        assert_eq!(log.compact().await.unwrap().segments, 1);
+        log.enforce_retention().await.unwrap();
+        let objects: Vec<_> = std::fs::read_dir(fx.dir.path().join("objects/data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            objects.len() == 1 && objects[0].ends_with(".segment"),
+            "the large flush's object is collected: {objects:?}"
+        );
+    });
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let t = log.topic("d").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 0).await, 60_003);
+        assert_eq!(read_offsets(&log, &t, 0, 60_003).await, (0..60_003).collect::<Vec<_>>());
+        // Writing goes on after it.
+        let next = log.append(&t, 0, make_batch(1, -1, 0, now, Compression::None));
+        assert_eq!(next.await.unwrap().base_offset, 60_003);
+    });
+}
+
 /// A journal record holding one batch at `base_offset`, as the flusher writes it.
 fn journal_record(t: &Topic, partition: i32, base_offset: i64, batch: &Bytes) -> Bytes {
     let info = batch::parse_header(batch, 0).unwrap();
@@ -837,6 +883,49 @@ fn journal_record(t: &Topic, partition: i32, base_offset: i64, batch: &Bytes) ->
     };
     object::finish(&mut body, &[entry]);
     body.freeze()
+}
+
+/// Reference records of earlier builds name only their object. Recovery reads it, and
+/// passes over one whose object is gone: recovery runs before anything could collect
+/// an object not yet indexed, so it was indexed, then compacted and collected.
+#[test]
+fn recovery_reads_earlier_reference_records_and_passes_over_collected_ones() {
+    let fx = Fixture::new();
+    let jopts = journal_opts(&fx, Duration::from_secs(3600));
+    let now = sluice_meta::now_ms();
+    let t = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts.clone()).await;
+        let t = log.create_topic("v", Some(1), BTreeMap::new(), false).await.unwrap();
+        log.append(&t, 0, make_batch(2, -1, 0, now, Compression::None))
+            .await
+            .unwrap();
+        t
+    });
+    let reference_v1 = |key: &str| {
+        let mut payload = key.as_bytes().to_vec();
+        payload.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        payload.extend_from_slice(b"SLUICER1");
+        Bytes::from(payload)
+    };
+    let stored = journal_record(&t, 0, 2, &make_batch(3, -1, 0, now, Compression::None));
+    let store = fx.store();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.put("data/1-0-stored.sobj", stored))
+        .unwrap();
+    let dir = jopts.journal.clone().unwrap();
+    let (mut journal, _) = journal::Journal::open(&dir, journal::SEGMENT_BYTES).unwrap();
+    journal.append(&[reference_v1("data/1-0-collected.sobj")]).unwrap();
+    journal.append(&[reference_v1("data/1-0-stored.sobj")]).unwrap();
+    drop(journal);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = fx.open(jopts).await;
+        let t = log.topic("v").unwrap();
+        assert_eq!(stored_watermark(&log, &t, 0).await, 5);
+        assert_eq!(read_offsets(&log, &t, 0, 5).await, (0..5).collect::<Vec<_>>());
+        let rows = log.meta().batches_from(t.id, 0, 2, 1).await.unwrap();
+        assert_eq!(rows[0].object_key, "data/1-0-stored.sobj", "indexed where it is");
+    });
 }
 
 #[test]
