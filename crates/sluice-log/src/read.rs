@@ -1,7 +1,7 @@
 //! The read path: the tail cache for recent batches, the offset index and
 //! ranged object reads for older ones, and offset lookups by timestamp.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -89,14 +89,18 @@ impl Log {
         if position < cold_end {
             let key = (topic.id, partition);
             // A read ahead that failed (compaction may have moved the batches) is read again.
-            let ahead = match self.inner.read_ahead.take(key, position, max_bytes) {
-                Some(task) => task.await.ok().and_then(Result::ok),
+            let ahead = match self.inner.read_ahead.take(key, position) {
+                Some(Piece::Ready(cold)) => Some(cold),
+                Some(Piece::Reading(task)) => task.await.ok().and_then(Result::ok),
                 None => None,
             };
             let cold = match ahead {
-                Some(cold) => {
+                Some(mut cold) => {
                     METRICS.read_ahead_hits.inc();
                     self.inner.read_ahead.hits.fetch_add(1, Ordering::Relaxed);
+                    // A read ahead holds several reads' worth: the rest waits for the next.
+                    let rest = cold.split_off(budget);
+                    self.inner.read_ahead.put_back(key, cold.position, rest);
                     cold
                 }
                 None => cold_read(&self.inner.meta, &self.inner.store, key, position, cold_end, budget).await?,
@@ -108,10 +112,11 @@ impl Log {
                 // while this answer is on its way.
                 // The task holds the stores, not the log: a log dropped meanwhile still stops.
                 let (meta, store) = (self.inner.meta.clone(), self.inner.store.clone());
-                let limit = max_bytes.min(READ_AHEAD_MAX_BYTES);
-                self.inner.read_ahead.start(key, position, limit, async move {
-                    cold_read(&meta, &store, key, position, cold_end, limit).await
-                });
+                self.inner
+                    .read_ahead
+                    .start(key, position, cold_end, move |from| async move {
+                        cold_read(&meta, &store, key, from, cold_end, READ_AHEAD_BYTES).await
+                    });
             }
         }
 
@@ -133,12 +138,36 @@ impl Log {
     }
 }
 
-/// Batches read from objects: whole batches from a position on, their bytes, and the
-/// position after them.
+/// Batches read from objects: whole batches from a position on, the offset after each,
+/// their bytes, and the position after them.
+#[derive(Default)]
 pub(crate) struct ColdRead {
     batches: Vec<Bytes>,
+    ends: Vec<i64>,
     bytes: usize,
     position: i64,
+}
+
+impl ColdRead {
+    /// Splits off the batches past about `budget` bytes, keeping at least one.
+    fn split_off(&mut self, budget: usize) -> ColdRead {
+        let (mut keep, mut bytes) = (0, 0);
+        while keep < self.batches.len() && (keep == 0 || bytes + self.batches[keep].len() <= budget) {
+            bytes += self.batches[keep].len();
+            keep += 1;
+        }
+        let rest = ColdRead {
+            batches: self.batches.split_off(keep),
+            ends: self.ends.split_off(keep),
+            bytes: self.bytes - bytes,
+            position: self.position,
+        };
+        self.bytes = bytes;
+        if let Some(&end) = self.ends.last() {
+            self.position = end;
+        }
+        rest
+    }
 }
 
 /// Reads whole batches of a partition from the objects, from `position` up to `end` (where
@@ -158,6 +187,7 @@ async fn cold_read(
     let rows = index_rows(meta, key, position, end, budget, started).await?;
     let mut out = ColdRead {
         batches: Vec::new(),
+        ends: Vec::new(),
         bytes: 0,
         position,
     };
@@ -168,20 +198,21 @@ async fn cold_read(
         if !out.batches.is_empty() && started.elapsed() >= COLD_READ_BUDGET {
             break;
         }
-        let batches = match read_rows(store, chunk).await {
-            Ok(batches) => batches,
+        let (batches, rows) = match read_rows(store, chunk).await {
+            Ok(batches) => (batches, chunk.to_vec()),
             // Compaction may have moved these batches and collected their object
             // since the index was read: read the index again, once.
             Err(_) => {
                 let again = meta
                     .batches_from(key.0, key.1, chunk[0].base_offset, chunk.len() as i64)
                     .await?;
-                read_rows(store, &again).await?
+                (read_rows(store, &again).await?, again)
             }
         };
         out.bytes += batches.iter().map(|b| b.len()).sum::<usize>();
         out.batches.extend(batches);
-        out.position = chunk[chunk.len() - 1].last_offset + 1;
+        out.ends.extend(rows.iter().map(|r| r.last_offset + 1));
+        out.position = rows.last().map_or(out.position, |r| r.last_offset + 1);
     }
     Ok(out)
 }
@@ -222,74 +253,114 @@ pub(crate) async fn index_rows(
     Ok(chosen)
 }
 
-/// Partitions with a read ahead in flight or done and not yet asked for, at most.
-const READ_AHEADS: usize = 64;
-/// A read ahead reads at most this much (a Fetch may allow far more per partition).
-const READ_AHEAD_MAX_BYTES: usize = 4 << 20;
+/// A read ahead reads this much. A reader is answered from it a Fetch's worth (1 MiB per
+/// partition by default) at a time, so a store that answers each GET slowly, as S3 does,
+/// is kept busy with large reads and asked few times.
+const READ_AHEAD_BYTES: usize = 4 << 20;
+/// Bytes read ahead, held or being read, across all partitions at most.
+const READ_AHEAD_TOTAL_BYTES: usize = 64 << 20;
 /// A read ahead nobody asked for within this long is dropped.
 const READ_AHEAD_TTL: Duration = Duration::from_secs(10);
 
 type ReadAheadTask = tokio::task::JoinHandle<Result<ColdRead, LogError>>;
 
-/// A read ahead of one partition: where it starts, its byte limit, when it started.
+/// A read ahead: being read, or read and not yet all asked for.
+enum Piece {
+    Reading(ReadAheadTask),
+    Ready(ColdRead),
+}
+
+/// A piece of a partition read ahead: where it starts, when it was started, and the
+/// bytes it holds or may hold.
 struct ReadAhead {
     from: i64,
-    limit: usize,
     started: Instant,
-    task: ReadAheadTask,
+    bytes: usize,
+    piece: Piece,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Piece::Reading(task) = &self.piece {
+            task.abort();
+        }
+    }
 }
 
 /// Cold reads started ahead of their readers: after a cold read of a partition, the next
 /// part is read while the answer travels, so that a reader catching up keeps the disk or
-/// the store busy. One per partition, for a reader that asks again at the position where
-/// the last read ended.
+/// the store busy. Per partition, in offset order: what a read ahead read and no reader
+/// has asked for yet, then at most one being read. For a reader that asks again at the
+/// position where the last read ended; one that asks elsewhere drops them.
 #[derive(Default)]
 pub(crate) struct ReadAheads {
-    started: std::sync::Mutex<HashMap<(Uuid, i32), ReadAhead>>,
-    /// Reads answered from a read ahead (the metric counts every log's).
+    pieces: std::sync::Mutex<HashMap<(Uuid, i32), VecDeque<ReadAhead>>>,
+    /// Read aheads started, and reads answered from one (the metrics count every log's).
+    started: AtomicU64,
     hits: AtomicU64,
 }
 
 impl ReadAheads {
-    /// The read ahead of `key` from `position`, if one was started for a limit that fits
-    /// in `max_bytes`.
-    fn take(&self, key: (Uuid, i32), position: i64, max_bytes: usize) -> Option<ReadAheadTask> {
-        let mut started = self.started.lock().unwrap();
-        match started.get(&key) {
-            Some(a) if a.from == position && a.limit <= max_bytes => started.remove(&key).map(|a| a.task),
-            _ => None,
+    /// The read ahead of `key` from `position`, if one starts there.
+    fn take(&self, key: (Uuid, i32), position: i64) -> Option<Piece> {
+        let mut pieces = self.pieces.lock().unwrap();
+        let queue = pieces.get_mut(&key)?;
+        if queue.front().is_some_and(|a| a.from == position) {
+            let mut ahead = queue.pop_front().expect("front");
+            let piece = std::mem::replace(&mut ahead.piece, Piece::Ready(ColdRead::default()));
+            return Some(piece);
         }
+        pieces.remove(&key);
+        None
     }
 
-    /// Starts `read` as the read ahead of `key` from `position`, unless too many are held.
-    fn start(
-        &self,
-        key: (Uuid, i32),
-        position: i64,
-        limit: usize,
-        read: impl std::future::Future<Output = Result<ColdRead, LogError>> + Send + 'static,
-    ) {
-        let mut started = self.started.lock().unwrap();
-        started.retain(|_, a| {
-            let keep = a.started.elapsed() < READ_AHEAD_TTL;
-            if !keep {
-                a.task.abort();
-            }
-            keep
-        });
-        if started.len() >= READ_AHEADS && !started.contains_key(&key) {
+    /// Puts back, in front, what a read left of a read ahead.
+    fn put_back(&self, key: (Uuid, i32), from: i64, rest: ColdRead) {
+        if rest.batches.is_empty() {
+            return;
+        }
+        let ahead = ReadAhead {
+            from,
+            started: Instant::now(),
+            bytes: rest.bytes,
+            piece: Piece::Ready(rest),
+        };
+        self.pieces.lock().unwrap().entry(key).or_default().push_front(ahead);
+    }
+
+    /// Starts `read(from)` as the read ahead of `key` after what is read ahead of it already
+    /// (from `position` if nothing is), unless one is being read, the cold part ends there,
+    /// or too much is held.
+    fn start<F>(&self, key: (Uuid, i32), position: i64, end: i64, read: impl FnOnce(i64) -> F)
+    where
+        F: std::future::Future<Output = Result<ColdRead, LogError>> + Send + 'static,
+    {
+        let mut pieces = self.pieces.lock().unwrap();
+        for queue in pieces.values_mut() {
+            queue.retain(|a| a.started.elapsed() < READ_AHEAD_TTL);
+        }
+        pieces.retain(|_, queue| !queue.is_empty());
+        let held: usize = pieces.values().flatten().map(|a| a.bytes).sum();
+        let queue = pieces.entry(key).or_default();
+        let from = match queue.back() {
+            None => position,
+            Some(ReadAhead {
+                piece: Piece::Ready(cold),
+                ..
+            }) => cold.position,
+            Some(_) => return,
+        };
+        if from >= end || held + READ_AHEAD_BYTES > READ_AHEAD_TOTAL_BYTES {
             return;
         }
         METRICS.read_aheads.inc();
-        let ahead = ReadAhead {
-            from: position,
-            limit,
+        self.started.fetch_add(1, Ordering::Relaxed);
+        queue.push_back(ReadAhead {
+            from,
             started: Instant::now(),
-            task: tokio::spawn(read),
-        };
-        if let Some(old) = started.insert(key, ahead) {
-            old.task.abort();
-        }
+            bytes: READ_AHEAD_BYTES,
+            piece: Piece::Reading(tokio::spawn(read(from))),
+        });
     }
 }
 
@@ -347,9 +418,10 @@ pub(crate) async fn read_rows(store: &DataStore, rows: &[BatchRow]) -> Result<Ve
 }
 
 impl Log {
-    /// How many reads a read ahead answered.
-    pub fn read_ahead_hits(&self) -> u64 {
-        self.inner.read_ahead.hits.load(Ordering::Relaxed)
+    /// Read aheads started, and reads they answered.
+    pub fn read_ahead_counts(&self) -> (u64, u64) {
+        let r = &self.inner.read_ahead;
+        (r.started.load(Ordering::Relaxed), r.hits.load(Ordering::Relaxed))
     }
 
     /// The earliest offset whose record timestamp is >= `timestamp`; None if
@@ -440,6 +512,34 @@ mod tests {
 
     fn chunk_lens(rows: &[BatchRow], gets: usize) -> Vec<usize> {
         get_chunks(rows, gets).iter().map(|c| c.len()).collect()
+    }
+
+    fn cold(lengths: &[usize], first: i64) -> ColdRead {
+        let ends: Vec<i64> = (1..=lengths.len() as i64).map(|i| first + 5 * i).collect();
+        ColdRead {
+            batches: lengths.iter().map(|&n| Bytes::from(vec![0; n])).collect(),
+            bytes: lengths.iter().sum(),
+            position: ends.last().copied().unwrap_or(first),
+            ends,
+        }
+    }
+
+    #[test]
+    fn a_read_ahead_is_handed_out_a_budget_at_a_time() {
+        let mut read = cold(&[10, 10, 10], 100);
+        let rest = read.split_off(25);
+        assert_eq!((read.batches.len(), read.bytes, read.position), (2, 20, 110));
+        assert_eq!(
+            (rest.batches.len(), rest.bytes, rest.position, rest.ends),
+            (1, 10, 115, vec![115])
+        );
+        // At least one batch, however small the budget.
+        let mut read = cold(&[10, 10], 0);
+        let rest = read.split_off(1);
+        assert_eq!((read.batches.len(), read.position, rest.batches.len()), (1, 5, 1));
+        let mut all = cold(&[10, 10], 0);
+        assert!(all.split_off(1 << 20).batches.is_empty());
+        assert_eq!(all.position, 10);
     }
 
     #[test]

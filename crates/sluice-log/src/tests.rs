@@ -172,11 +172,13 @@ async fn sequential_cold_reads_are_read_ahead() {
         assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), want);
         next += got.len() as i64;
     }
-    assert!(
-        log.read_ahead_hits() >= 10,
-        "{} reads answered ahead",
-        log.read_ahead_hits()
-    );
+    // One read ahead holds many reads' worth (4 MiB), handed out a read at a time: after
+    // the first read from the objects, every read is answered from read aheads, and few
+    // were started.
+    // (One, unless a slow machine makes the read ahead stop at its time budget.)
+    let (started, hits) = log.read_ahead_counts();
+    assert_eq!(hits, 19, "reads answered ahead");
+    assert!((1..5).contains(&started), "{started} read aheads started");
     // A jump back, then on from there.
     let r = log.read(&t, 0, 7, 2 * one).await.unwrap();
     assert_eq!(values(&r.batches, 7).first().unwrap().0, 7);
