@@ -88,12 +88,14 @@ impl Log {
         let cold_end = tail_start.unwrap_or(offsets.high_watermark).min(offsets.high_watermark);
         if position < cold_end {
             let key = (topic.id, partition);
-            // A read ahead that failed (compaction may have moved the batches) is read again.
+            // A read ahead that failed (compaction may have moved the batches) or found
+            // nothing is read again.
             let ahead = match self.inner.read_ahead.take(key, position) {
                 Some(Piece::Ready(cold)) => Some(cold),
                 Some(Piece::Reading(task)) => task.await.ok().and_then(Result::ok),
                 None => None,
-            };
+            }
+            .filter(|cold| !cold.batches.is_empty());
             let cold = match ahead {
                 Some(mut cold) => {
                     METRICS.read_ahead_hits.inc();
