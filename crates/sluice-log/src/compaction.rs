@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Result;
-use bytes::BytesMut;
 use sluice_meta::{now_ms, BatchRow};
 use uuid::Uuid;
 
@@ -84,30 +83,36 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
     if objects < 2 {
         return Ok(CompactionReport::default());
     }
-    let mut body = BytesMut::with_capacity(bytes + 4096);
-    let mut footer = Vec::with_capacity(run.len());
-    for (batch, row) in crate::read::read_rows(&inner.store, &run).await?.into_iter().zip(&run) {
-        footer.push(FooterEntry {
+    // Read one object at a time, giving way to the writes producers wait for. The segment
+    // is written from the batches as read, not copied into one buffer: a 64 MiB copy would
+    // hold up an async worker (of two) for tens of milliseconds.
+    let batches = crate::read::read_rows_behind(&inner.store, &run, &inner.foreground).await?;
+    let entries: Vec<FooterEntry> = run
+        .iter()
+        .map(|row| FooterEntry {
             topic_id: topic.id,
             topic: topic.name.clone(),
             partition: part.index,
             base_offset: row.base_offset,
             last_offset: row.last_offset,
             max_timestamp: row.max_timestamp,
-            position: body.len() as u64,
+            position: 0,
             length: row.length as u32,
-        });
-        body.extend_from_slice(&batch);
-    }
-    object::finish(&mut body, &footer);
-    let object = body.freeze();
+        })
+        .collect();
+    let (parts, footer) = object::assemble(entries.iter().zip(&batches).collect());
+    let size: usize = parts.iter().map(|p| p.len()).sum();
     let key = format!(
         "data/{:013}-{}-{}{SEGMENT_SUFFIX}",
         now_ms(),
         inner.opts.node_id,
         Uuid::new_v4().simple()
     );
-    inner.store.put(&key, object.clone()).await?;
+    // Nobody waits for a segment: it gives way to the writes producers wait for.
+    inner
+        .store
+        .put_parts_behind(&key, parts, inner.foreground.clone())
+        .await?;
     let moved: Vec<(i64, String, i64)> = run
         .iter()
         .zip(&footer)
@@ -115,7 +120,7 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
         .collect();
     if !inner
         .meta
-        .relocate_batches(topic.id, part.index, &key, object.len() as i64, &moved)
+        .relocate_batches(topic.id, part.index, &key, size as i64, &moved)
         .await?
     {
         // Retention or another leader changed these rows; the segment is an orphan now.

@@ -386,6 +386,21 @@ pub(crate) fn get_chunks(rows: &[BatchRow], gets: usize) -> Vec<&[BatchRow]> {
     chunks
 }
 
+/// `read_rows` for background work (compaction): one GET at a time, each after giving way
+/// to the writes producers wait for.
+pub(crate) async fn read_rows_behind(
+    store: &DataStore,
+    rows: &[BatchRow],
+    foreground: &std::sync::Arc<crate::store::Foreground>,
+) -> Result<Vec<Bytes>, LogError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for run in get_runs(rows) {
+        store.give_way_to(foreground).await;
+        out.extend(read_rows(store, run).await?);
+    }
+    Ok(out)
+}
+
 /// Reads the given index rows, one ranged GET per run of adjacent batches
 /// in the same object, up to `READ_CONCURRENCY` GETs at once (objects are
 /// small when flushes are frequent, and each GET pays a round trip).

@@ -110,6 +110,9 @@ async fn delete_unreferenced(inner: &Inner) -> Result<()> {
     // flush leaves nothing behind (the unit tests run within a millisecond, and failed now
     // and then).
     for key in inner.meta.unreferenced_objects(now_ms() + 1).await? {
+        // A deletion frees blocks, which the disk may be told to discard: a burst of them
+        // holds up the writes producers wait for.
+        inner.store.give_way_to(&inner.foreground).await;
         inner.store.delete(&key).await?;
         inner.meta.forget_object(&key).await?;
         METRICS.objects_deleted.inc();

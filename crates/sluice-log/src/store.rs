@@ -130,6 +130,16 @@ impl DataStore {
         Ok(self.inner.get(&Path::from(key)).await?.bytes().await?)
     }
 
+    /// On a local store, waits up to `YIELD_LIMIT` for the writes of `foreground` to end:
+    /// background work (compaction, collection) calls it before each disk operation. A
+    /// remote store's requests do not share the disk.
+    pub(crate) async fn give_way_to(&self, foreground: &Arc<Foreground>) {
+        if self.local_root.is_some() {
+            let foreground = foreground.clone();
+            let _ = tokio::task::spawn_blocking(move || give_way(Some(&foreground))).await;
+        }
+    }
+
     pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         match &self.local_root {
             // object_store's local read zero-fills its buffer before reading into it (5 % of
