@@ -386,13 +386,17 @@ pub(crate) fn get_chunks(rows: &[BatchRow], gets: usize) -> Vec<&[BatchRow]> {
     chunks
 }
 
-/// `read_rows` for background work (compaction): one GET at a time, each after giving way
-/// to the writes producers wait for.
+/// `read_rows` for background work (compaction): on a local store one read at a time,
+/// each after giving way to the writes producers wait for. A remote store's GETs do not
+/// share the disk, and each is slow: they go together.
 pub(crate) async fn read_rows_behind(
     store: &DataStore,
     rows: &[BatchRow],
     foreground: &std::sync::Arc<crate::store::Foreground>,
 ) -> Result<Vec<Bytes>, LogError> {
+    if !store.is_local() {
+        return read_rows(store, rows).await;
+    }
     let mut out = Vec::with_capacity(rows.len());
     for run in get_runs(rows) {
         store.give_way_to(foreground).await;

@@ -130,6 +130,11 @@ impl DataStore {
         Ok(self.inner.get(&Path::from(key)).await?.bytes().await?)
     }
 
+    /// Whether objects are files on this machine's disk.
+    pub(crate) fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// On a local store, waits up to `YIELD_LIMIT` for the writes of `foreground` to end:
     /// background work (compaction, collection) calls it before each disk operation. A
     /// remote store's requests do not share the disk.
