@@ -83,9 +83,9 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
     if objects < 2 {
         return Ok(CompactionReport::default());
     }
-    // Read one object at a time, giving way to the writes producers wait for. The segment
-    // is written from the batches as read, not copied into one buffer: a 64 MiB copy would
-    // hold up an async worker (of two) for tens of milliseconds.
+    // Read behind the writes producers wait for (on a local store, one object at a time).
+    // The segment is written from the batches as read, not copied into one buffer: a
+    // 64 MiB copy would hold up an async worker (of two) for tens of milliseconds.
     let batches = crate::read::read_rows_behind(&inner.store, &run, &inner.foreground).await?;
     let entries: Vec<FooterEntry> = run
         .iter()

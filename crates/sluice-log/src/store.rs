@@ -139,7 +139,7 @@ impl DataStore {
     /// background work (compaction, collection) calls it before each disk operation. A
     /// remote store's requests do not share the disk.
     pub(crate) async fn give_way_to(&self, foreground: &Arc<Foreground>) {
-        if self.local_root.is_some() {
+        if self.is_local() {
             let foreground = foreground.clone();
             let _ = tokio::task::spawn_blocking(move || give_way(Some(&foreground))).await;
         }

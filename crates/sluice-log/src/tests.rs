@@ -30,6 +30,15 @@ impl Fixture {
         let meta = MetaStore::open(&self.meta_url()).await.unwrap();
         Log::open(meta, self.store(), opts).await.unwrap()
     }
+    /// A log that caches no tail and compacts whatever is flushed, when asked.
+    async fn open_compacting(&self) -> Log {
+        let opts = LogOptions {
+            compaction_min_age: Duration::ZERO,
+            tail_cache_bytes: 0,
+            ..opts()
+        };
+        self.open(opts).await
+    }
     /// A log that caches no tail (every read goes to the objects), with a topic "t".
     async fn open_uncached_topic(&self) -> (Log, Arc<Topic>) {
         let opts = LogOptions {
@@ -412,13 +421,7 @@ async fn topic_deletion_and_partitions() {
 #[tokio::test]
 async fn compaction_moves_history_into_segments_without_changing_it() {
     let fx = Fixture::new();
-    let log = fx
-        .open(LogOptions {
-            compaction_min_age: Duration::ZERO,
-            tail_cache_bytes: 0,
-            ..opts()
-        })
-        .await;
+    let log = fx.open_compacting().await;
     let t = log.create_topic("c", Some(2), BTreeMap::new(), false).await.unwrap();
     // Each append is its own flush: ten objects, each holding both partitions.
     let now = sluice_meta::now_ms();
@@ -468,13 +471,7 @@ async fn compaction_moves_history_into_segments_without_changing_it() {
 #[tokio::test]
 async fn a_cold_read_of_a_segment_is_one_get_across_index_pages() {
     let fx = Fixture::new();
-    let log = fx
-        .open(LogOptions {
-            compaction_min_age: Duration::ZERO,
-            tail_cache_bytes: 0,
-            ..opts()
-        })
-        .await;
+    let log = fx.open_compacting().await;
     let t = log.create_topic("s", Some(1), BTreeMap::new(), false).await.unwrap();
     // Each append is its own flush object; there are more batches than an index page.
     for _ in 0..40 {
