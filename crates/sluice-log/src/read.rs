@@ -107,7 +107,7 @@ impl Log {
                 }
                 None => cold_read(&self.inner.meta, &self.inner.store, key, position, cold_end, budget).await?,
             };
-            (position, budget) = (cold.position, budget.saturating_sub(cold.bytes));
+            (position, budget) = (cold.position, budget.saturating_sub(cold.bytes()));
             out.batches.extend(cold.batches);
             if position < cold_end && position > offset {
                 // A reader going through the partition in order asks for this next: read it
@@ -141,16 +141,19 @@ impl Log {
 }
 
 /// Batches read from objects: whole batches from a position on, the offset after each,
-/// their bytes, and the position after them.
+/// and the position after them.
 #[derive(Default)]
 pub(crate) struct ColdRead {
     batches: Vec<Bytes>,
     ends: Vec<i64>,
-    bytes: usize,
     position: i64,
 }
 
 impl ColdRead {
+    fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.len()).sum()
+    }
+
     /// Splits off the batches past about `budget` bytes, keeping at least one.
     fn split_off(&mut self, budget: usize) -> ColdRead {
         let (mut keep, mut bytes) = (0, 0);
@@ -161,10 +164,8 @@ impl ColdRead {
         let rest = ColdRead {
             batches: self.batches.split_off(keep),
             ends: self.ends.split_off(keep),
-            bytes: self.bytes - bytes,
             position: self.position,
         };
-        self.bytes = bytes;
         if let Some(&end) = self.ends.last() {
             self.position = end;
         }
@@ -190,7 +191,6 @@ async fn cold_read(
     let mut out = ColdRead {
         batches: Vec::new(),
         ends: Vec::new(),
-        bytes: 0,
         position,
     };
     // Read a few GETs at a time and honour the time budget between chunks: a read of
@@ -200,18 +200,18 @@ async fn cold_read(
         if !out.batches.is_empty() && started.elapsed() >= COLD_READ_BUDGET {
             break;
         }
+        let again;
         let (batches, rows) = match read_rows(store, chunk).await {
-            Ok(batches) => (batches, chunk.to_vec()),
+            Ok(batches) => (batches, chunk),
             // Compaction may have moved these batches and collected their object
             // since the index was read: read the index again, once.
             Err(_) => {
-                let again = meta
+                again = meta
                     .batches_from(key.0, key.1, chunk[0].base_offset, chunk.len() as i64)
                     .await?;
-                (read_rows(store, &again).await?, again)
+                (read_rows(store, &again).await?, &again[..])
             }
         };
-        out.bytes += batches.iter().map(|b| b.len()).sum::<usize>();
         out.batches.extend(batches);
         out.ends.extend(rows.iter().map(|r| r.last_offset + 1));
         out.position = rows.last().map_or(out.position, |r| r.last_offset + 1);
@@ -324,7 +324,7 @@ impl ReadAheads {
         let ahead = ReadAhead {
             from,
             started: Instant::now(),
-            bytes: rest.bytes,
+            bytes: rest.bytes(),
             piece: Piece::Ready(rest),
         };
         self.pieces.lock().unwrap().entry(key).or_default().push_front(ahead);
@@ -375,15 +375,15 @@ fn get_runs(rows: &[BatchRow]) -> Vec<&[BatchRow]> {
 /// Splits index rows into consecutive slices of at most `gets` runs each. A run of a
 /// segment's adjacent batches stays one GET however many batches it holds.
 pub(crate) fn get_chunks(rows: &[BatchRow], gets: usize) -> Vec<&[BatchRow]> {
-    let mut chunks = Vec::new();
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let len: usize = get_runs(rest).iter().take(gets).map(|run| run.len()).sum();
-        let (chunk, tail) = rest.split_at(len);
-        chunks.push(chunk);
-        rest = tail;
-    }
-    chunks
+    let mut start = 0;
+    get_runs(rows)
+        .chunks(gets)
+        .map(|runs| {
+            let len: usize = runs.iter().map(|run| run.len()).sum();
+            start += len;
+            &rows[start - len..start]
+        })
+        .collect()
 }
 
 /// `read_rows` for background work (compaction): on a local store one read at a time,
@@ -539,7 +539,6 @@ mod tests {
         let ends: Vec<i64> = (1..=lengths.len() as i64).map(|i| first + 5 * i).collect();
         ColdRead {
             batches: lengths.iter().map(|&n| Bytes::from(vec![0; n])).collect(),
-            bytes: lengths.iter().sum(),
             position: ends.last().copied().unwrap_or(first),
             ends,
         }
@@ -549,9 +548,9 @@ mod tests {
     fn a_read_ahead_is_handed_out_a_budget_at_a_time() {
         let mut read = cold(&[10, 10, 10], 100);
         let rest = read.split_off(25);
-        assert_eq!((read.batches.len(), read.bytes, read.position), (2, 20, 110));
+        assert_eq!((read.batches.len(), read.bytes(), read.position), (2, 20, 110));
         assert_eq!(
-            (rest.batches.len(), rest.bytes, rest.position, rest.ends),
+            (rest.batches.len(), rest.bytes(), rest.position, rest.ends),
             (1, 10, 115, vec![115])
         );
         // At least one batch, however small the budget.
