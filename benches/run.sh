@@ -29,7 +29,9 @@
 # for throughput (then consumed) and for p99 at 2,000 records/s, librdkafka's own
 # C tool (benches/rdkafka_performance.py: the same producer settings, no Python; built
 # by benches/rdkafka_performance_build.sh, skipped if it cannot be), and a consume
-# after a broker restart (tail cache empty). Then (d) the table
+# after a broker restart (tail cache empty); then, on a fresh broker,
+# benches/partitions_scale.py (RSS with 1,000 idle partitions; a 10,000-partition
+# topic and Metadata for all partitions). Then (d) the table
 # (benches/summarize.py). The broker is stopped and the temp dir removed on
 # exit, also on failure or Ctrl-C.
 #
@@ -69,6 +71,7 @@ if [[ $QUICK -eq 1 ]]; then
     LATENCY_S=3        # seconds per latency step
     E2E_S=3
     RDPERF_N=50000     # records per rdkafka_performance step
+    PARTITIONS_ARGS=(--topics 10 --partitions 10 --big 1000 --repeats 3)
 else
     DD_COUNT=1024
     DD_LONG_COUNT=4096
@@ -80,6 +83,7 @@ else
     LATENCY_S=20
     E2E_S=10
     RDPERF_N=3000000
+    PARTITIONS_ARGS=(--topics 10 --partitions 100 --big 10000 --repeats 10)
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
@@ -185,6 +189,11 @@ step() {
         die "step $name failed"
     fi
     cat "$RES/$name.json" >&2
+    # The broker's memory after each step, to see which step set its peak.
+    if [[ -n "$BROKER_PID" ]]; then
+        awk -v step="$name" '/^VmHWM:/ {h=$2} /^VmRSS:/ {r=$2} END {print step, h, r}' \
+            "/proc/$BROKER_PID/status" >>"$RES/rss.txt" 2>/dev/null || true
+    fi
 }
 
 echo "sluice benchmarks ($([[ $QUICK -eq 1 ]] && echo quick || echo full), $RUNS run(s)) in $TMP" >&2
@@ -295,7 +304,9 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
     else
         log "rdkafka_performance is not available: skipping its steps"
     fi
-    echo "{\"peak_rss_kb\": $(peak_rss_kb)}" >"$RES/broker.json"
+    # The peak, and the first step after which it was reached.
+    echo "{\"peak_rss_kb\": $(peak_rss_kb), \"peak_step\": \"$(awk -v p="$(peak_rss_kb)" \
+        '$2 == p {print $1; exit}' "$RES/rss.txt")\"}" >"$RES/broker.json"
     # Cold read: a restarted broker has an empty tail cache (the OS page
     # cache may still hold the files).
     log "run $1: restarting the broker (empty tail cache)"
@@ -304,6 +315,16 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
     step consume_restart "${B[@]}" consume --topic bench-produce --from-beginning
     stop_broker
     rm -rf "$TMP/data"
+    if [[ $HAVE_RDKAFKA -eq 1 ]]; then
+        # Partition counts, on a fresh broker: memory with idle partitions, then a very
+        # wide topic and Metadata for all of it.
+        log "run $1: a fresh broker for the partition-count step"
+        start_broker
+        step partitions python3 "$ROOT/benches/partitions_scale.py" --bootstrap "$BOOT" --pid "$BROKER_PID" \
+            "${PARTITIONS_ARGS[@]}"
+        stop_broker
+        rm -rf "$TMP/data"
+    fi
 }
 
 DIRS=()

@@ -17,7 +17,7 @@ import os
 import statistics
 
 STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "rdkafka_c_mock", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
-         "rdkafka_consume", "rdkafka_2000", "rdkafka_c", "consume_restart", "broker"]
+         "rdkafka_consume", "rdkafka_2000", "rdkafka_c", "consume_restart", "broker", "partitions"]
 
 
 def load(d: str) -> dict:
@@ -73,7 +73,7 @@ class Row:
             return ""
         if self.kind == "ratio":
             return f">= {self.target:g} x {self.ref_label}"
-        return f"< {self.target:g} ms"
+        return f"< {self.target:g} {self.unit.split()[0]}"
 
 
 def build(runs: list[dict]) -> list[Row]:
@@ -163,6 +163,25 @@ def build(runs: list[dict]) -> list[Row]:
         if r["broker"]:
             rw = row("rss", "broker peak RSS (produce/consume steps)", "MiB")
             rw.values.append(r["broker"]["peak_rss_kb"] / 1024)
+            if r["broker"].get("peak_step"):
+                rw.detail.append(f"reached in step {r['broker']['peak_step']}")
+        x = r["partitions"]
+        if x:
+            n = x["idle_partitions"]
+            rw = row("rss_idle", f"broker RSS with {n:,} idle partitions (fresh broker)", "MiB", "", 300.0, kind="max")
+            rw.values.append(x["rss_idle_mib"])
+            rw.detail.append(f"at start {x['rss_start_mib']:.0f}; after the wide topic {x['rss_after_mib']:.0f}")
+            big = x["partitions_total"] - n
+            rw = row("metadata", f"Metadata for all {x['partitions_total']:,} partitions (v1, plain socket)", "ms max",
+                     "", 100.0, kind="max")
+            m = x["metadata_ms"]
+            rw.values.append(m["max"])
+            l = x["list_topics_ms"]
+            rw.detail.append(f"p50 {m['p50']:.1f}; confluent list_topics p50 {l['p50']:.1f} max {l['max']:.1f}; "
+                             f"{x['metadata_bytes'] // 1024} KiB")
+            rw = row("create_wide", f"create a {big:,}-partition topic, until all are led", "s")
+            rw.values.append(x["all_led_s"])
+            rw.detail.append(f"CreateTopics answered in {x['create_big_s']:.2f} s")
     return list(rows.values())
 
 

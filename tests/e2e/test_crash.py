@@ -175,7 +175,9 @@ def test_kill9_after_compaction_collected_large_flushes_loses_nothing(make_broke
     broker must still restart after a kill -9 (it used to read every referenced object
     at start, the whole history since the journal's segment began, and refused to start
     once one was gone) and serve every acknowledged record."""
-    broker = make_broker("--compaction-min-age", "1s", "--retention-check-interval", "1s")
+    # Runs of any length are compacted (by default a partition's 512 KiB in one object stay).
+    broker = make_broker("--compaction-min-age", "1s", "--retention-check-interval", "1s",
+                         "--compaction-keep-run-bytes", str(1 << 40))
     create_topic(broker, "big", 4)
     # ~64 KB records to four partitions: a request carries up to 1 MB per partition, so
     # flushes are over the 1 MiB that goes to the store directly.

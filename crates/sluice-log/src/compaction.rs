@@ -49,38 +49,121 @@ pub(crate) async fn pass(inner: &Inner) -> Result<CompactionReport> {
     Ok(report)
 }
 
-/// Compacts the oldest run of batches still in flush objects older than
+/// Chooses a partition's next run to compact from its index rows, offered in offset order.
+///
+/// A partition's batches in one flush object that add up to `keep` bytes
+/// (`compaction_keep_run_bytes`, 512 KiB) stay where they are: a cold read takes them with
+/// one GET (one disk read) as it would from a segment, and moving them would write a busy
+/// partition's whole history a second time. A busy producer's data comes in such runs (a
+/// flush of 1 MiB or more holds about a batch per partition, and an upload keeps each
+/// partition's batches together); a trickle's flushes and uploads hold a few KiB per
+/// partition, which is what compaction is for.
+struct Picker {
+    cutoff: i64,
+    limit: usize,
+    keep: usize,
+    /// The rows to move, contiguous in offsets.
+    run: Vec<BatchRow>,
+    bytes: usize,
+    /// Rows of the object being read, not yet placed (kept or moved).
+    group: Vec<BatchRow>,
+    /// History that needs no look again (segments, kept runs) ends here, if it moved.
+    settled_to: Option<i64>,
+    /// The run ended at a kept run, which ends here.
+    ended_at_kept: Option<i64>,
+}
+
+impl Picker {
+    fn new(cutoff: i64, limit: usize, keep: usize) -> Self {
+        Picker {
+            cutoff,
+            limit,
+            keep,
+            run: Vec::new(),
+            bytes: 0,
+            group: Vec::new(),
+            settled_to: None,
+            ended_at_kept: None,
+        }
+    }
+
+    /// Takes the next row; false once the run is complete.
+    fn offer(&mut self, r: BatchRow) -> bool {
+        if self.group.first().is_some_and(|g| g.object_key != r.object_key) && !self.place_group() {
+            return false;
+        }
+        let segment = r.object_key.ends_with(SEGMENT_SUFFIX);
+        if segment && self.run.is_empty() {
+            // Compacted history before any run: the next pass need not look at it again.
+            self.settled_to = Some(r.last_offset + 1);
+            return true;
+        }
+        // Runs end at a segment or a young flush.
+        if segment || written_ms(&r.object_key).is_none_or(|t| t >= self.cutoff) {
+            return false;
+        }
+        self.group.push(r);
+        true
+    }
+
+    /// Keeps the object's rows in place if they make a long run, else adds them to the run
+    /// (up to the size limit); false once the run is complete.
+    fn place_group(&mut self) -> bool {
+        let group = std::mem::take(&mut self.group);
+        let Some(last) = group.last().map(|r| r.last_offset + 1) else {
+            return true;
+        };
+        if group.iter().map(|r| r.length as usize).sum::<usize>() >= self.keep {
+            if self.run.is_empty() {
+                self.settled_to = Some(last);
+                return true;
+            }
+            self.ended_at_kept = Some(last);
+            return false;
+        }
+        for r in group {
+            if !self.run.is_empty() && self.bytes + r.length as usize > self.limit {
+                return false;
+            }
+            self.bytes += r.length as usize;
+            self.run.push(r);
+        }
+        true
+    }
+
+    /// The run, once the rows are offered (the last object's rows are placed now).
+    fn finish(mut self, part: &Partition) -> (Vec<BatchRow>, Option<i64>) {
+        if self.ended_at_kept.is_none() {
+            self.place_group();
+        }
+        if let Some(to) = self.settled_to {
+            part.compacted_to.fetch_max(to, Ordering::Relaxed);
+        }
+        (self.run, self.ended_at_kept)
+    }
+}
+
+/// Compacts the oldest run of small batches still in flush objects older than
 /// `compaction_min_age`, up to `segment_bytes`.
 async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Result<CompactionReport> {
     let cutoff = now_ms() - inner.opts.compaction_min_age.as_millis() as i64;
     let start = part.offsets().log_start;
     let from = start.max(part.compacted_to.load(Ordering::Relaxed));
-    let mut run: Vec<BatchRow> = Vec::new();
-    let mut bytes = 0usize;
-    scan_rows(&inner.meta, part, from, |r| {
-        let segment = r.object_key.ends_with(SEGMENT_SUFFIX);
-        if segment && run.is_empty() {
-            // Compacted history before any run: the next pass need not look at it again.
-            part.compacted_to.fetch_max(r.last_offset + 1, Ordering::Relaxed);
-            return true;
-        }
-        let old_flush = !segment && written_ms(&r.object_key).is_some_and(|t| t < cutoff);
-        // Runs are contiguous and end at a segment, a young flush or the size limit.
-        if !old_flush || !run.is_empty() && bytes + r.length as usize > inner.opts.segment_bytes {
-            return false;
-        }
-        bytes += r.length as usize;
-        run.push(r);
-        true
-    })
-    .await?;
+    let mut picker = Picker::new(cutoff, inner.opts.segment_bytes, inner.opts.compaction_keep_run_bytes);
+    scan_rows(&inner.meta, part, from, |r| picker.offer(r)).await?;
+    let (run, ended_at_kept) = picker.finish(part);
+    let bytes: usize = run.iter().map(|r| r.length as usize).sum();
     let objects = {
         let mut keys: Vec<&str> = run.iter().map(|r| r.object_key.as_str()).collect();
         keys.dedup();
         keys.len()
     };
-    // One source object gains nothing unless its other partitions move too; wait for more.
+    // One source object gains nothing unless its other partitions move too; wait for more,
+    // unless a kept run follows: then nothing more can join it, and it stays too.
     if objects < 2 {
+        if let Some(to) = ended_at_kept {
+            part.compacted_to.fetch_max(to, Ordering::Relaxed);
+        }
         return Ok(CompactionReport::default());
     }
     // Read behind the writes producers wait for (on a local store, one object at a time).

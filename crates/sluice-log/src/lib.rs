@@ -156,6 +156,9 @@ pub struct LogOptions {
     pub compaction_min_age: Duration,
     /// Largest segment compaction writes.
     pub segment_bytes: usize,
+    /// A partition's batches in one flush object that add up to this much are not
+    /// compacted (`compaction.rs`).
+    pub compaction_keep_run_bytes: usize,
     /// A local journal directory (single node only): flushes are acknowledged once
     /// journaled, and uploaded to the object store in groups.
     pub journal: Option<std::path::PathBuf>,
@@ -175,6 +178,7 @@ impl Default for LogOptions {
             gc_orphan_grace: Duration::from_secs(600),
             compaction_min_age: Duration::from_secs(60),
             segment_bytes: 64 << 20,
+            compaction_keep_run_bytes: 512 << 10,
             journal: None,
             upload_interval: Duration::from_millis(250),
             defaults: TopicDefaults::default(),

@@ -465,6 +465,84 @@ async fn compaction_moves_history_into_segments_without_changing_it() {
     );
 }
 
+/// Runs of `compaction_keep_run_bytes` or more in a flush object stay where they are (moving them
+/// would write a busy partition's history twice); the small runs between them are gathered
+/// into segments, and a lone small object between kept runs is left and not looked at again.
+#[tokio::test]
+async fn compaction_leaves_long_runs_in_place_and_gathers_the_small_ones() {
+    let fx = Fixture::new();
+    let log = fx.open_compacting().await;
+    let t = log.create_topic("k", Some(2), BTreeMap::new(), false).await.unwrap();
+    let now = sluice_meta::now_ms();
+    let big = make_batch(24_000, -1, 0, now, Compression::None);
+    assert!((opts().compaction_keep_run_bytes..1 << 20).contains(&big.len()));
+    // Partition 0: 3 small, big, 3 small, big, 1 small, big. Partition 1: 7 small. Each
+    // append is its own flush object; a small round puts both partitions in one object.
+    let small_rounds = |n: usize| {
+        let (log, t) = (log.clone(), t.clone());
+        async move {
+            for _ in 0..n {
+                let one = || make_batch(3, -1, 0, now, Compression::None);
+                let (a, b) = tokio::join!(log.append(&t, 0, one()), log.append(&t, 1, one()));
+                a.unwrap();
+                b.unwrap();
+            }
+        }
+    };
+    for n in [3, 3, 1] {
+        small_rounds(n).await;
+        log.append(&t, 0, big.clone()).await.unwrap();
+    }
+    let rows = |p: i32| {
+        let (log, t) = (log.clone(), t.clone());
+        async move { log.inner.meta.batches_from(t.id, p, 0, 1000).await.unwrap() }
+    };
+    let read_all = |p: i32| {
+        let (log, t) = (log.clone(), t.clone());
+        async move {
+            let end = t.partition(p).unwrap().offsets().high_watermark;
+            assert_eq!(end, if p == 0 { 3 * 24_000 + 7 * 3 } else { 7 * 3 });
+            read_offsets(&log, &t, p, end).await
+        }
+    };
+    let before = rows(0).await;
+    let (p0, p1) = (read_all(0).await, read_all(1).await);
+
+    let mut segments = 0;
+    loop {
+        let r = log.compact().await.unwrap();
+        if r.segments == 0 {
+            break;
+        }
+        segments += r.segments;
+    }
+    // Partition 0's two runs of three small batches, and partition 1's seven.
+    assert_eq!(segments, 3);
+    let after = rows(0).await;
+    let is_segment = |r: &sluice_meta::BatchRow| r.object_key.ends_with(".segment");
+    let moved: Vec<bool> = after.iter().map(is_segment).collect();
+    let expected = [true, true, true, false, true, true, true, false, false, false];
+    assert_eq!(moved, expected, "partition 0's batches in segments");
+    for (b, a) in before.iter().zip(&after) {
+        if !is_segment(a) {
+            assert_eq!(
+                (&a.object_key, a.position),
+                (&b.object_key, b.position),
+                "kept in place"
+            );
+        }
+    }
+    assert!(rows(1).await.iter().all(is_segment));
+    // Everything up to the end is settled: later passes do not read it again.
+    let part = t.partition(0).unwrap();
+    assert_eq!(
+        part.compacted_to.load(std::sync::atomic::Ordering::Relaxed),
+        part.offsets().high_watermark
+    );
+    log.enforce_retention().await.unwrap();
+    assert_eq!((read_all(0).await, read_all(1).await), (p0, p1));
+}
+
 /// A cold read of a segment gathers its index rows across pages before reading, so the
 /// segment's adjacent batches come back in one GET (a GET per index page, or per sixteen
 /// rows, made compacted history cost five times the GETs it should).
@@ -829,6 +907,8 @@ fn recovery_passes_over_indexed_large_flushes_whose_objects_were_compacted_away(
     let fx = Fixture::new();
     let jopts = LogOptions {
         compaction_min_age: Duration::ZERO,
+        // Compact runs of any length: the large flush's too.
+        compaction_keep_run_bytes: usize::MAX,
         ..journal_opts(&fx, Duration::from_secs(3600))
     };
     // Timestamps of now, or retention would delete everything.

@@ -53,6 +53,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub compaction_min_age: Duration,
     pub segment_bytes: usize,
+    pub compaction_keep_run_bytes: usize,
     /// None: journal when the metadata store is this node's own (`meta` unset).
     pub journal: Option<bool>,
     #[serde(with = "humantime_serde")]
@@ -112,6 +113,7 @@ impl Default for Config {
             group_consumer_heartbeat_interval: Duration::from_secs(5),
             compaction_min_age: Duration::from_secs(60),
             segment_bytes: 64 << 20,
+            compaction_keep_run_bytes: 512 << 10,
             journal: None,
             upload_interval: Duration::from_millis(250),
             direct_io: true,
@@ -255,6 +257,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment_bytes: Option<usize>,
+    /// A partition's batches in one flush object that add up to this many bytes are not compacted: a cold read takes them with one request anyway, and copying them would write a busy partition's history twice. Smaller runs (a trickle's) are gathered into segments. [default: 524288]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_keep_run_bytes: Option<usize>,
     /// Acknowledge appends once they are synced to a local journal in <data-dir>/journal, and upload them to the object store in groups; false: every flush writes an object and commits before its acknowledgement. Only for a single node: a broker taking over another's partitions could not read its journal. [default: true when --meta is not given (the node's own SQLite store), else false; refused with PostgreSQL]
     #[arg(long, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -332,6 +338,7 @@ const ENV_KEYS: &[&str] = &[
     "group_consumer_heartbeat_interval",
     "compaction_min_age",
     "segment_bytes",
+    "compaction_keep_run_bytes",
     "journal",
     "upload_interval",
     "direct_io",

@@ -114,6 +114,7 @@ async fn serve(cfg: Config) -> Result<()> {
         gc_orphan_grace: cfg.gc_orphan_grace,
         compaction_min_age: cfg.compaction_min_age,
         segment_bytes: cfg.segment_bytes,
+        compaction_keep_run_bytes: cfg.compaction_keep_run_bytes,
         journal: cfg.journal_dir()?,
         upload_interval: cfg.upload_interval,
         defaults: TopicDefaults {
