@@ -142,7 +142,6 @@ impl Log {
 
 /// Batches read from objects: whole batches from a position on, the offset after each,
 /// and the position after them.
-#[derive(Default)]
 pub(crate) struct ColdRead {
     batches: Vec<Bytes>,
     ends: Vec<i64>,
@@ -264,7 +263,8 @@ const READ_AHEAD_TOTAL_BYTES: usize = 64 << 20;
 /// A read ahead nobody asked for within this long is dropped.
 const READ_AHEAD_TTL: Duration = Duration::from_secs(10);
 
-type ReadAheadTask = tokio::task::JoinHandle<Result<ColdRead, LogError>>;
+/// Aborted when dropped: a read ahead that is dropped unread stops reading.
+type ReadAheadTask = tokio_util::task::AbortOnDropHandle<Result<ColdRead, LogError>>;
 
 /// A read ahead: being read, or read and not yet all asked for.
 enum Piece {
@@ -279,14 +279,6 @@ struct ReadAhead {
     started: Instant,
     bytes: usize,
     piece: Piece,
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        if let Piece::Reading(task) = &self.piece {
-            task.abort();
-        }
-    }
 }
 
 /// Cold reads started ahead of their readers: after a cold read of a partition, the next
@@ -308,9 +300,7 @@ impl ReadAheads {
         let mut pieces = self.pieces.lock().unwrap();
         let queue = pieces.get_mut(&key)?;
         if queue.front().is_some_and(|a| a.from == position) {
-            let mut ahead = queue.pop_front().expect("front");
-            let piece = std::mem::replace(&mut ahead.piece, Piece::Ready(ColdRead::default()));
-            return Some(piece);
+            return queue.pop_front().map(|ahead| ahead.piece);
         }
         pieces.remove(&key);
         None
@@ -361,7 +351,7 @@ impl ReadAheads {
             from,
             started: Instant::now(),
             bytes: READ_AHEAD_BYTES,
-            piece: Piece::Reading(tokio::spawn(read(from))),
+            piece: Piece::Reading(ReadAheadTask::new(tokio::spawn(read(from)))),
         });
     }
 }
