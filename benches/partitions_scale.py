@@ -6,22 +6,26 @@ every partition is answered. Prints one JSON object.
     python3 benches/partitions_scale.py --bootstrap HOST:PORT --pid BROKER_PID
         [--topics 10] [--partitions 100] [--big 10000] [--repeats 10]
 
-Metadata is timed two ways: a Metadata v1 request for all topics on a plain
-socket (the broker's answer, from the request's first byte to the response's
-last), and confluent-kafka's `list_topics()` (the same plus librdkafka's and
-Python's decoding). Both check that every partition is in the answer.
+Metadata is timed two ways: a Metadata v4 request for all topics on a plain
+socket (tests/e2e/conftest.py's `Wire`; the broker's answer, from sending the
+request to having read the response whole, decoding not included), and
+confluent-kafka's `list_topics()` (the same plus librdkafka's and Python's
+decoding). Both check that every partition is in the answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import struct
+import sys
 import time
+from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
+from conftest import Wire  # noqa: E402
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -37,63 +41,16 @@ def create(admin: AdminClient, topics: list[NewTopic]) -> None:
         fut.result()  # raises on any error
 
 
-class Reader:
-    def __init__(self, buf: bytes):
-        self.b, self.i = buf, 0
-
-    def take(self, fmt: str):
-        v = struct.unpack_from(fmt, self.b, self.i)
-        self.i += struct.calcsize(fmt)
-        return v[0]
-
-    def string(self) -> str | None:
-        n = self.take(">h")
-        if n < 0:
-            return None
-        s = self.b[self.i:self.i + n].decode()
-        self.i += n
-        return s
-
-
-def metadata_v1(sock: socket.socket, correlation: int) -> tuple[int, int, int]:
-    """Sends Metadata v1 for all topics; returns this script's partitions in the answer,
-    how many of them have a leader, and the response's size in bytes."""
-    client = b"partitions-scale"
-    body = struct.pack(">hhih", 3, 1, correlation, len(client)) + client + struct.pack(">i", -1)
-    sock.sendall(struct.pack(">i", len(body)) + body)
-    size = struct.unpack(">i", recv_exact(sock, 4))[0]
-    r = Reader(recv_exact(sock, size))
-    if r.take(">i") != correlation:
-        raise SystemExit("Metadata answer with the wrong correlation id")
-    for _ in range(r.take(">i")):  # brokers
-        r.take(">i"), r.string(), r.take(">i"), r.string()
-    r.take(">i")  # controller
-    partitions = led = 0
-    for _ in range(r.take(">i")):  # topics
-        err = r.take(">h")
-        name = r.string()
+def metadata(wire: Wire) -> tuple[int, int, float]:
+    """Metadata for all topics: this script's partitions in the answer, how many of them
+    have a leader, and the round trip in ms (sent to read whole, not decoded)."""
+    topics = wire.metadata_partitions(None, allow_auto_create=False)
+    ours = [parts for name, (err, parts) in topics.items() if name == "wide" or name.startswith("idle-")]
+    for name, (err, _) in topics.items():
         if err:
             raise SystemExit(f"Metadata error {err} for topic {name}")
-        r.take(">b")
-        ours = name == "wide" or name.startswith("idle-")
-        for _ in range(r.take(">i")):
-            err, _, leader = r.take(">h"), r.take(">i"), r.take(">i")
-            led += ours and err == 0 and leader >= 0
-            for _ in range(2):  # replicas, isr
-                n = r.take(">i")
-                r.i += 4 * n
-            partitions += ours
-    return partitions, led, size + 4
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise SystemExit("broker closed the connection")
-        buf += chunk
-    return bytes(buf)
+    led = sum(err == 0 and leader >= 0 for parts in ours for _, err, leader in parts)
+    return sum(map(len, ours)), led, wire.last_round_trip_s * 1000
 
 
 def summary(ms: list[float]) -> dict:
@@ -124,29 +81,23 @@ def main() -> None:
     total = a.topics * a.partitions + a.big
     out["partitions_total"] = total
 
-    host, port = a.bootstrap.rsplit(":", 1)
     raw = []
-    with socket.create_connection((host, int(port))) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with Wire(a.bootstrap, timeout=30, client_id="partitions-scale") as wire:
         # Creation returns before every partition has a leader, as in Kafka: wait for them.
-        correlation = 0
         while True:
-            correlation += 1
-            n, led, _ = metadata_v1(sock, correlation)
+            n, led, _ = metadata(wire)
             if n == total and led == total:
                 break
             if time.perf_counter() - started > 60:
                 raise SystemExit(f"after 60 s Metadata lists {n} of {total} partitions, {led} with a leader")
             time.sleep(0.05)
         out["all_led_s"] = round(time.perf_counter() - started, 3)
-        for i in range(a.repeats):
-            correlation += 1
-            t = time.perf_counter()
-            n, led, size = metadata_v1(sock, correlation)
-            raw.append((time.perf_counter() - t) * 1000)
+        for _ in range(a.repeats):
+            n, led, ms = metadata(wire)
+            raw.append(ms)
             if (n, led) != (total, total):
                 raise SystemExit(f"Metadata listed {n} partitions ({led} with a leader), expected {total}")
-    out["metadata_bytes"] = size
+        out["metadata_bytes"] = wire.last_response_bytes
     out["metadata_ms"] = summary(raw)
 
     client = []

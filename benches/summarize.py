@@ -172,7 +172,7 @@ def build(runs: list[dict]) -> list[Row]:
             rw.values.append(x["rss_idle_mib"])
             rw.detail.append(f"at start {x['rss_start_mib']:.0f}; after the wide topic {x['rss_after_mib']:.0f}")
             big = x["partitions_total"] - n
-            rw = row("metadata", f"Metadata for all {x['partitions_total']:,} partitions (v1, plain socket)", "ms max",
+            rw = row("metadata", f"Metadata for all {x['partitions_total']:,} partitions (v4, plain socket)", "ms max",
                      "", 100.0, kind="max")
             m = x["metadata_ms"]
             rw.values.append(m["max"])

@@ -834,9 +834,15 @@ class Wire:
 
     def request(self, api_key: int, api_version: int, body: bytes, flexible_request: bool = False,
                 flexible_response_header: bool = False) -> Reader:
-        """Send a request and return a Reader positioned after the response header."""
+        """Send a request and return a Reader positioned after the response header.
+        `last_round_trip_s`: from sending it to having read its response whole;
+        `last_response_bytes`: the response's size."""
+        started = time.perf_counter()
         corr = self.send_request(api_key, api_version, body, flexible_request)
-        return self.response(corr, flexible_response_header)
+        r = self.response(corr, flexible_response_header)
+        self.last_round_trip_s = time.perf_counter() - started
+        self.last_response_bytes = r.n
+        return r
 
     def response(self, corr: int, flexible_response_header: bool = False) -> Reader:
         """Read the response to request `corr`; a Reader positioned after its header."""
@@ -928,6 +934,11 @@ class Wire:
 
     def metadata(self, topics: list[str] | None, allow_auto_create: bool) -> dict:
         """Metadata v4 (non-flexible). Returns {topic: (error_code, [partition ids])}."""
+        return {name: (err, sorted(p[0] for p in parts))
+                for name, (err, parts) in self.metadata_partitions(topics, allow_auto_create).items()}
+
+    def metadata_partitions(self, topics: list[str] | None, allow_auto_create: bool) -> dict:
+        """Metadata v4 (non-flexible). Returns {topic: (error_code, [(partition id, error_code, leader id)])}."""
         tarr = struct.pack(">i", -1) if topics is None else karray([kstring(t) for t in topics])
         r = self.request(API_METADATA, 4, tarr + struct.pack(">?", allow_auto_create))
         r.i32()  # throttle
@@ -943,7 +954,7 @@ class Wire:
             parts = r.array(lambda r: (
                 r.i16(), r.i32(), r.i32(), r.array(lambda r: r.i32()), r.array(lambda r: r.i32()),
             ))
-            return name, (err, sorted(p[1] for p in parts))
+            return name, (err, [(index, perr, leader) for perr, index, leader, _, _ in parts])
 
         return dict(r.array(topic))
 
