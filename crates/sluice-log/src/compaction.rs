@@ -131,15 +131,27 @@ impl Picker {
         true
     }
 
-    /// The run, once the rows are offered (the last object's rows are placed now).
-    fn finish(mut self, part: &Partition) -> (Vec<BatchRow>, Option<i64>) {
+    /// The run to compact once the rows are offered (the last object's rows are placed
+    /// now), empty if there is none yet; moves `compacted_to` past what is settled.
+    fn finish(mut self, part: &Partition) -> Vec<BatchRow> {
         if self.ended_at_kept.is_none() {
             self.place_group();
+        }
+        let objects = {
+            let mut keys: Vec<&str> = self.run.iter().map(|r| r.object_key.as_str()).collect();
+            keys.dedup();
+            keys.len()
+        };
+        // One source object gains nothing unless its other partitions move too; wait for
+        // more, unless a kept run follows: then nothing more can join it, and it stays too.
+        if objects < 2 {
+            self.run.clear();
+            self.settled_to = self.ended_at_kept.or(self.settled_to);
         }
         if let Some(to) = self.settled_to {
             part.compacted_to.fetch_max(to, Ordering::Relaxed);
         }
-        (self.run, self.ended_at_kept)
+        self.run
     }
 }
 
@@ -151,21 +163,11 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
     let from = start.max(part.compacted_to.load(Ordering::Relaxed));
     let mut picker = Picker::new(cutoff, inner.opts.segment_bytes, inner.opts.compaction_keep_run_bytes);
     scan_rows(&inner.meta, part, from, |r| picker.offer(r)).await?;
-    let (run, ended_at_kept) = picker.finish(part);
-    let bytes: usize = run.iter().map(|r| r.length as usize).sum();
-    let objects = {
-        let mut keys: Vec<&str> = run.iter().map(|r| r.object_key.as_str()).collect();
-        keys.dedup();
-        keys.len()
-    };
-    // One source object gains nothing unless its other partitions move too; wait for more,
-    // unless a kept run follows: then nothing more can join it, and it stays too.
-    if objects < 2 {
-        if let Some(to) = ended_at_kept {
-            part.compacted_to.fetch_max(to, Ordering::Relaxed);
-        }
+    let run = picker.finish(part);
+    if run.is_empty() {
         return Ok(CompactionReport::default());
     }
+    let bytes: usize = run.iter().map(|r| r.length as usize).sum();
     // Read behind the writes producers wait for (on a local store, one object at a time).
     // The segment is written from the batches as read, not copied into one buffer: a
     // 64 MiB copy would hold up an async worker (of two) for tens of milliseconds.
@@ -211,7 +213,7 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
         return Ok(CompactionReport::default());
     }
     METRICS.compactions.inc();
-    tracing::debug!(topic = %topic.name, partition = part.index, batches = run.len(), objects, bytes, segment = %key, "compacted");
+    tracing::debug!(topic = %topic.name, partition = part.index, batches = run.len(), bytes, segment = %key, "compacted");
     Ok(CompactionReport {
         segments: 1,
         batches: run.len(),
