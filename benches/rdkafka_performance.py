@@ -17,8 +17,16 @@ rdkafka_broker.c counts messages, not requests), and its sticky partitioner fill
 partition at a time, so its throughput is about one batch (up to batch.size, 1 MB)
 per round trip.
 
+With --rate R --duration S it produces R records/s for S seconds instead, with
+linger.ms 0 (as benches/librdkafka_produce.py's --rate), in the tool's latency mode
+(`-l -A FILE`: each record carries its send time, and the delivery report callback
+writes its latency, so no Python runs per record here either), and reports latency
+percentiles. The first second's records are left out: they wait for the metadata and
+the producer id.
+
     python3 benches/rdkafka_performance.py --bin PATH --bootstrap 127.0.0.1:9092 --topic t --count 3000000
     python3 benches/rdkafka_performance.py --bin PATH --mock --topic t --count 3000000
+    python3 benches/rdkafka_performance.py --bin PATH --bootstrap 127.0.0.1:9092 --topic t --rate 2000 --duration 20
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from librdkafka_produce import ensure_topic  # noqa: E402
+from librdkafka_produce import ensure_topic, percentile  # noqa: E402
 
 # rdkafka_performance's summary line, e.g. "% 500000 messages produced (512000000 bytes),
 # 500000 delivered (offset 62529, 0 failed) in 4389ms: 113917 msgs/s and 116.65 MB/s, ..."
@@ -51,9 +60,17 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--record-size", type=int, default=1024)
     ap.add_argument("--count", type=int, default=3_000_000)
+    ap.add_argument("--rate", type=int, default=0, help="records/s, with --duration: latency mode")
+    ap.add_argument("--duration", type=int, default=20, help="seconds, with --rate")
     args = ap.parse_args()
+    if args.rate > 0:
+        args.count = args.rate * args.duration
     cmd = [args.bin, "-P", "-t", args.topic, "-s", str(args.record_size), "-c", str(args.count), "-a", "-1",
            "-X", "enable.idempotence=true", "-i", "600000", "-T", "1000"]
+    latency_file = None
+    if args.rate > 0:
+        latency_file = tempfile.NamedTemporaryFile(prefix="rdkafka-latency-", suffix=".txt")
+        cmd += ["-X", "linger.ms=0", "-r", str(args.rate), "-l", "-A", latency_file.name]
     if args.mock:
         # The mock creates the topic on first use, with its default partition count.
         cmd += ["-X", "test.mock.num.brokers=1"]
@@ -80,6 +97,22 @@ def main() -> None:
     trips = round_trips(out.stdout + out.stderr)
     if trips:
         result["round_trip"] = trips
+    if latency_file:
+        # Microseconds, one line per delivered record, in the order they were delivered.
+        with open(latency_file.name) as f:
+            micros = [int(line) for line in f if line.strip()]
+        if len(micros) != args.count:
+            sys.exit(f"rdkafka_performance wrote {len(micros)} latencies for {args.count} records")
+        lat = sorted(m / 1000 for m in micros[args.rate:])
+        result["rate"] = args.rate
+        result["latency_ms"] = {
+            "count": len(lat),
+            "p50": round(percentile(lat, 0.5), 3),
+            "p99": round(percentile(lat, 0.99), 3),
+            "p999": round(percentile(lat, 0.999), 3),
+            "max": round(lat[-1], 3),
+            "mean": round(sum(lat) / len(lat), 3),
+        }
     print(json.dumps(result))
 
 

@@ -28,7 +28,8 @@
 # (benches/librdkafka_produce.py: idempotent, acks=all, 1 KiB, 8 partitions)
 # for throughput (then consumed) and for p99 at 2,000 records/s, librdkafka's own
 # C tool (benches/rdkafka_performance.py: the same producer settings, no Python; built
-# by benches/rdkafka_performance_build.sh, skipped if it cannot be), and a consume
+# by benches/rdkafka_performance_build.sh, skipped if it cannot be), unthrottled and at
+# 2,000 records/s (its floor there measured against its mock broker in (a)), and a consume
 # after a broker restart (tail cache empty); then, on a fresh broker,
 # benches/partitions_scale.py (RSS with 1,000 idle partitions; a 10,000-partition
 # topic and Metadata for all partitions). Then (d) the table
@@ -272,6 +273,8 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
         # The same for librdkafka from C: no Python per record.
         step rdkafka_c_mock python3 "$ROOT/benches/rdkafka_performance.py" --bin "$RDPERF" --mock \
             --topic ceiling --count "$RDPERF_N"
+        step rdkafka_c_mock_2000 python3 "$ROOT/benches/rdkafka_performance.py" --bin "$RDPERF" --mock \
+            --topic floor --rate 2000 --duration "$LATENCY_S"
     fi
 
     # (b) a fresh broker.
@@ -301,6 +304,8 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
     if [[ -n "$RDPERF" ]]; then
         step rdkafka_c python3 "$ROOT/benches/rdkafka_performance.py" --bin "$RDPERF" --bootstrap "$BOOT" \
             --topic bench-rdkafka-c --count "$RDPERF_N"
+        step rdkafka_c_2000 python3 "$ROOT/benches/rdkafka_performance.py" --bin "$RDPERF" --bootstrap "$BOOT" \
+            --topic bench-rdkafka-c-latency --rate 2000 --duration "$LATENCY_S"
     else
         log "rdkafka_performance is not available: skipping its steps"
     fi

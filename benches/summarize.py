@@ -16,8 +16,8 @@ import json
 import os
 import statistics
 
-STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "rdkafka_c_mock", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
-         "rdkafka_consume", "rdkafka_2000", "rdkafka_c", "consume_restart", "broker", "partitions"]
+STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "rdkafka_c_mock", "rdkafka_c_mock_2000", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
+         "rdkafka_consume", "rdkafka_2000", "rdkafka_c", "rdkafka_c_2000", "consume_restart", "broker", "partitions"]
 
 
 def load(d: str) -> dict:
@@ -158,6 +158,8 @@ def build(runs: list[dict]) -> list[Row]:
             t = x["librdkafka_rtt_ms"]
             rw.values.append(t["median_window_p99"])
             rw.detail.append(f"p50 {t['median_window_p50']:.1f} (median of 1 s windows) max {t['max']:.1f}")
+        lat("rdkafka_c_mock_2000", "librdkafka C @ 2000 rec/s against its own mock broker (no disk)", "latency_ms")
+        lat("rdkafka_c_2000", "librdkafka C (rdkafka_performance) produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
         lat("produce_2000", "sluice bench produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
         lat("e2e_2000", "sluice bench e2e @ 2000 rec/s (produce to consume)", "e2e_latency_ms")
         if r["broker"]:
