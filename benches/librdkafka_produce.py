@@ -56,6 +56,19 @@ def percentile(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[i]
 
 
+def latency_summary(lat_ms: list[float]) -> dict:
+    """Count, percentiles, max and mean of latencies in milliseconds (not empty)."""
+    lat = sorted(lat_ms)
+    return {
+        "count": len(lat),
+        "p50": round(percentile(lat, 0.5), 3),
+        "p99": round(percentile(lat, 0.99), 3),
+        "p999": round(percentile(lat, 0.999), 3),
+        "max": round(lat[-1], 3),
+        "mean": round(sum(lat) / len(lat), 3),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", default=os.environ.get("SLUICE_BOOTSTRAP", "127.0.0.1:9092"))
@@ -189,15 +202,7 @@ def main() -> int:
     if first_error:
         out["first_error"] = first_error
     if latencies:
-        lat = sorted(x * 1000 for x in latencies)
-        out["latency_ms"] = {
-            "count": len(lat),
-            "p50": round(percentile(lat, 0.5), 3),
-            "p99": round(percentile(lat, 0.99), 3),
-            "p999": round(percentile(lat, 0.999), 3),
-            "max": round(lat[-1], 3),
-            "mean": round(sum(lat) / len(lat), 3),
-        }
+        out["latency_ms"] = latency_summary([x * 1000 for x in latencies])
     if rtt_windows:
         # Skip the warm-up window; each window's percentiles are in µs.
         ws = rtt_windows[1:] or rtt_windows

@@ -41,7 +41,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from librdkafka_produce import ensure_topic, percentile  # noqa: E402
+from librdkafka_produce import ensure_topic, latency_summary  # noqa: E402
 
 # rdkafka_performance's summary line, e.g. "% 500000 messages produced (512000000 bytes),
 # 500000 delivered (offset 62529, 0 failed) in 4389ms: 113917 msgs/s and 116.65 MB/s, ..."
@@ -103,16 +103,8 @@ def main() -> None:
             micros = [int(line) for line in f if line.strip()]
         if len(micros) != args.count:
             sys.exit(f"rdkafka_performance wrote {len(micros)} latencies for {args.count} records")
-        lat = sorted(m / 1000 for m in micros[args.rate:])
         result["rate"] = args.rate
-        result["latency_ms"] = {
-            "count": len(lat),
-            "p50": round(percentile(lat, 0.5), 3),
-            "p99": round(percentile(lat, 0.99), 3),
-            "p999": round(percentile(lat, 0.999), 3),
-            "max": round(lat[-1], 3),
-            "mean": round(sum(lat) / len(lat), 3),
-        }
+        result["latency_ms"] = latency_summary([m / 1000 for m in micros[args.rate:]])
     print(json.dumps(result))
 
 

@@ -16,7 +16,9 @@
 # (file object store + SQLite), Tansu in one SQLite database (`sqlite://`).
 # Steps per broker: unthrottled produce (1 KiB, acks=all, 8 partitions, 15 s),
 # consume of that data from the beginning, produce at 2,000 records/s with
-# linger 0 (p50/p99). Prints a table of figures and Sluice/peer ratios.
+# linger 0 (p50/p99); then, where confluent-kafka is installed, the same two
+# produce steps with librdkafka (benches/librdkafka_produce.py: idempotent,
+# acks=all). Prints a table of figures and Sluice/peer ratios.
 #
 # Environment: SLUICE_BIN (default $CARGO_TARGET_DIR/release/sluice),
 # DURATION (seconds per produce step, default 15), OUT (write all results as JSON there).
@@ -26,6 +28,9 @@ PEER_BIN="${1:?usage: benches/side_by_side.sh PEER_BIN [tansu]}"
 PEER_KIND="${2:-tansu}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 SLUICE_BIN="${SLUICE_BIN:-$CARGO_TARGET_DIR/release/sluice}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HAVE_RDKAFKA=0
+python3 -c "import confluent_kafka" 2>/dev/null && HAVE_RDKAFKA=1
 DURATION="${DURATION:-15}"
 die() { echo "side_by_side.sh: error: $*" >&2; exit 1; }
 [[ -x "$SLUICE_BIN" ]] || die "no sluice binary at $SLUICE_BIN"
@@ -59,6 +64,16 @@ run_steps() {
     "${B[@]}" --bootstrap "$boot" consume --topic side-produce --from-beginning >"$TMP/$name.consume.json"
     "${B[@]}" --bootstrap "$boot" produce --topic side-latency --partitions 8 --record-size 1024 --acks all \
         --rate 2000 --linger-ms 0 --duration "${DURATION}s" >"$TMP/$name.latency.json"
+    if [[ $HAVE_RDKAFKA -eq 1 ]]; then
+        local RK=(python3 "$ROOT/benches/librdkafka_produce.py" --bootstrap "$boot" --json --partitions 8
+            --record-size 1024)
+        # A run with undelivered records still writes its figures (and its errors, shown below).
+        "${RK[@]}" --topic side-rdkafka --duration "$DURATION" >"$TMP/$name.rdkafka.json" ||
+            echo "librdkafka produce against $name: some records not delivered" >&2
+        "${RK[@]}" --topic side-rdkafka-latency --rate 2000 --linger-ms 0 --duration "$DURATION" \
+            >"$TMP/$name.rdkafka_latency.json" ||
+            echo "librdkafka at 2,000/s against $name: some records not delivered" >&2
+    fi
 }
 
 PORT="$(free_port)"
@@ -83,19 +98,30 @@ run_steps peer "127.0.0.1:$PORT"
 stop
 
 python3 - "$TMP" "$PEER_KIND" "${OUT:-}" <<'EOF'
-import json, sys
+import json, os, sys
 d, peer = sys.argv[1], sys.argv[2]
-r = {n: {s: json.load(open(f"{d}/{n}.{s}.json")) for s in ("produce", "consume", "latency")} for n in ("sluice", "peer")}
+steps = ("produce", "consume", "latency", "rdkafka", "rdkafka_latency")
+r = {n: {s: json.load(open(f"{d}/{n}.{s}.json")) for s in steps if os.path.exists(f"{d}/{n}.{s}.json")}
+     for n in ("sluice", "peer")}
 rows = [
-    ("produce, 1 KiB, acks=all, 8 partitions (MB/s)", lambda x: x["produce"]["mb_per_sec"], True),
-    ("consume from the beginning (MB/s)", lambda x: x["consume"]["mb_per_sec"], True),
-    ("produce @ 2,000/s, linger 0: p50 (ms)", lambda x: x["latency"]["latency_ms"]["p50"], False),
-    ("produce @ 2,000/s, linger 0: p99 (ms)", lambda x: x["latency"]["latency_ms"]["p99"], False),
+    ("produce, 1 KiB, acks=all, 8 partitions (MB/s)", "produce", lambda x: x["mb_per_sec"]),
+    ("consume from the beginning (MB/s)", "consume", lambda x: x["mb_per_sec"]),
+    ("produce @ 2,000/s, linger 0: p50 (ms)", "latency", lambda x: x["latency_ms"]["p50"]),
+    ("produce @ 2,000/s, linger 0: p99 (ms)", "latency", lambda x: x["latency_ms"]["p99"]),
+    ("librdkafka produce, idempotent (MB/s)", "rdkafka", lambda x: x["mb_per_sec"]),
+    ("librdkafka @ 2,000/s, linger 0: p50 (ms)", "rdkafka_latency", lambda x: x["latency_ms"]["p50"]),
+    ("librdkafka @ 2,000/s, linger 0: p99 (ms)", "rdkafka_latency", lambda x: x["latency_ms"]["p99"]),
 ]
 print(f"{'figure':48}  {'sluice':>9}  {peer:>9}  sluice/{peer}")
-for label, f, _ in rows:
-    a, b = f(r["sluice"]), f(r["peer"])
+for label, step, f in rows:
+    if step not in r["sluice"] or step not in r["peer"]:
+        continue
+    a, b = f(r["sluice"][step]), f(r["peer"][step])
     print(f"{label:48}  {a:9.1f}  {b:9.1f}  {a / b if b else float('nan'):.2f}")
+for n in ("sluice", "peer"):
+    for step in ("rdkafka", "rdkafka_latency"):
+        if r[n].get(step, {}).get("errors"):
+            print(f"{n} {step}: {r[n][step]['errors']} records not delivered ({r[n][step].get('first_error')})")
 if len(sys.argv) > 3 and sys.argv[3]:
     json.dump(r, open(sys.argv[3], "w"))
 EOF
