@@ -9,6 +9,8 @@ real S3 API server (moto), driven by librdkafka.
 * Scale from one broker to three: partitions spread with no data copied.
 * Rolling restart of every broker (SIGTERM drains) under load: zero errors.
 * Metadata, DescribeCluster, `sluice cluster status|drain` and GET /api/v1/cluster.
+* MQTT devices (paho-mqtt) connected to one broker publish into partitions that other
+  brokers lead: the gateway forwards those records to their leaders.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from conftest import Wire, build_record_batch, create_topic, http_get, wait_until
 from loadgen import LoadProducer, check_exactly_once
+from mqtt_helpers import Device, headers, kafka_records
 import services
 
 # The failover target of the issue; the figures measured are printed.
@@ -312,3 +315,35 @@ def test_rolling_restart_under_load_has_no_client_errors(cluster):
     # And the log itself holds every acknowledged record once, read back through the restarted broker.
     problems, _ = check_exactly_once(c[0].bootstrap, topic, n, load)
     assert not problems, "\n".join(problems)
+
+
+def test_mqtt_uplink_reaches_partitions_other_brokers_lead(cluster):
+    """Devices on broker 1 publish QoS 1 into the gateway's topic, whose partitions are
+    spread over three brokers: every publish is acknowledged and lands in Kafka, each
+    device's records in order in its key's partition, also where broker 2 or 3 leads."""
+    c = cluster(3)
+    create_topic(c[0], "mqtt", 6)
+    wait_until(lambda: balanced(c[0], "mqtt", {1, 2, 3}, 6), 15, what="the MQTT topic's partitions spread")
+    lead = leaders(c[0], "mqtt")
+    devices = [Device(c[0], f"dev-{i}") for i in range(12)]
+    n = 25
+    for i in range(n):
+        for d in devices:
+            d.publish(f"plant/{d.c._client_id.decode()}/temp", json.dumps({"seq": i}), qos=1, wait=False)
+    for d in devices:
+        wait_until(lambda: len(d.acked_mids) == n, 30, what=f"PUBACKs for {d.c._client_id.decode()}")
+    recs = kafka_records(c[0], "mqtt", n * len(devices))
+    assert len(recs) == n * len(devices)
+    by_key: dict[bytes, list] = {}
+    for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
+        by_key.setdefault(r.key, []).append(r)
+    assert set(by_key) == {f"dev-{i}".encode() for i in range(12)}
+    for key, rs in by_key.items():
+        assert [json.loads(r.value)["seq"] for r in rs] == list(range(n)), key
+        assert len({r.partition for r in rs}) == 1, key
+        assert headers(rs[0])["mqtt.topic"] == f"plant/{key.decode()}/temp"
+    # The devices' partitions include ones that other brokers lead.
+    used = {rs[0].partition for rs in by_key.values()}
+    assert {lead[p] for p in used} - {1}, (lead, used)
+    for d in devices:
+        d.disconnect()

@@ -51,8 +51,15 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads rules and retained messages from the metadata store, starts the
-    /// uplink writer, the event writer and the downlink.
-    pub async fn start(log: Log, cfg: MqttConfig, auth: Option<Arc<dyn Authenticator>>) -> Result<Arc<Self>> {
+    /// uplink writer, the event writer and the downlink. `forward_to` is this
+    /// broker's own Kafka address: records for partitions that another broker of
+    /// the cluster leads are produced to it through there.
+    pub async fn start(
+        log: Log,
+        cfg: MqttConfig,
+        auth: Option<Arc<dyn Authenticator>>,
+        forward_to: Option<String>,
+    ) -> Result<Arc<Self>> {
         let auth: Arc<dyn Authenticator> = match auth {
             Some(a) => a,
             None => Arc::new(StaticUsers::new(&cfg.users, cfg.allow_anonymous)?.deny_subscribe(&cfg.deny_subscribe)),
@@ -65,7 +72,7 @@ impl Gateway {
                 .await
                 .with_context(|| format!("rule {} in the config file", r.name))?;
         }
-        let uplink = Uplink::start(log.clone());
+        let uplink = Uplink::start(log.clone(), forward_to);
         let events = events::Events::start(uplink.clone(), cfg.events_topic.clone(), rules.clone());
         let retained = retained::RetainedStore::open(pool.clone())
             .await

@@ -7,6 +7,11 @@
 //! A record's acknowledgement fires once its batch is durable. Submitting in
 //! channel order keeps each key's records in order, since a key maps to one
 //! partition and the log commits a partition's batches in submission order.
+//!
+//! In a cluster a partition may be led by another broker: the log refuses
+//! those batches (NotLeader), and the writer hands their records to the
+//! forwarder, which produces them to the leader through a Kafka client
+//! (acks=all), one batch at a time, so a partition's records keep their order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use bytes::Bytes;
 use kafka_protocol::records::Compression;
 use sluice_client::partitioner::partition_for_key;
 use sluice_client::records::{encode_batch, ProduceRecord};
+use sluice_client::{Acks, Client};
 use sluice_log::{Log, LogError, Topic};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -45,9 +51,13 @@ const MAX_ROUND: usize = 8192;
 const MAX_BATCH_BYTES: usize = 900 << 10;
 
 impl Uplink {
-    pub fn start(log: Log) -> Self {
+    /// Starts the writer. `forward_to`: a Kafka address of this cluster (this broker's
+    /// own) through which records for partitions led elsewhere reach their leader; without
+    /// it they fail.
+    pub fn start(log: Log, forward_to: Option<String>) -> Self {
         let (tx, rx) = mpsc::channel(65536);
-        tokio::spawn(run(log, rx));
+        let forwarder = forward_to.map(Forwarder::start);
+        tokio::spawn(run(log, rx, forwarder));
         Self { tx }
     }
 
@@ -69,7 +79,7 @@ impl Uplink {
     }
 }
 
-async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>) {
+async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>, forwarder: Option<Forwarder>) {
     let mut round = Vec::with_capacity(1024);
     let mut rr: u32 = 0;
     while rx.recv_many(&mut round, MAX_ROUND).await > 0 {
@@ -105,13 +115,13 @@ async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>) {
         }
         for (topic, partition, recs) in groups.groups {
             for chunk in split_by_size(recs) {
-                submit(&log, &topic, partition, chunk).await;
+                submit(&log, forwarder.as_ref(), &topic, partition, chunk).await;
             }
         }
     }
 }
 
-async fn submit(log: &Log, topic: &Arc<Topic>, partition: i32, recs: Vec<OutRecord>) {
+async fn submit(log: &Log, forwarder: Option<&Forwarder>, topic: &Arc<Topic>, partition: i32, recs: Vec<OutRecord>) {
     let (records, acks): (Vec<ProduceRecord>, Vec<_>) = recs
         .into_iter()
         .map(|r| {
@@ -146,9 +156,79 @@ async fn submit(log: &Log, topic: &Arc<Topic>, partition: i32, recs: Vec<OutReco
                 }
             });
         }
+        Err(LogError::NotLeader) if forwarder.is_some() => {
+            let forward = Forward {
+                topic: topic.name.clone(),
+                partition,
+                records,
+                acks,
+            };
+            forwarder.expect("checked").send(forward).await;
+        }
         Err(e) => {
             tracing::warn!(topic = %topic.name, partition, error = %e, "MQTT uplink append refused");
             fail_all(acks, e.to_string());
+        }
+    }
+}
+
+/// Records for a partition another broker leads, on their way to it.
+struct Forward {
+    topic: String,
+    partition: i32,
+    records: Vec<ProduceRecord>,
+    acks: Vec<Option<oneshot::Sender<AckResult>>>,
+}
+
+/// Handle to the forwarding task.
+struct Forwarder {
+    tx: mpsc::Sender<Forward>,
+}
+
+impl Forwarder {
+    fn start(bootstrap: String) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(forward(bootstrap, rx));
+        Self { tx }
+    }
+
+    async fn send(&self, f: Forward) {
+        if let Err(mpsc::error::SendError(f)) = self.tx.send(f).await {
+            fail_all(f.acks, "gateway is shutting down".into());
+        }
+    }
+}
+
+/// Produces each batch to its partition's leader in turn (the client finds the leader
+/// and retries while leadership moves), then acknowledges its records.
+async fn forward(bootstrap: String, mut rx: mpsc::Receiver<Forward>) {
+    let mut client: Option<Client> = None;
+    while let Some(f) = rx.recv().await {
+        let produced = match client.as_mut() {
+            Some(c) => c.produce(&f.topic, f.partition, &f.records, Acks::All).await,
+            None => match Client::connect(&bootstrap).await {
+                Ok(c) => {
+                    client
+                        .insert(c)
+                        .produce(&f.topic, f.partition, &f.records, Acks::All)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match produced {
+            Ok(_) => {
+                for ack in f.acks.into_iter().flatten() {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %f.topic, partition = f.partition, error = %format!("{e:#}"),
+                    "forwarding MQTT records to the partition's leader failed");
+                fail_all(f.acks, format!("forwarding to the partition's leader: {e:#}"));
+                // A fresh connection and metadata for the next batch.
+                client = None;
+            }
         }
     }
 }

@@ -183,7 +183,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let mqtt = TcpListener::bind(&cfg.mqtt_listen)
         .await
         .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_listen))?;
-    let gateway = sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None).await?;
+    let own_kafka = format!("{}:{}", broker.config.advertised_host, broker.config.advertised_port);
+    let gateway = sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None, Some(own_kafka)).await?;
     tracing::info!(
         kafka = %cfg.kafka_listen,
         http = %cfg.http_listen,
