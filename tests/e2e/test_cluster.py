@@ -10,7 +10,8 @@ real S3 API server (moto), driven by librdkafka.
 * Rolling restart of every broker (SIGTERM drains) under load: zero errors.
 * Metadata, DescribeCluster, `sluice cluster status|drain` and GET /api/v1/cluster.
 * MQTT devices (paho-mqtt) connected to one broker publish into partitions that other
-  brokers lead: the gateway forwards those records to their leaders.
+  brokers lead: the gateway forwards those records to their leaders, and SIGKILL of such
+  a leader loses no acknowledged publish.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -345,5 +347,65 @@ def test_mqtt_uplink_reaches_partitions_other_brokers_lead(cluster):
     # The devices' partitions include ones that other brokers lead.
     used = {rs[0].partition for rs in by_key.values()}
     assert {lead[p] for p in used} - {1}, (lead, used)
+    for d in devices:
+        d.disconnect()
+
+
+def test_mqtt_publishes_forwarded_to_a_killed_leader_are_not_lost(cluster):
+    """Devices on broker 1 publish QoS 1 while the leader of some of their partitions, broker
+    2, is SIGKILLed: every acknowledged publish is in Kafka, and publishes to the partitions
+    that moved are acknowledged again once their new leader has them."""
+    c = cluster(3)
+    create_topic(c[0], "mqtt", 6)
+    wait_until(lambda: balanced(c[0], "mqtt", {1, 2, 3}, 6), 15, what="the MQTT topic's partitions spread")
+    before = leaders(c[0], "mqtt")
+    moved = {p for p, l in before.items() if l == 2}
+    devices = [Device(c[0], f"dev-{i}") for i in range(24)]
+    sent: dict[str, dict[int, int]] = {d.c._client_id.decode(): {} for d in devices}  # device -> mid -> seq
+    stop = threading.Event()
+    rounds = [0]
+
+    def publish():
+        while not stop.is_set():
+            seq = rounds[0]
+            for d in devices:
+                if d.c.is_connected():
+                    info = d.c.publish(f"plant/{d.c._client_id.decode()}/temp", json.dumps({"seq": seq}), qos=1)
+                    sent[d.c._client_id.decode()][info.mid] = seq
+            rounds[0] = seq + 1
+            time.sleep(0.02)
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+    time.sleep(1.5)
+    seq_at_kill = rounds[0]
+    c[1].kill()
+    wait_until(lambda: all(l != 2 for l in leaders(c[0], "mqtt").values()), 15,
+               what="the killed broker's partitions to move")
+    time.sleep(3.0)
+    stop.set()
+    t.join(10)
+    time.sleep(2.0)  # acknowledgements still on their way
+    acked = {}
+    for d in devices:
+        name = d.c._client_id.decode()
+        with d.lock:
+            acked[name] = {sent[name][mid] for mid in d.acked_mids if mid in sent[name]}
+    total = sum(len(s) for s in acked.values())
+    recs = kafka_records(c[0], "mqtt", total)
+    stored: dict[str, set[int]] = {}
+    partition_of: dict[str, int] = {}
+    for r in recs:
+        stored.setdefault(r.key.decode(), set()).add(json.loads(r.value)["seq"])
+        partition_of[r.key.decode()] = r.partition
+    lost = {name: sorted(s - stored.get(name, set()))[:5] for name, s in acked.items() if s - stored.get(name, set())}
+    assert not lost, f"acknowledged publishes missing from Kafka: {lost}"
+    # Devices whose partition moved were acknowledged again after the kill (50 rounds of
+    # 20 ms or more later): the forwarder found the new leader.
+    on_moved = [name for name, p in partition_of.items() if p in moved]
+    assert on_moved, (before, partition_of)
+    late = [name for name in on_moved if max(acked[name], default=-1) > seq_at_kill + 50]
+    assert late == on_moved, (f"no acknowledgement after the kill for {sorted(set(on_moved) - set(late))}"
+                              f" (killed at round {seq_at_kill}, stopped at {rounds[0]})")
     for d in devices:
         d.disconnect()

@@ -13,7 +13,7 @@
 //! forwarder, which produces them to the leader through a Kafka client
 //! (acks=all), one batch at a time, so a partition's records keep their order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -199,38 +199,89 @@ impl Forwarder {
     }
 }
 
-/// Produces each batch to its partition's leader in turn (the client finds the leader
-/// and retries while leadership moves), then acknowledges its records.
+/// Produces forwarded records to their leaders and then acknowledges them. Each round
+/// takes what has queued, merged per partition in arrival order (up to `MAX_BATCH_BYTES`
+/// each), and sends it with one request per leader, so a backlog costs one round trip,
+/// not one per batch. Rounds run one after another, which keeps each partition's order;
+/// the client finds the leaders and retries while leadership moves.
 async fn forward(bootstrap: String, mut rx: mpsc::Receiver<Forward>) {
     let mut client: Option<Client> = None;
-    while let Some(f) = rx.recv().await {
-        let produced = match client.as_mut() {
-            Some(c) => c.produce(&f.topic, f.partition, &f.records, Acks::All).await,
-            None => match Client::connect(&bootstrap).await {
-                Ok(c) => {
-                    client
-                        .insert(c)
-                        .produce(&f.topic, f.partition, &f.records, Acks::All)
-                        .await
+    let mut queue: VecDeque<Forward> = VecDeque::new();
+    let mut arrived = Vec::new();
+    loop {
+        if queue.is_empty() && rx.recv_many(&mut arrived, 1024).await == 0 {
+            return;
+        }
+        while let Ok(f) = rx.try_recv() {
+            arrived.push(f);
+        }
+        queue.extend(arrived.drain(..));
+        for (topic, parts) in take_round(&mut queue) {
+            let batches: Vec<(i32, &[ProduceRecord])> = parts.iter().map(|(p, m)| (*p, &m.records[..])).collect();
+            let produced = match client.as_mut() {
+                Some(c) => c.produce_partitions(&topic, &batches, Acks::All).await,
+                None => match Client::connect(&bootstrap).await {
+                    Ok(c) => client.insert(c).produce_partitions(&topic, &batches, Acks::All).await,
+                    Err(e) => Err(e),
+                },
+            };
+            let acks = parts.into_values().flat_map(|m| m.acks);
+            match produced {
+                Ok(_) => {
+                    for ack in acks.flatten() {
+                        let _ = ack.send(Ok(()));
+                    }
                 }
-                Err(e) => Err(e),
-            },
-        };
-        match produced {
-            Ok(_) => {
-                for ack in f.acks.into_iter().flatten() {
-                    let _ = ack.send(Ok(()));
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %format!("{e:#}"),
+                        "forwarding MQTT records to the partitions' leaders failed");
+                    fail_all(acks.collect(), format!("forwarding to the partition's leader: {e:#}"));
+                    // A fresh connection and metadata for the next round.
+                    client = None;
                 }
-            }
-            Err(e) => {
-                tracing::warn!(topic = %f.topic, partition = f.partition, error = %format!("{e:#}"),
-                    "forwarding MQTT records to the partition's leader failed");
-                fail_all(f.acks, format!("forwarding to the partition's leader: {e:#}"));
-                // A fresh connection and metadata for the next batch.
-                client = None;
             }
         }
     }
+}
+
+/// One partition's forwarded records in a round.
+#[derive(Default)]
+struct Merged {
+    records: Vec<ProduceRecord>,
+    acks: Vec<Option<oneshot::Sender<AckResult>>>,
+    bytes: usize,
+}
+
+/// Takes forwards from the front of `queue`, merged per topic and partition in order, until
+/// one would take its partition's batch past `MAX_BATCH_BYTES`.
+fn take_round(queue: &mut VecDeque<Forward>) -> BTreeMap<String, BTreeMap<i32, Merged>> {
+    let mut round: BTreeMap<String, BTreeMap<i32, Merged>> = BTreeMap::new();
+    while let Some(f) = queue.front() {
+        let size: usize = f.records.iter().map(record_bytes).sum();
+        let merged = round
+            .entry(f.topic.clone())
+            .or_default()
+            .entry(f.partition)
+            .or_default();
+        if !merged.records.is_empty() && merged.bytes + size > MAX_BATCH_BYTES {
+            break;
+        }
+        let f = queue.pop_front().expect("a front");
+        merged.bytes += size;
+        merged.records.extend(f.records);
+        merged.acks.extend(f.acks);
+    }
+    round.retain(|_, parts| {
+        parts.retain(|_, m| !m.records.is_empty());
+        !parts.is_empty()
+    });
+    round
+}
+
+/// About what a record takes in a batch.
+fn record_bytes(r: &ProduceRecord) -> usize {
+    let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    32 + len(&r.key) + len(&r.value) + r.headers.iter().map(|(k, v)| k.len() + len(v)).sum::<usize>()
 }
 
 fn split_by_size(recs: Vec<OutRecord>) -> Vec<Vec<OutRecord>> {
