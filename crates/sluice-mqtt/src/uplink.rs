@@ -11,7 +11,8 @@
 //! In a cluster a partition may be led by another broker: the log refuses
 //! those batches (NotLeader), and the writer hands their records to the
 //! forwarder, which produces them to the leader through a Kafka client
-//! (acks=all), one batch at a time, so a partition's records keep their order.
+//! (acks=all), in rounds one after another, so a partition's records keep
+//! their order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
