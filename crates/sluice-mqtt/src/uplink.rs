@@ -272,10 +272,6 @@ fn take_round(queue: &mut VecDeque<Forward>) -> BTreeMap<String, BTreeMap<i32, M
         merged.records.extend(f.records);
         merged.acks.extend(f.acks);
     }
-    round.retain(|_, parts| {
-        parts.retain(|_, m| !m.records.is_empty());
-        !parts.is_empty()
-    });
     round
 }
 
