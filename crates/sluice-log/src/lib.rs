@@ -94,7 +94,8 @@ pub(crate) struct Metrics {
     pub compactions: IntCounter,
 }
 
-pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    Metrics {
     flushes: register_int_counter!("sluice_log_flushes_total", "Group-commit flushes").unwrap(),
     flush_bytes: register_int_counter!("sluice_log_flush_bytes_total", "Bytes written in data objects").unwrap(),
     flush_seconds: register_histogram!(
@@ -111,7 +112,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     .unwrap(),
     flush_stage_seconds: register_histogram_vec!(
         "sluice_log_flush_stage_seconds",
-        "Time of one flush stage: put (object), commit (metadata), journal (append, sync), upload",
+        "Time of one flush stage: put (object), commit (metadata), journal (append and sync, as the flusher waits for them), journal_sync (the write and sync alone), upload",
         &["stage"],
         vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
     )
@@ -138,6 +139,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Segments written by compacting flush objects"
     )
     .unwrap(),
+}
 });
 
 #[derive(Debug, Clone)]
