@@ -185,11 +185,22 @@ step() {
     local name="$1"
     shift
     log "$name: $*"
+    # The broker's histograms around the step (benches/broker_tail.py): how many of its
+    # answers, and of its journal syncs alone, took over 5 ms.
+    local metrics="http://127.0.0.1:$HTTP_PORT/metrics"
+    if [[ -n "$BROKER_PID" ]]; then
+        python3 "$ROOT/benches/broker_tail.py" snapshot "$metrics" >"$RES/$name.metrics" || true
+    fi
     if ! "$@" >"$RES/$name.json"; then
         cat "$RES/$name.json" >&2 || true
         die "step $name failed"
     fi
     cat "$RES/$name.json" >&2
+    if [[ -s "$RES/$name.metrics" ]]; then
+        python3 "$ROOT/benches/broker_tail.py" diff "$metrics" "$RES/$name.metrics" >"$RES/$name.broker.json" &&
+            cat "$RES/$name.broker.json" >&2
+        rm -f "$RES/$name.metrics"
+    fi
     # The broker's memory after each step, to see which step set its peak.
     if [[ -n "$BROKER_PID" ]]; then
         awk -v step="$name" '/^VmHWM:/ {h=$2} /^VmRSS:/ {r=$2} END {print step, h, r}' \

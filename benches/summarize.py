@@ -25,6 +25,9 @@ def load(d: str) -> dict:
     for n in STEPS:
         p = os.path.join(d, n + ".json")
         r[n] = json.load(open(p)) if os.path.exists(p) else None
+        # The broker's histograms over the step (benches/broker_tail.py), where it ran.
+        p = os.path.join(d, n + ".broker.json")
+        r[n + ".broker"] = json.load(open(p)) if os.path.exists(p) else None
     return r
 
 
@@ -141,6 +144,12 @@ def build(runs: list[dict]) -> list[Row]:
             l = x[field]
             rw.values.append(l["p99"])
             rw.detail.append(f"p50 {l['p50']:.1f} p99.9 {l['p999']:.1f} max {l['max']:.1f}")
+            b = r.get(key + ".broker")
+            if b:
+                # Disk or the rest of the broker: its slow answers beside its slow syncs.
+                p, j = b["produce"], b["journal_sync"]
+                rw.detail[-1] += (f"; broker > 5 ms: {p['over_5ms']:,} of {p['count']:,} Produce,"
+                                  f" {j['over_5ms']:,} of {j['count']:,} journal syncs")
 
         lat("fsync", "new file + fsync + dir fsync (a flush's write)", "latency_ms")
         lat("journal_floor", "the journal's write @ 2000 rec/s (C model, no broker)", "latency_ms")
