@@ -11,13 +11,15 @@ real S3 API server (moto), driven by librdkafka.
 * Metadata, DescribeCluster, `sluice cluster status|drain` and GET /api/v1/cluster.
 * MQTT devices (paho-mqtt) connected to one broker publish into partitions that other
   brokers lead: the gateway forwards those records to their leaders, and SIGKILL of such
-  a leader loses no acknowledged publish.
+  a leader loses no acknowledged publish. A retained message set, replaced or cleared on
+  one broker reaches new subscribers on the others.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import threading
 import time
@@ -349,6 +351,44 @@ def test_mqtt_uplink_reaches_partitions_other_brokers_lead(cluster):
     assert {lead[p] for p in used} - {1}, (lead, used)
     for d in devices:
         d.disconnect()
+
+
+def test_mqtt_retained_messages_follow_updates_made_on_other_brokers(cluster):
+    """A retained message set on broker 1, replaced on broker 3 and cleared on broker 1 is,
+    at each step and within seconds, what a new subscriber receives on every broker: each
+    re-reads the retained messages the others set or cleared (all three were started
+    before the first one was set, so none has it from its start)."""
+    c = cluster(3)
+    subscribers = iter(range(1_000_000))
+
+    def retained_on(b) -> bytes | None:
+        d = Device(b, f"sub-{next(subscribers)}")
+        try:
+            d.subscribe("site/+/state", qos=1)
+            try:
+                m = d.recv(timeout=0.5)
+            except queue.Empty:
+                return None
+            assert m.retain and m.topic == "site/a/state", (m.topic, m.retain)
+            return m.payload
+        finally:
+            d.disconnect()
+
+    pub1, pub3 = Device(c[0], "pub-1"), Device(c[2], "pub-3")
+    pub1.publish("site/a/state", b"v1", qos=1, retain=True)
+    for b in c:
+        wait_until(lambda: retained_on(b) == b"v1", 15, what=f"{b.name} to hold v1, set on node1")
+    pub3.publish("site/a/state", b"v2", qos=1, retain=True)
+    for b in c:
+        wait_until(lambda: retained_on(b) == b"v2", 15, what=f"{b.name} to hold v2, set on node3")
+    pub1.publish("site/a/state", b"", qos=1, retain=True)
+    for b in c:
+        wait_until(lambda: retained_on(b) is None, 15, what=f"{b.name} to have v2 cleared on node1")
+    # Cleared stays cleared: no broker brings v1 or v2 back from the store later.
+    time.sleep(2.5)
+    assert [retained_on(b) for b in c] == [None, None, None]
+    pub1.disconnect()
+    pub3.disconnect()
 
 
 def test_mqtt_publishes_forwarded_to_a_killed_leader_are_not_lost(cluster):

@@ -131,7 +131,7 @@ struct SharedGroup {
 pub struct Broker {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subs: RwLock<SubIndex>,
-    pub retained: RetainedStore,
+    pub retained: Arc<RetainedStore>,
     pub events: Events,
     max_queued: usize,
     next_conn: AtomicU64,
@@ -145,7 +145,7 @@ pub struct Attached {
 }
 
 impl Broker {
-    pub fn new(events: Events, retained: RetainedStore, max_queued: usize) -> Arc<Self> {
+    pub fn new(events: Events, retained: Arc<RetainedStore>, max_queued: usize) -> Arc<Self> {
         Arc::new(Self {
             sessions: Mutex::new(HashMap::new()),
             subs: RwLock::new(SubIndex::default()),
@@ -454,7 +454,7 @@ mod tests {
 
     fn broker() -> (Arc<Broker>, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
         let (events, rx) = Events::capture();
-        (Broker::new(events, RetainedStore::in_memory(), 3), rx)
+        (Broker::new(events, Arc::new(RetainedStore::in_memory()), 3), rx)
     }
 
     fn msg(topic: &str, qos: QoS, retain: bool) -> Message {

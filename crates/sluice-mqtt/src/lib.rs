@@ -53,12 +53,14 @@ impl Gateway {
     /// Loads rules and retained messages from the metadata store, starts the
     /// uplink writer, the event writer and the downlink. `forward_to` is this
     /// broker's own Kafka address: records for partitions that another broker of
-    /// the cluster leads are produced to it through there.
+    /// the cluster leads are produced to it through there. Every `retained_refresh`
+    /// the retained messages other brokers set or cleared are read from the store.
     pub async fn start(
         log: Log,
         cfg: MqttConfig,
         auth: Option<Arc<dyn Authenticator>>,
         forward_to: Option<String>,
+        retained_refresh: Option<std::time::Duration>,
     ) -> Result<Arc<Self>> {
         let auth: Arc<dyn Authenticator> = match auth {
             Some(a) => a,
@@ -74,7 +76,7 @@ impl Gateway {
         }
         let uplink = Uplink::start(log.clone(), forward_to);
         let events = events::Events::start(uplink.clone(), cfg.events_topic.clone(), rules.clone());
-        let retained = retained::RetainedStore::open(pool.clone())
+        let retained = retained::RetainedStore::open(pool.clone(), retained_refresh)
             .await
             .context("loading retained MQTT messages")?;
         let broker = Broker::new(events, retained, cfg.max_queued_messages);
