@@ -12,7 +12,8 @@ real S3 API server (moto), driven by librdkafka.
 * MQTT devices (paho-mqtt) connected to one broker publish into partitions that other
   brokers lead: the gateway forwards those records to their leaders, and SIGKILL of such
   a leader loses no acknowledged publish. A retained message set, replaced or cleared on
-  one broker reaches new subscribers on the others.
+  one broker reaches new subscribers on the others. Commands reach devices on every
+  broker, whichever broker leads their partition.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from conftest import Wire, build_record_batch, create_topic, http_get, wait_until
 from loadgen import LoadProducer, check_exactly_once
-from mqtt_helpers import Device, headers, kafka_records
+from mqtt_helpers import Device, events, headers, kafka_records
 import services
 
 # The failover target of the issue; the figures measured are printed.
@@ -350,6 +351,48 @@ def test_mqtt_uplink_reaches_partitions_other_brokers_lead(cluster):
     used = {rs[0].partition for rs in by_key.values()}
     assert {lead[p] for p in used} - {1}, (lead, used)
     for d in devices:
+        d.disconnect()
+
+
+def test_mqtt_commands_reach_devices_on_every_broker(cluster):
+    """Commands produced to mqtt.commands, whose partitions three brokers lead, reach the
+    devices subscribed on each broker: every command once, in order, also where another
+    broker leads its partition. A command no device subscribed to is reported dropped once;
+    delivered ones are not."""
+    c = cluster(3)
+    # The gateways create the commands topic when they start; it grows to 6 partitions.
+    wait_until(lambda: leaders(c[0], "mqtt.commands"), 15, what="the commands topic")
+    admin = AdminClient({"bootstrap.servers": c[0].bootstrap})
+    admin.create_partitions([NewPartitions("mqtt.commands", 6)])["mqtt.commands"].result(timeout=20)
+    wait_until(lambda: balanced(c[0], "mqtt.commands", {1, 2, 3}, 6), 15,
+               what="the commands topic's partitions spread")
+    lead = leaders(c[0], "mqtt.commands")
+    devices = {f"dev-{n}-{i}": (n, Device(c[n], f"dev-{n}-{i}")) for n in range(3) for i in range(3)}
+    for name, (_, d) in devices.items():
+        d.subscribe(f"cmd/{name}", qos=1)
+    # Every broker's routes written and read by the others (each second).
+    time.sleep(2.5)
+    n = 10
+    p = Producer({"bootstrap.servers": c[0].bootstrap, "enable.idempotence": True})
+    for i in range(n):
+        for name in devices:
+            p.produce("mqtt.commands", key=name.encode(), value=json.dumps({"seq": i}).encode(),
+                      headers=[("mqtt.topic", f"cmd/{name}".encode()), ("mqtt.qos", b"1")])
+    p.produce("mqtt.commands", key=b"nobody", value=b"x", headers=[("mqtt.topic", b"cmd/nobody")])
+    assert p.flush(15) == 0
+    recs = kafka_records(c[0], "mqtt.commands", n * len(devices) + 1)
+    partition_of = {r.key.decode(): r.partition for r in recs}
+    for name, (_, d) in devices.items():
+        got = d.recv_n(n, timeout=20)
+        assert [(m.topic, json.loads(m.payload)["seq"]) for m in got] == [(f"cmd/{name}", i) for i in range(n)], name
+        d.no_message(0.5)
+    # Devices got commands from partitions that brokers other than their own lead.
+    assert any(lead[partition_of[name]] != node + 1 for name, (node, _) in devices.items()), (lead, partition_of)
+    dropped = events(c[0], 1, lambda e: e["event"] == "message.dropped")
+    time.sleep(2)
+    dropped = events(c[0], 1, lambda e: e["event"] == "message.dropped")
+    assert [e.get("topic") for e in dropped] == ["cmd/nobody"], dropped
+    for _, d in devices.values():
         d.disconnect()
 
 

@@ -285,6 +285,18 @@ impl Broker {
         existed
     }
 
+    /// The topic filters this broker has subscribers for (share groups by their filter).
+    pub fn filters(&self) -> HashSet<String> {
+        let idx = self.subs.read().unwrap();
+        let plain = idx.plain.iter().filter(|(_, c)| !c.is_empty()).map(|(f, _)| f.clone());
+        let shared = idx
+            .shared
+            .iter()
+            .filter(|(_, g)| !g.members.is_empty())
+            .map(|((_, f), _)| f.clone());
+        plain.chain(shared).collect()
+    }
+
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, session: &Session, filter: &SubFilter) -> bool {
         let existed = session.state.lock().unwrap().subs.remove(&filter.raw()).is_some();
@@ -541,6 +553,22 @@ mod tests {
         assert_eq!(b.route(&msg("t", QoS::AtLeastOnce, false)), 0);
         b.detach(&fresh.session, fresh.conn_id);
         assert_eq!(b.session_count(), 0);
+    }
+
+    #[test]
+    fn filters_are_those_with_a_subscriber_left() {
+        let (b, _ev) = broker();
+        let s = b.attach("s", true, Some(Duration::ZERO), Arc::new(Notify::new()));
+        let plain = SubFilter::parse("cmd/+").unwrap();
+        let shared = SubFilter::parse("$share/g/jobs/#").unwrap();
+        b.subscribe(&s.session, &plain, opts(QoS::AtLeastOnce));
+        b.subscribe(&s.session, &shared, opts(QoS::AtLeastOnce));
+        let mut got: Vec<String> = b.filters().into_iter().collect();
+        got.sort();
+        assert_eq!(got, ["cmd/+", "jobs/#"]);
+        b.unsubscribe(&s.session, &plain);
+        b.unsubscribe(&s.session, &shared);
+        assert!(b.filters().is_empty());
     }
 
     #[test]

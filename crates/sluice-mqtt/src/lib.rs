@@ -7,7 +7,8 @@
 //!   publishes are acknowledged once their record is durable.
 //! - `rules`: EMQX-style SQL rules (`SELECT ... FROM "<filter>" WHERE ...`) and their REST API.
 //! - `events`: lifecycle and delivery events into `mqtt.events`.
-//! - `downlink`: records of `mqtt.commands` published to devices.
+//! - `downlink`: records of `mqtt.commands` published to devices, on every broker.
+//! - `routes`: the topic filters each broker has subscribers for, shared through the store.
 
 pub mod auth;
 pub mod bench;
@@ -20,6 +21,7 @@ mod message;
 mod proto;
 mod rest;
 mod retained;
+mod routes;
 pub mod rules;
 pub mod topic;
 mod uplink;
@@ -40,6 +42,17 @@ use message::Message;
 use rules::{MessageCtx, Rules};
 use uplink::{AckResult, OutRecord, Uplink};
 
+/// The broker a gateway runs in, as one of a cluster's (or the only one).
+pub struct Membership {
+    pub node_id: i32,
+    /// The broker's own Kafka address: records and commands of partitions another broker
+    /// leads are produced to and fetched from it through there.
+    pub kafka_address: String,
+    /// How often what other brokers keep in the metadata store is re-read (retained
+    /// messages, subscriptions' topic filters).
+    pub refresh: std::time::Duration,
+}
+
 /// Everything a connection needs. One per process.
 pub struct Gateway {
     broker: Arc<Broker>,
@@ -51,16 +64,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads rules and retained messages from the metadata store, starts the
-    /// uplink writer, the event writer and the downlink. `forward_to` is this
-    /// broker's own Kafka address: records for partitions that another broker of
-    /// the cluster leads are produced to it through there. Every `retained_refresh`
-    /// the retained messages other brokers set or cleared are read from the store.
+    /// uplink writer, the event writer, the route registry and the downlink, for the
+    /// broker `member` describes.
     pub async fn start(
         log: Log,
         cfg: MqttConfig,
         auth: Option<Arc<dyn Authenticator>>,
-        forward_to: Option<String>,
-        retained_refresh: Option<std::time::Duration>,
+        member: Membership,
     ) -> Result<Arc<Self>> {
         let auth: Arc<dyn Authenticator> = match auth {
             Some(a) => a,
@@ -74,9 +84,9 @@ impl Gateway {
                 .await
                 .with_context(|| format!("rule {} in the config file", r.name))?;
         }
-        let uplink = Uplink::start(log.clone(), forward_to);
+        let uplink = Uplink::start(log.clone(), Some(member.kafka_address.clone()));
         let events = events::Events::start(uplink.clone(), cfg.events_topic.clone(), rules.clone());
-        let retained = retained::RetainedStore::open(pool.clone(), retained_refresh)
+        let retained = retained::RetainedStore::open(pool.clone(), Some(member.refresh))
             .await
             .context("loading retained MQTT messages")?;
         let broker = Broker::new(events, retained, cfg.max_queued_messages);
@@ -87,8 +97,11 @@ impl Gateway {
             auth,
             cfg,
         });
+        let routes = routes::Routes::start(&gw.broker, log.meta().clone(), member.node_id, member.refresh)
+            .await
+            .context("registering MQTT routes")?;
         if !gw.cfg.commands_topic.is_empty() {
-            downlink::start(gw.clone(), log, pool);
+            downlink::start(gw.clone(), log, pool, routes, member.node_id, member.kafka_address);
         }
         Ok(gw)
     }

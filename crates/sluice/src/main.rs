@@ -184,16 +184,14 @@ async fn serve(cfg: Config) -> Result<()> {
         .await
         .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_listen))?;
     let own_kafka = format!("{}:{}", broker.config.advertised_host, broker.config.advertised_port);
-    // Other brokers' retained messages: about as fresh as the cluster's topology, at most a second old.
-    let retained_refresh = cfg.cluster_poll_interval.max(std::time::Duration::from_secs(1));
-    let gateway = sluice_mqtt::Gateway::start(
-        broker.log.clone(),
-        cfg.mqtt.clone(),
-        None,
-        Some(own_kafka),
-        Some(retained_refresh),
-    )
-    .await?;
+    let member = sluice_mqtt::Membership {
+        node_id: cfg.node_id,
+        kafka_address: own_kafka,
+        // What other brokers' gateways keep in the store: about as fresh as the cluster's
+        // topology, at most a second old.
+        refresh: cfg.cluster_poll_interval.max(std::time::Duration::from_secs(1)),
+    };
+    let gateway = sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None, member).await?;
     tracing::info!(
         kafka = %cfg.kafka_listen,
         http = %cfg.http_listen,
