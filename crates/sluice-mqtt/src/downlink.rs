@@ -180,9 +180,17 @@ impl Downlink {
                     Ok(f) => {
                         self.publish_from(p, from, f.records, f.next_offset, false).await?;
                     }
+                    // Behind the log start (retention), or past the end (a position taken
+                    // from elsewhere): carry on from the start, or from the end.
                     Err(e) if response_error(&e) == Some(ResponseError::OffsetOutOfRange) => {
                         let earliest = c.list_offsets(name, p, -2).await?;
-                        self.reset(p, from, earliest);
+                        let to = if from < earliest {
+                            earliest
+                        } else {
+                            c.list_offsets(name, p, -1).await?
+                        };
+                        self.reset(p, from, to);
+                        failed = true;
                     }
                     // Leadership moving: the client re-reads the metadata.
                     Err(e) => {
@@ -206,11 +214,11 @@ impl Downlink {
         *at
     }
 
-    /// Moves partition `p` from `from` (gone from the log) to `to`.
+    /// Moves partition `p` from `from`, out of the log's range, to `to`.
     fn reset(&self, p: i32, from: i64, to: i64) {
         let mut positions = self.positions.lock().unwrap();
         if positions.get(&p) == Some(&from) {
-            positions.insert(p, to.max(from));
+            positions.insert(p, to);
         }
     }
 
