@@ -81,24 +81,24 @@ impl Downlink {
             .context("creating the commands topic")?;
         self.load_positions(&name).await?;
         tokio::select! {
-            r = self.local(&name, &topic) => r?,
-            r = self.remote(&name, &topic) => r?,
+            r = self.local(&topic) => r?,
+            r = self.remote(&topic) => r?,
         }
         // Replaced (deleted and created again): the new topic starts from its beginning.
         self.forget_positions(&name).await?;
         anyhow::bail!("commands topic {name} was replaced")
     }
 
-    fn replaced(&self, name: &str, topic: &Topic) -> bool {
-        self.log.topic(name).is_none_or(|t| t.id != topic.id)
+    fn replaced(&self, topic: &Topic) -> bool {
+        self.log.topic(&topic.name).is_none_or(|t| t.id != topic.id)
     }
 
     /// Publishes the partitions this broker leads, from the log, as they are committed.
     /// Returns when the topic is replaced.
-    async fn local(&self, name: &str, topic: &Arc<Topic>) -> Result<()> {
+    async fn local(&self, topic: &Arc<Topic>) -> Result<()> {
         let mut commits = self.log.subscribe();
         loop {
-            if self.replaced(name, topic) {
+            if self.replaced(topic) {
                 return Ok(());
             }
             let mut progressed = false;
@@ -131,10 +131,11 @@ impl Downlink {
 
     /// Publishes the partitions other brokers lead, fetched from them (long polls of
     /// `REMOTE_WAIT`). Returns when the topic is replaced.
-    async fn remote(&self, name: &str, topic: &Arc<Topic>) -> Result<()> {
+    async fn remote(&self, topic: &Arc<Topic>) -> Result<()> {
+        let name = topic.name.as_str();
         let mut client: Option<Client> = None;
         loop {
-            if self.replaced(name, topic) {
+            if self.replaced(topic) {
                 return Ok(());
             }
             let wanted: Vec<(i32, i64)> = (0..topic.partition_count())

@@ -84,9 +84,9 @@ impl Gateway {
                 .await
                 .with_context(|| format!("rule {} in the config file", r.name))?;
         }
-        let uplink = Uplink::start(log.clone(), Some(member.kafka_address.clone()));
+        let uplink = Uplink::start(log.clone(), member.kafka_address.clone());
         let events = events::Events::start(uplink.clone(), cfg.events_topic.clone(), rules.clone());
-        let retained = retained::RetainedStore::open(pool.clone(), Some(member.refresh))
+        let retained = retained::RetainedStore::open(pool.clone(), member.refresh)
             .await
             .context("loading retained MQTT messages")?;
         let broker = Broker::new(events, retained, cfg.max_queued_messages);

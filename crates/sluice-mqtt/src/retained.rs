@@ -67,9 +67,9 @@ impl RetainedStore {
         }
     }
 
-    /// Loads the retained messages and starts writing changes through. With `refresh`,
-    /// re-reads that often what other brokers sharing the store retained or cleared.
-    pub async fn open(pool: AnyPool, refresh: Option<Duration>) -> Result<Arc<Self>> {
+    /// Loads the retained messages and starts writing changes through. Every `refresh`
+    /// it re-reads what other brokers sharing the store retained or cleared.
+    pub async fn open(pool: AnyPool, refresh: Duration) -> Result<Arc<Self>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let store = Self {
             map: RwLock::new(HashMap::new()),
@@ -78,9 +78,7 @@ impl RetainedStore {
         let newest = store.load(&pool, i64::MIN).await?;
         tokio::spawn(write_through(pool.clone(), rx));
         let store = Arc::new(store);
-        if let Some(every) = refresh {
-            tokio::spawn(refresh_loop(Arc::downgrade(&store), pool, every, newest));
-        }
+        tokio::spawn(refresh_loop(Arc::downgrade(&store), pool, refresh, newest));
         Ok(store)
     }
 

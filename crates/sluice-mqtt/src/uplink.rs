@@ -53,11 +53,10 @@ const MAX_BATCH_BYTES: usize = 900 << 10;
 
 impl Uplink {
     /// Starts the writer. `forward_to`: a Kafka address of this cluster (this broker's
-    /// own) through which records for partitions led elsewhere reach their leader; without
-    /// it they fail.
-    pub fn start(log: Log, forward_to: Option<String>) -> Self {
+    /// own) through which records for partitions led elsewhere reach their leader.
+    pub fn start(log: Log, forward_to: String) -> Self {
         let (tx, rx) = mpsc::channel(65536);
-        let forwarder = forward_to.map(Forwarder::start);
+        let forwarder = Forwarder::start(forward_to);
         tokio::spawn(run(log, rx, forwarder));
         Self { tx }
     }
@@ -80,7 +79,7 @@ impl Uplink {
     }
 }
 
-async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>, forwarder: Option<Forwarder>) {
+async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>, forwarder: Forwarder) {
     let mut round = Vec::with_capacity(1024);
     let mut rr: u32 = 0;
     while rx.recv_many(&mut round, MAX_ROUND).await > 0 {
@@ -116,13 +115,13 @@ async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>, forwarder: Option<Forw
         }
         for (topic, partition, recs) in groups.groups {
             for chunk in split_by_size(recs) {
-                submit(&log, forwarder.as_ref(), &topic, partition, chunk).await;
+                submit(&log, &forwarder, &topic, partition, chunk).await;
             }
         }
     }
 }
 
-async fn submit(log: &Log, forwarder: Option<&Forwarder>, topic: &Arc<Topic>, partition: i32, recs: Vec<OutRecord>) {
+async fn submit(log: &Log, forwarder: &Forwarder, topic: &Arc<Topic>, partition: i32, recs: Vec<OutRecord>) {
     let (records, acks): (Vec<ProduceRecord>, Vec<_>) = recs
         .into_iter()
         .map(|r| {
@@ -157,14 +156,14 @@ async fn submit(log: &Log, forwarder: Option<&Forwarder>, topic: &Arc<Topic>, pa
                 }
             });
         }
-        Err(LogError::NotLeader) if forwarder.is_some() => {
+        Err(LogError::NotLeader) => {
             let forward = Forward {
                 topic: topic.name.clone(),
                 partition,
                 records,
                 acks,
             };
-            forwarder.expect("checked").send(forward).await;
+            forwarder.send(forward).await;
         }
         Err(e) => {
             tracing::warn!(topic = %topic.name, partition, error = %e, "MQTT uplink append refused");

@@ -187,8 +187,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let member = sluice_mqtt::Membership {
         node_id: cfg.node_id,
         kafka_address: own_kafka,
-        // What other brokers' gateways keep in the store: about as fresh as the cluster's
-        // topology, at most a second old.
+        // What other brokers' gateways keep in the store is re-read every second, or every
+        // cluster-poll-interval if that is longer.
         refresh: cfg.cluster_poll_interval.max(std::time::Duration::from_secs(1)),
     };
     let gateway = sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None, member).await?;
