@@ -313,6 +313,12 @@ impl Broker {
         if msg.retain {
             self.retained.set(msg);
         }
+        self.deliver(msg)
+    }
+
+    /// Delivers `msg` to every matching subscription, as `route` does, without
+    /// storing it as retained (another broker routed it and stored it).
+    pub fn deliver(&self, msg: &Message) -> usize {
         let topic: &str = &msg.topic;
         // One delivery per session, at the highest QoS of its matching subscriptions.
         let mut targets: HashMap<Arc<str>, (SubOpts, Vec<NonZeroU32>)> = HashMap::new();

@@ -22,6 +22,9 @@ pub struct MqttConfig {
     pub events_topic: String,
     /// Kafka topic whose records are published to devices.
     pub commands_topic: String,
+    /// Kafka topic carrying publishes to subscribers on other brokers of a cluster;
+    /// empty: subscribers receive the publishes made on their own broker only.
+    pub forward_topic: String,
     /// Largest MQTT packet accepted; a larger one closes the connection with 0x95.
     pub max_packet_size: u32,
     /// `user:password` pairs allowed to connect. Empty: anyone may connect
@@ -49,6 +52,7 @@ impl Default for MqttConfig {
             default_topic: "mqtt".into(),
             events_topic: "mqtt.events".into(),
             commands_topic: "mqtt.commands".into(),
+            forward_topic: "mqtt.forward".into(),
             max_packet_size: 1 << 20,
             users: Vec::new(),
             allow_anonymous: true,

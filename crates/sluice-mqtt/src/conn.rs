@@ -525,10 +525,11 @@ impl Conn {
                 self.pending_qos1 += 1;
             }
             self.pending.push_back(Box::pin(async move {
-                let result = match durable {
-                    Some(rx) => rx.await.unwrap_or_else(|_| Err("gateway is shutting down".into())),
-                    None => Ok(()),
-                };
+                let mut result = Ok(());
+                for rx in durable {
+                    let r = rx.await.unwrap_or_else(|_| Err("gateway is shutting down".into()));
+                    result = result.and(r);
+                }
                 PendingAck { pid, qos2, result }
             }));
         }

@@ -9,6 +9,8 @@
 //! - `events`: lifecycle and delivery events into `mqtt.events`.
 //! - `downlink`: records of `mqtt.commands` published to devices, on every broker.
 //! - `routes`: the topic filters each broker has subscribers for, shared through the store.
+//! - `forward`: publishes to subscribers on other brokers, through `mqtt.forward`.
+//! - `tail`: reads a topic on every broker (for `downlink` and `forward`).
 
 pub mod auth;
 pub mod bench;
@@ -17,12 +19,14 @@ pub mod config;
 mod conn;
 mod downlink;
 mod events;
+mod forward;
 mod message;
 mod proto;
 mod rest;
 mod retained;
 mod routes;
 pub mod rules;
+mod tail;
 pub mod topic;
 mod uplink;
 
@@ -38,7 +42,9 @@ pub use auth::{Authenticator, Credentials, StaticUsers};
 pub use config::{MqttConfig, RuleConfig};
 
 use broker::Broker;
+use forward::Forward;
 use message::Message;
+use routes::Routes;
 use rules::{MessageCtx, Rules};
 use uplink::{AckResult, OutRecord, Uplink};
 
@@ -60,12 +66,15 @@ pub struct Gateway {
     rules: Arc<Rules>,
     auth: Arc<dyn Authenticator>,
     cfg: MqttConfig,
+    routes: Arc<Routes>,
+    /// None when `forward-topic` is empty (no routing between brokers).
+    forward: Option<Forward>,
 }
 
 impl Gateway {
     /// Loads rules and retained messages from the metadata store, starts the
-    /// uplink writer, the event writer, the route registry and the downlink, for the
-    /// broker `member` describes.
+    /// uplink writer, the event writer, the route registry, routing between brokers and
+    /// the downlink, for the broker `member` describes.
     pub async fn start(
         log: Log,
         cfg: MqttConfig,
@@ -90,16 +99,22 @@ impl Gateway {
             .await
             .context("loading retained MQTT messages")?;
         let broker = Broker::new(events, retained, cfg.max_queued_messages);
+        let routes = Routes::start(&broker, log.meta().clone(), member.node_id, member.refresh)
+            .await
+            .context("registering MQTT routes")?;
+        let forward = (!cfg.forward_topic.is_empty()).then(|| {
+            let (topic, address) = (cfg.forward_topic.clone(), member.kafka_address.clone());
+            Forward::start(log.clone(), topic, member.node_id, address, &broker)
+        });
         let gw = Arc::new(Self {
             broker,
             uplink,
             rules,
             auth,
             cfg,
+            routes: routes.clone(),
+            forward,
         });
-        let routes = routes::Routes::start(&gw.broker, log.meta().clone(), member.node_id, member.refresh)
-            .await
-            .context("registering MQTT routes")?;
         if !gw.cfg.commands_topic.is_empty() {
             downlink::start(gw.clone(), log, pool, routes, member.node_id, member.kafka_address);
         }
@@ -120,17 +135,30 @@ impl Gateway {
     }
 
     /// Everything a message does once it is accepted from a client (or a
-    /// will fires): retained store and subscribers, rules, and the default
-    /// topic. Returns a receiver for the default-topic record's durability
-    /// when `acked` is set and the uplink is enabled.
+    /// will fires): retained store and subscribers, subscribers on other brokers, rules,
+    /// and the default topic. Returns, when `acked` is set, a receiver per record whose
+    /// durability the publisher's acknowledgement waits for (the default topic's, and the
+    /// forward topic's if other brokers have subscribers for it).
     async fn ingest(
         &self,
         msg: &Message,
         clientid: &str,
         username: Option<&str>,
         acked: bool,
-    ) -> Option<oneshot::Receiver<AckResult>> {
+    ) -> Vec<oneshot::Receiver<AckResult>> {
+        let mut durable = Vec::new();
         self.broker.route(msg);
+        if let Some(forward) = self.forward.as_ref().filter(|_| self.routes.elsewhere(&msg.topic)) {
+            match forward.record(msg, clientid).await {
+                Ok(rec) => durable.extend(self.write(rec, acked).await),
+                Err(e) => {
+                    tracing::warn!(error = %e, "forwarding an MQTT message to other brokers failed");
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(Err(format!("forwarding to other brokers: {e}")));
+                    durable.push(rx);
+                }
+            }
+        }
         if self.rules.any() {
             let ctx = MessageCtx {
                 clientid,
@@ -141,24 +169,25 @@ impl Gateway {
                 self.uplink.send(out).await;
             }
         }
-        if self.cfg.default_topic.is_empty() {
-            return None;
+        if !self.cfg.default_topic.is_empty() {
+            let rec = OutRecord {
+                topic: self.cfg.default_topic.clone(),
+                key: Some(Bytes::copy_from_slice(clientid.as_bytes())),
+                value: msg.payload.clone(),
+                headers: msg.to_headers(std::time::Instant::now()),
+                timestamp: msg.created_ms,
+                ack: None,
+            };
+            durable.extend(self.write(rec, acked).await);
         }
-        let mut headers = Vec::with_capacity(3 + msg.props.user_properties.len());
-        headers.push(("mqtt.topic".to_string(), Some(Bytes::from(msg.topic.to_string()))));
-        headers.push(("mqtt.qos".to_string(), Some(Bytes::from(msg.qos.value().to_string()))));
-        headers.push(("mqtt.retain".to_string(), Some(Bytes::from(msg.retain.to_string()))));
-        for (k, v) in &msg.props.user_properties {
-            headers.push((k.to_string(), Some(Bytes::from(v.to_string()))));
+        if !acked {
+            durable.clear();
         }
-        let rec = OutRecord {
-            topic: self.cfg.default_topic.clone(),
-            key: Some(Bytes::copy_from_slice(clientid.as_bytes())),
-            value: msg.payload.clone(),
-            headers,
-            timestamp: msg.created_ms,
-            ack: None,
-        };
+        durable
+    }
+
+    /// Queues a record for the log; with `acked`, returns a receiver for its durability.
+    async fn write(&self, rec: OutRecord, acked: bool) -> Option<oneshot::Receiver<AckResult>> {
         if acked {
             Some(self.uplink.send_acked(rec).await)
         } else {

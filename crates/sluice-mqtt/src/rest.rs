@@ -76,6 +76,7 @@ async fn status(State(gw): State<Arc<Gateway>>) -> Response {
         "default_topic": gw.cfg.default_topic,
         "events_topic": gw.cfg.events_topic,
         "commands_topic": gw.cfg.commands_topic,
+        "forward_topic": gw.cfg.forward_topic,
     }))
     .into_response()
 }

@@ -314,6 +314,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt_default_topic",
     "mqtt_events_topic",
     "mqtt_commands_topic",
+    "mqtt_forward_topic",
     "mqtt_max_packet_size",
     "mqtt_allow_anonymous",
     "store",
