@@ -98,8 +98,9 @@ impl Picker {
             self.settled_to = Some(r.last_offset + 1);
             return true;
         }
-        // Runs end at a segment or a young flush.
-        if segment || written_ms(&r.object_key).is_none_or(|t| t >= self.cutoff) {
+        // Runs end at a segment or a young flush (written after the cutoff's millisecond:
+        // with no minimum age, a flush of the pass's own millisecond is old enough).
+        if segment || written_ms(&r.object_key).is_none_or(|t| t > self.cutoff) {
             return false;
         }
         self.group.push(r);
