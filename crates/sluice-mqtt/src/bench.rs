@@ -45,6 +45,11 @@ pub struct MqttBenchArgs {
     /// Topic prefix; each client publishes to <prefix>/<client>.
     #[arg(long, default_value = "bench")]
     pub topic_prefix: String,
+    /// Topic filters one more connection holds while the clients publish, none matching
+    /// their topics (`<prefix>-sub/<n>/cmd`): what routing past many subscriptions costs,
+    /// such as a command topic per device.
+    #[arg(long, default_value_t = 0)]
+    pub subscriptions: usize,
 }
 
 #[derive(Default)]
@@ -60,6 +65,10 @@ pub async fn run(args: MqttBenchArgs, json: bool) -> Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
+    let subscriber = match args.subscriptions {
+        0 => None,
+        n => Some(subscribe_many(&args, n).await.context("subscribing")?),
+    };
     let stats = Arc::new(Stats::default());
     let hold = Duration::from_secs(args.seconds);
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
@@ -92,6 +101,7 @@ pub async fn run(args: MqttBenchArgs, json: bool) -> Result<()> {
         let _ = t.await;
     }
     let secs = started.elapsed().as_secs_f64();
+    drop(subscriber);
     let acked = stats.acked.load(Ordering::Relaxed);
     let connected = stats.connected.load(Ordering::Relaxed);
     let rate = acked as f64 / secs;
@@ -103,10 +113,14 @@ pub async fn run(args: MqttBenchArgs, json: bool) -> Result<()> {
             "{}",
             serde_json::json!({"clients": args.clients, "connected": connected, "failed": stats.failed.load(Ordering::Relaxed),
                 "connect_seconds": connect_secs, "seconds": secs, "messages": acked, "messages_per_sec": rate,
-                "qos": args.qos, "payload_bytes": args.payload, "server_rss_kb": rss})
+                "qos": args.qos, "payload_bytes": args.payload, "subscriptions": args.subscriptions,
+                "server_rss_kb": rss})
         );
     } else {
         println!("clients: {connected}/{} connected in {connect_secs:.1}s", args.clients);
+        if args.subscriptions > 0 {
+            println!("subscriptions held (matching no publish): {}", args.subscriptions);
+        }
         if !args.idle {
             println!(
                 "published: {acked} QoS {} messages acknowledged in {secs:.1}s = {rate:.0} msg/s",
@@ -140,22 +154,7 @@ async fn client(
     let mut wbuf = BytesMut::with_capacity(4096);
     let mut s = {
         let _permit = gate.acquire().await?;
-        let mut s = TcpStream::connect(&args.mqtt).await?;
-        s.set_nodelay(true)?;
-        let connect = v3::Connect {
-            client_id: ByteString::from(format!("bench-{i}")),
-            clean_session: true,
-            keep_alive: 0,
-            ..Default::default()
-        };
-        codec.encode(Packet::Connect(Box::new(connect)), &mut wbuf)?;
-        s.write_all(&wbuf).await?;
-        wbuf.clear();
-        match read_packet(&mut s, &mut codec, &mut rbuf).await? {
-            Packet::ConnectAck(a) if a.return_code == v3::ConnectAckReason::ConnectionAccepted => {}
-            other => bail!("connect refused: {other:?}"),
-        }
-        s
+        connect(&args.mqtt, format!("bench-{i}"), &mut codec, &mut rbuf).await?
     };
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let _ = start.wait_for(|go| *go).await;
@@ -228,6 +227,59 @@ async fn client(
     codec.encode(Packet::Disconnect, &mut wbuf)?;
     let _ = s.write_all(&wbuf).await;
     Ok(())
+}
+
+/// Connects as `client_id` (clean session, no keep-alive) and waits for the CONNACK.
+async fn connect(mqtt: &str, client_id: String, codec: &mut v3::Codec, rbuf: &mut BytesMut) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(mqtt).await?;
+    s.set_nodelay(true)?;
+    let connect = v3::Connect {
+        client_id: ByteString::from(client_id),
+        clean_session: true,
+        keep_alive: 0,
+        ..Default::default()
+    };
+    let mut wbuf = BytesMut::new();
+    codec.encode(Packet::Connect(Box::new(connect)), &mut wbuf)?;
+    s.write_all(&wbuf).await?;
+    match read_packet(&mut s, codec, rbuf).await? {
+        Packet::ConnectAck(a) if a.return_code == v3::ConnectAckReason::ConnectionAccepted => Ok(s),
+        other => bail!("connect refused: {other:?}"),
+    }
+}
+
+/// Connects `bench-subscriber` and subscribes it to `n` filters, a thousand per SUBSCRIBE.
+/// Returns the connection, to hold while the clients publish.
+async fn subscribe_many(args: &MqttBenchArgs, n: usize) -> Result<TcpStream> {
+    let (mut codec, mut rbuf) = (v3::Codec::new(0), BytesMut::new());
+    let mut s = connect(&args.mqtt, "bench-subscriber".into(), &mut codec, &mut rbuf).await?;
+    let filters: Vec<usize> = (0..n).collect();
+    for (chunk, packet_id) in filters.chunks(1000).zip(1u16..) {
+        let topic_filters = chunk
+            .iter()
+            .map(|i| {
+                (
+                    ByteString::from(format!("{}-sub/{i}/cmd", args.topic_prefix)),
+                    QoS::AtLeastOnce,
+                )
+            })
+            .collect();
+        let packet_id = std::num::NonZeroU16::new(packet_id).context("too many subscriptions")?;
+        let mut wbuf = BytesMut::new();
+        codec.encode(
+            Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            },
+            &mut wbuf,
+        )?;
+        s.write_all(&wbuf).await?;
+        match read_packet(&mut s, &mut codec, &mut rbuf).await? {
+            Packet::SubscribeAck { .. } => {}
+            other => bail!("expected SUBACK, got {other:?}"),
+        }
+    }
+    Ok(s)
 }
 
 async fn read_packet(s: &mut TcpStream, codec: &mut v3::Codec, buf: &mut BytesMut) -> Result<Packet> {

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::events::{self, Events};
 use crate::message::Message;
 use crate::retained::RetainedStore;
-use crate::topic::{matches, SubFilter};
+use crate::topic::{matches, FilterTree, SubFilter};
 
 /// Options of one subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ pub struct Session {
 #[derive(Default)]
 struct SubIndex {
     /// filter → client → options.
-    plain: HashMap<String, HashMap<Arc<str>, SubOpts>>,
+    plain: FilterTree<HashMap<Arc<str>, SubOpts>>,
     /// (group, filter) → members; one member gets each message, in turn.
     shared: HashMap<(String, String), SharedGroup>,
 }
@@ -272,8 +272,7 @@ impl Broker {
         match &filter.group {
             None => {
                 idx.plain
-                    .entry(filter.filter.clone())
-                    .or_default()
+                    .get_or_insert_with(&filter.filter, HashMap::new)
                     .insert(session.client_id.clone(), opts);
             }
             Some(g) => {
@@ -288,7 +287,11 @@ impl Broker {
     /// The topic filters this broker has subscribers for (share groups by their filter).
     pub fn filters(&self) -> HashSet<String> {
         let idx = self.subs.read().unwrap();
-        let plain = idx.plain.iter().filter(|(_, c)| !c.is_empty()).map(|(f, _)| f.clone());
+        let plain = idx
+            .plain
+            .iter()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(f, _)| f.to_string());
         let shared = idx
             .shared
             .iter()
@@ -337,13 +340,11 @@ impl Broker {
                 }
             };
             let idx = self.subs.read().unwrap();
-            for (filter, clients) in &idx.plain {
-                if matches(filter, topic) {
-                    for (c, o) in clients {
-                        add(c, o);
-                    }
+            idx.plain.for_each_match(topic, |_, clients| {
+                for (c, o) in clients {
+                    add(c, o);
                 }
-            }
+            });
             let has_shared = !idx.shared.is_empty();
             drop(idx);
             if has_shared {

@@ -11,12 +11,12 @@ use sluice_meta::MetaStore;
 use sqlx::Row;
 
 use crate::broker::Broker;
-use crate::topic::matches;
+use crate::topic::FilterTree;
 
 pub struct Routes {
     node_id: i32,
     /// The filters other live brokers have subscribers for, as last read.
-    elsewhere: RwLock<Vec<String>>,
+    elsewhere: RwLock<FilterTree<()>>,
 }
 
 impl Routes {
@@ -29,7 +29,7 @@ impl Routes {
             .await?;
         let routes = Arc::new(Self {
             node_id,
-            elsewhere: RwLock::new(Vec::new()),
+            elsewhere: RwLock::new(FilterTree::default()),
         });
         tokio::spawn(sync(Arc::downgrade(&routes), Arc::downgrade(broker), meta, every));
         Ok(routes)
@@ -37,7 +37,7 @@ impl Routes {
 
     /// Whether another live broker has a subscription matching `topic`.
     pub fn elsewhere(&self, topic: &str) -> bool {
-        self.elsewhere.read().unwrap().iter().any(|f| matches(f, topic))
+        self.elsewhere.read().unwrap().any_match(topic)
     }
 
     async fn step(&self, broker: &Broker, meta: &MetaStore, written: &mut HashSet<String>) -> Result<()> {
@@ -69,10 +69,10 @@ impl Routes {
             .bind(self.node_id)
             .fetch_all(pool)
             .await?;
-        let mut others = Vec::with_capacity(rows.len());
+        let mut others = FilterTree::default();
         for r in rows {
             if live.contains(&r.try_get::<i32, _>("node_id")?) {
-                others.push(r.try_get::<String, _>("filter")?);
+                others.get_or_insert_with(&r.try_get::<String, _>("filter")?, || ());
             }
         }
         *self.elsewhere.write().unwrap() = others;
