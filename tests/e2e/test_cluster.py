@@ -19,6 +19,7 @@ real S3 API server (moto), driven by librdkafka.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import queue
@@ -479,6 +480,27 @@ def test_mqtt_publishes_reach_subscribers_on_every_broker(cluster):
         lat.sort()
         print(f"MQTT delivery {name}: p50 {lat[count // 2] * 1000:.1f} ms, "
               f"p99 {lat[count * 99 // 100] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
+    # Routes follow subscriptions both ways, also by the thousand (written in chunks): s2
+    # takes 2,000 filters more, s2 and s3 drop chat/#, and only what they still want
+    # crosses brokers.
+    for d in (s1, s2):
+        d.c.on_message = lambda c_, u, m, d=d: d.messages.put(m)
+    done = threading.Event()
+    s2.c.on_subscribe = lambda *a: done.set()
+    s2.c.subscribe([(f"dev/{i}/cmd", 1) for i in range(2000)])
+    assert done.wait(10)
+    s2.unsubscribe("chat/#")
+    s3.unsubscribe("chat/+/b")
+    before = collections.Counter(headers(r)["mqtt.topic"] for r in kafka_records(c[0], "mqtt.forward", n + 5 + count))
+    time.sleep(2.5)
+    p1.publish("chat/x/b", b"only-local", qos=1)
+    p1.publish("dev/1999/cmd", b"to-s2", qos=1)
+    assert s2.recv(10).payload == b"to-s2"
+    assert s1.recv(10).payload == b"only-local"
+    for d in (s1, s2, s3):
+        d.no_message(1.0)
+    after = kafka_records(c[0], "mqtt.forward", before.total() + 1)
+    assert collections.Counter(headers(r)["mqtt.topic"] for r in after) - before == {"dev/1999/cmd": 1}
     for d in (s1, s2, s3, s3_other, p1, p3, *publishers):
         d.disconnect()
 

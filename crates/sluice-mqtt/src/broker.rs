@@ -120,6 +120,8 @@ struct SubIndex {
     plain: FilterTree<HashMap<Arc<str>, SubOpts>>,
     /// (group, filter) → members; one member gets each message, in turn.
     shared: HashMap<(String, String), SharedGroup>,
+    /// Moves on every change of the filters above.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -269,6 +271,7 @@ impl Broker {
     pub fn subscribe(&self, session: &Session, filter: &SubFilter, opts: SubOpts) -> bool {
         let existed = session.state.lock().unwrap().subs.insert(filter.raw(), opts).is_some();
         let mut idx = self.subs.write().unwrap();
+        idx.generation += 1;
         match &filter.group {
             None => {
                 idx.plain
@@ -284,8 +287,14 @@ impl Broker {
         existed
     }
 
-    /// The topic filters this broker has subscribers for (share groups by their filter).
-    pub fn filters(&self) -> HashSet<String> {
+    /// A number that moves whenever a subscription is added or removed.
+    pub fn filters_generation(&self) -> u64 {
+        self.subs.read().unwrap().generation
+    }
+
+    /// The topic filters this broker has subscribers for (share groups by their filter),
+    /// with the `filters_generation` they are of.
+    pub fn filters(&self) -> (u64, HashSet<String>) {
         let idx = self.subs.read().unwrap();
         let plain = idx
             .plain
@@ -297,7 +306,7 @@ impl Broker {
             .iter()
             .filter(|(_, g)| !g.members.is_empty())
             .map(|((_, f), _)| f.clone());
-        plain.chain(shared).collect()
+        (idx.generation, plain.chain(shared).collect())
     }
 
     /// Removes a subscription; returns whether it existed.
@@ -441,6 +450,7 @@ impl Broker {
 
 impl SubIndex {
     fn remove(&mut self, client: &Arc<str>, f: &SubFilter) {
+        self.generation += 1;
         match &f.group {
             None => {
                 if let Some(m) = self.plain.get_mut(&f.filter) {
@@ -568,14 +578,18 @@ mod tests {
         let s = b.attach("s", true, Some(Duration::ZERO), Arc::new(Notify::new()));
         let plain = SubFilter::parse("cmd/+").unwrap();
         let shared = SubFilter::parse("$share/g/jobs/#").unwrap();
+        let before = b.filters_generation();
         b.subscribe(&s.session, &plain, opts(QoS::AtLeastOnce));
         b.subscribe(&s.session, &shared, opts(QoS::AtLeastOnce));
-        let mut got: Vec<String> = b.filters().into_iter().collect();
+        let (generation, filters) = b.filters();
+        assert!(generation > before);
+        let mut got: Vec<String> = filters.into_iter().collect();
         got.sort();
         assert_eq!(got, ["cmd/+", "jobs/#"]);
         b.unsubscribe(&s.session, &plain);
         b.unsubscribe(&s.session, &shared);
-        assert!(b.filters().is_empty());
+        let (after, filters) = b.filters();
+        assert!(filters.is_empty() && after > generation);
     }
 
     #[test]

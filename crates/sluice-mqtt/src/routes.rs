@@ -1,17 +1,27 @@
 //! The cluster's MQTT routes: the topic filters each broker has subscribers for, in
-//! table `mqtt_routes`, so that a command no subscriber matched on any broker is
-//! reported once (`message.dropped`), by the gateway leading its partition.
+//! table `mqtt_routes`. They decide which publishes are forwarded to other brokers
+//! (`forward`), and let a command no subscriber matched on any broker be reported once
+//! (`message.dropped`), by the gateway leading its partition.
+//!
+//! Each broker writes only what changed in its filters, in statements of `CHUNK` rows, and
+//! moves its version in `mqtt_route_versions` in the same transaction. The others read
+//! the versions every second and a broker's filters again only when its version moved,
+//! so a broker with a filter per device (tens of thousands) costs one small query a
+//! second once its filters are written.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::Result;
 use sluice_meta::MetaStore;
-use sqlx::Row;
+use sqlx::{AnyPool, Row};
 
 use crate::broker::Broker;
 use crate::topic::FilterTree;
+
+/// Rows per INSERT or DELETE statement.
+const CHUNK: usize = 500;
 
 pub struct Routes {
     node_id: i32,
@@ -19,14 +29,27 @@ pub struct Routes {
     elsewhere: RwLock<FilterTree<()>>,
 }
 
+/// What the sync loop remembers between steps.
+#[derive(Default)]
+struct Synced {
+    /// This broker's filters as written, and the subscription generation they are of.
+    written: HashSet<String>,
+    written_generation: Option<u64>,
+    /// Other live brokers' filters, with the version they were read at.
+    others: HashMap<i32, (i64, Vec<String>)>,
+}
+
 impl Routes {
     /// Clears this broker's rows of an earlier run, then every `every` writes its
     /// subscriptions' filters and reads the other live brokers'.
     pub async fn start(broker: &Arc<Broker>, meta: MetaStore, node_id: i32, every: Duration) -> Result<Arc<Self>> {
+        let mut tx = meta.pool().begin().await?;
         sqlx::query("DELETE FROM mqtt_routes WHERE node_id = $1")
             .bind(node_id)
-            .execute(meta.pool())
+            .execute(&mut *tx)
             .await?;
+        bump_version(&mut tx, node_id).await?;
+        tx.commit().await?;
         let routes = Arc::new(Self {
             node_id,
             elsewhere: RwLock::new(FilterTree::default()),
@@ -40,53 +63,115 @@ impl Routes {
         self.elsewhere.read().unwrap().any_match(topic)
     }
 
-    async fn step(&self, broker: &Broker, meta: &MetaStore, written: &mut HashSet<String>) -> Result<()> {
+    async fn step(&self, broker: &Broker, meta: &MetaStore, synced: &mut Synced) -> Result<()> {
         let pool = meta.pool();
-        let now = broker.filters();
-        for f in now.difference(written) {
-            sqlx::query("INSERT INTO mqtt_routes (node_id, filter) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(self.node_id)
-                .bind(f)
-                .execute(pool)
-                .await?;
+        if synced.written_generation != Some(broker.filters_generation()) {
+            let (generation, now) = broker.filters();
+            let added: Vec<&String> = now.difference(&synced.written).collect();
+            let removed: Vec<&String> = synced.written.difference(&now).collect();
+            if !added.is_empty() || !removed.is_empty() {
+                write_changes(pool, self.node_id, &added, &removed).await?;
+            }
+            synced.written = now;
+            synced.written_generation = Some(generation);
         }
-        for f in written.difference(&now) {
-            sqlx::query("DELETE FROM mqtt_routes WHERE node_id = $1 AND filter = $2")
-                .bind(self.node_id)
-                .bind(f)
-                .execute(pool)
-                .await?;
-        }
-        *written = now;
         let live: HashSet<i32> = meta
             .list_brokers()
             .await?
             .into_iter()
-            .filter(|b| b.alive)
+            .filter(|b| b.alive && b.node_id != self.node_id)
             .map(|b| b.node_id)
             .collect();
-        let rows = sqlx::query("SELECT node_id, filter FROM mqtt_routes WHERE node_id <> $1")
+        let versions = sqlx::query("SELECT node_id, version FROM mqtt_route_versions WHERE node_id <> $1")
             .bind(self.node_id)
             .fetch_all(pool)
             .await?;
-        let mut others = FilterTree::default();
-        for r in rows {
-            if live.contains(&r.try_get::<i32, _>("node_id")?) {
-                others.get_or_insert_with(&r.try_get::<String, _>("filter")?, || ());
+        let mut changed = false;
+        let mut current = HashSet::new();
+        for r in versions {
+            let (node, version): (i32, i64) = (r.try_get("node_id")?, r.try_get("version")?);
+            if !live.contains(&node) {
+                continue;
             }
+            current.insert(node);
+            if synced.others.get(&node).is_some_and(|(v, _)| *v == version) {
+                continue;
+            }
+            let filters = sqlx::query("SELECT filter FROM mqtt_routes WHERE node_id = $1")
+                .bind(node)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>("filter"))
+                .collect::<Result<Vec<_>, _>>()?;
+            synced.others.insert(node, (version, filters));
+            changed = true;
         }
-        *self.elsewhere.write().unwrap() = others;
+        // Brokers that died or left take their filters with them.
+        let before = synced.others.len();
+        synced.others.retain(|node, _| current.contains(node));
+        if changed || synced.others.len() != before {
+            let mut tree = FilterTree::default();
+            for f in synced.others.values().flat_map(|(_, filters)| filters) {
+                tree.get_or_insert_with(f, || ());
+            }
+            *self.elsewhere.write().unwrap() = tree;
+        }
         Ok(())
     }
 }
 
+/// Writes this broker's added and removed filters and moves its version, in one transaction.
+async fn write_changes(pool: &AnyPool, node_id: i32, added: &[&String], removed: &[&String]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    for chunk in added.chunks(CHUNK) {
+        let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${})", i + 2)).collect();
+        let sql = format!(
+            "INSERT INTO mqtt_routes (node_id, filter) VALUES {} ON CONFLICT DO NOTHING",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(node_id);
+        for f in chunk {
+            q = q.bind(f.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for chunk in removed.chunks(CHUNK) {
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "DELETE FROM mqtt_routes WHERE node_id = $1 AND filter IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(node_id);
+        for f in chunk {
+            q = q.bind(f.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    bump_version(&mut tx, node_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn bump_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>, node_id: i32) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO mqtt_route_versions (node_id, version) VALUES ($1, 1)
+         ON CONFLICT (node_id) DO UPDATE SET version = mqtt_route_versions.version + 1",
+    )
+    .bind(node_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn sync(routes: Weak<Routes>, broker: Weak<Broker>, meta: MetaStore, every: Duration) {
-    let mut written = HashSet::new();
+    let mut synced = Synced::default();
     loop {
         let (Some(routes), Some(broker)) = (routes.upgrade(), broker.upgrade()) else {
             return;
         };
-        if let Err(e) = routes.step(&broker, &meta, &mut written).await {
+        if let Err(e) = routes.step(&broker, &meta, &mut synced).await {
+            // What failed is tried again next time: `synced` moves only past what committed.
             tracing::warn!(error = %format!("{e:#}"), "syncing MQTT routes failed");
         }
         drop((routes, broker));
