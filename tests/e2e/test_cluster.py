@@ -14,7 +14,8 @@ real S3 API server (moto), driven by librdkafka.
   a leader loses no acknowledged publish. A retained message set, replaced or cleared on
   one broker reaches new subscribers on the others. Commands reach devices on every
   broker, whichever broker leads their partition. Publishes reach subscribers on every
-  broker, through mqtt.forward, and only what other brokers subscribed to goes there.
+  broker, through mqtt.forward, and only what other brokers subscribed to goes there. A
+  share group with members on several brokers gets each message once.
 """
 
 from __future__ import annotations
@@ -502,6 +503,55 @@ def test_mqtt_publishes_reach_subscribers_on_every_broker(cluster):
     after = kafka_records(c[0], "mqtt.forward", before.total() + 1)
     assert collections.Counter(headers(r)["mqtt.topic"] for r in after) - before == {"dev/1999/cmd": 1}
     for d in (s1, s2, s3, s3_other, p1, p3, *publishers):
+        d.disconnect()
+
+
+def test_mqtt_share_groups_get_each_message_once_across_brokers(cluster):
+    """A share group with members on two brokers gets each publish once in all, from a
+    publisher on a third broker and from one beside some members, and each command once;
+    members on both brokers get some. A plain subscriber gets everything."""
+    c = cluster(3)
+    members = {name: Device(c[node], name) for name, node in
+               (("w-2a", 1), ("w-2b", 1), ("w-3a", 2))}
+    for d in members.values():
+        d.subscribe("$share/w/jobs/#", qos=1)
+    plain = Device(c[2], "all-jobs")
+    plain.subscribe("jobs/#", qos=1)
+    time.sleep(2.5)  # every broker's routes written and read by the others
+    p1, p2 = Device(c[0], "p1"), Device(c[1], "p2")
+    n = 60
+    for i in range(n):
+        (p1 if i % 2 == 0 else p2).publish(f"jobs/{i}", json.dumps({"seq": i}), qos=1)
+    got: dict[str, list[int]] = {name: [] for name in members}
+
+    def drain() -> int:
+        for name, d in members.items():
+            while True:
+                try:
+                    got[name].append(json.loads(d.recv(0.05).payload)["seq"])
+                except queue.Empty:
+                    break
+        return sum(len(v) for v in got.values())
+
+    wait_until(lambda: drain() >= n, 20, what="the share group to get every publish")
+    time.sleep(1.0)
+    drain()
+    assert sorted(s for v in got.values() for s in v) == list(range(n)), got
+    assert got["w-3a"] and (got["w-2a"] or got["w-2b"]), got
+    assert sorted(json.loads(m.payload)["seq"] for m in plain.recv_n(n)) == list(range(n))
+    # Commands: every broker reads each one, and one of them delivers it to the group.
+    got = {name: [] for name in members}
+    prod = Producer({"bootstrap.servers": c[0].bootstrap})
+    for i in range(30):
+        prod.produce("mqtt.commands", value=json.dumps({"seq": i}).encode(),
+                     headers=[("mqtt.topic", f"jobs/cmd/{i}".encode())])
+    assert prod.flush(15) == 0
+    wait_until(lambda: drain() >= 30, 20, what="the share group to get every command")
+    time.sleep(1.0)
+    drain()
+    assert sorted(s for v in got.values() for s in v) == list(range(30)), got
+    assert got["w-3a"] and (got["w-2a"] or got["w-2b"]), got
+    for d in (*members.values(), plain, p1, p2):
         d.disconnect()
 
 

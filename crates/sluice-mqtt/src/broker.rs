@@ -23,6 +23,9 @@ use crate::message::Message;
 use crate::retained::RetainedStore;
 use crate::topic::{matches, FilterTree, SubFilter};
 
+/// Which share groups, by (group, filter), a message is delivered to on this broker.
+pub type Shares<'a> = &'a dyn Fn(&str, &str) -> bool;
+
 /// Options of one subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubOpts {
@@ -292,7 +295,7 @@ impl Broker {
         self.subs.read().unwrap().generation
     }
 
-    /// The topic filters this broker has subscribers for (share groups by their filter),
+    /// The topic filters this broker has subscribers for (share groups as `$share/g/f`),
     /// with the `filters_generation` they are of.
     pub fn filters(&self) -> (u64, HashSet<String>) {
         let idx = self.subs.read().unwrap();
@@ -305,8 +308,18 @@ impl Broker {
             .shared
             .iter()
             .filter(|(_, g)| !g.members.is_empty())
-            .map(|((_, f), _)| f.clone());
+            .map(|((g, f), _)| format!("$share/{g}/{f}"));
         (idx.generation, plain.chain(shared).collect())
+    }
+
+    /// The share groups with members here whose filter matches `topic`: (group, filter).
+    pub fn share_groups_matching(&self, topic: &str) -> Vec<(String, String)> {
+        let idx = self.subs.read().unwrap();
+        idx.shared
+            .iter()
+            .filter(|((_, f), g)| !g.members.is_empty() && matches(f, topic))
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// Removes a subscription; returns whether it existed.
@@ -318,19 +331,20 @@ impl Broker {
         existed
     }
 
-    /// Delivers `msg` to every matching subscription (one member per share
-    /// group) and updates the retained store. Returns the number of sessions
-    /// the message was queued for.
-    pub fn route(&self, msg: &Message) -> usize {
+    /// Delivers `msg` to every matching subscription, and to one member of each share
+    /// group `shares` accepts (by group and filter; in a cluster a group's message goes to
+    /// the members on one broker), and updates the retained store. Returns the number of
+    /// sessions the message was queued for.
+    pub fn route(&self, msg: &Message, shares: Shares) -> usize {
         if msg.retain {
             self.retained.set(msg);
         }
-        self.deliver(msg)
+        self.deliver(msg, shares)
     }
 
-    /// Delivers `msg` to every matching subscription, as `route` does, without
-    /// storing it as retained (another broker routed it and stored it).
-    pub fn deliver(&self, msg: &Message) -> usize {
+    /// Delivers `msg` as `route` does, without storing it as retained (another
+    /// broker routed it and stored it).
+    pub fn deliver(&self, msg: &Message, shares: Shares) -> usize {
         let topic: &str = &msg.topic;
         // One delivery per session, at the highest QoS of its matching subscriptions.
         let mut targets: HashMap<Arc<str>, (SubOpts, Vec<NonZeroU32>)> = HashMap::new();
@@ -360,8 +374,8 @@ impl Broker {
                 // Lock order everywhere: sessions, then subscriptions, then a session's state.
                 let sessions = self.sessions.lock().unwrap();
                 let mut idx = self.subs.write().unwrap();
-                for ((_, filter), group) in idx.shared.iter_mut() {
-                    if group.members.is_empty() || !matches(filter, topic) {
+                for ((name, filter), group) in idx.shared.iter_mut() {
+                    if group.members.is_empty() || !matches(filter, topic) || !shares(name, filter) {
                         continue;
                     }
                     // Prefer a connected member; fall back to the next in turn.
@@ -479,6 +493,11 @@ mod tests {
     use bytestring::ByteString;
 
     use super::*;
+
+    /// Every share group.
+    fn all(_: &str, _: &str) -> bool {
+        true
+    }
     use crate::message::ForwardProps;
 
     fn broker() -> (Arc<Broker>, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
@@ -523,8 +542,8 @@ mod tests {
             opts(QoS::AtLeastOnce),
         );
         b.subscribe(&a.session, &SubFilter::parse("cars/#").unwrap(), opts(QoS::AtMostOnce));
-        assert_eq!(b.route(&msg("cars/1/cmd", QoS::ExactlyOnce, false)), 1);
-        assert_eq!(b.route(&msg("bikes/1/cmd", QoS::ExactlyOnce, false)), 0);
+        assert_eq!(b.route(&msg("cars/1/cmd", QoS::ExactlyOnce, false), &all), 1);
+        assert_eq!(b.route(&msg("bikes/1/cmd", QoS::ExactlyOnce, false), &all), 0);
         assert_eq!(queued(&a.session), vec![("cars/1/cmd".to_string(), QoS::AtLeastOnce)]);
     }
 
@@ -537,16 +556,16 @@ mod tests {
         b.subscribe(&s1.session, &f, opts(QoS::AtLeastOnce));
         b.subscribe(&s2.session, &f, opts(QoS::AtLeastOnce));
         for _ in 0..4 {
-            b.route(&msg("jobs/x", QoS::AtLeastOnce, false));
+            b.route(&msg("jobs/x", QoS::AtLeastOnce, false), &all);
         }
         assert_eq!(queued(&s1.session).len(), 2);
         assert_eq!(queued(&s2.session).len(), 2);
         // Offline: QoS 0 is dropped, QoS 1 queued up to the cap (3), oldest evicted.
         b.detach(&s1.session, s1.conn_id);
         b.unsubscribe(&s2.session, &f);
-        b.route(&msg("jobs/y", QoS::AtMostOnce, false));
-        b.route(&msg("jobs/z", QoS::AtLeastOnce, false));
-        b.route(&msg("jobs/w", QoS::AtLeastOnce, false));
+        b.route(&msg("jobs/y", QoS::AtMostOnce, false), &all);
+        b.route(&msg("jobs/z", QoS::AtLeastOnce, false), &all);
+        b.route(&msg("jobs/w", QoS::AtLeastOnce, false), &all);
         assert_eq!(queued(&s1.session).len(), 3);
         let mut reasons = Vec::new();
         while let Ok(e) = ev.try_recv() {
@@ -567,7 +586,7 @@ mod tests {
         assert!(futures::FutureExt::now_or_never(k1.notified()).is_some());
         let fresh = b.attach("c", true, Some(Duration::ZERO), Arc::new(Notify::new()));
         assert!(!fresh.present);
-        assert_eq!(b.route(&msg("t", QoS::AtLeastOnce, false)), 0);
+        assert_eq!(b.route(&msg("t", QoS::AtLeastOnce, false), &all), 0);
         b.detach(&fresh.session, fresh.conn_id);
         assert_eq!(b.session_count(), 0);
     }
@@ -585,7 +604,7 @@ mod tests {
         assert!(generation > before);
         let mut got: Vec<String> = filters.into_iter().collect();
         got.sort();
-        assert_eq!(got, ["cmd/+", "jobs/#"]);
+        assert_eq!(got, ["$share/g/jobs/#", "cmd/+"]);
         b.unsubscribe(&s.session, &plain);
         b.unsubscribe(&s.session, &shared);
         let (after, filters) = b.filters();
@@ -595,13 +614,13 @@ mod tests {
     #[test]
     fn retained_messages_are_replaced_and_cleared() {
         let (b, _ev) = broker();
-        b.route(&msg("a/b", QoS::AtLeastOnce, true));
+        b.route(&msg("a/b", QoS::AtLeastOnce, true), &all);
         let s = b.attach("s", true, Some(Duration::ZERO), Arc::new(Notify::new()));
         b.deliver_retained(&s.session, "a/+", opts(QoS::AtMostOnce));
         assert_eq!(queued(&s.session), vec![("a/b".to_string(), QoS::AtMostOnce)]);
         let mut clear = msg("a/b", QoS::AtLeastOnce, true);
         clear.payload = Bytes::new();
-        b.route(&clear);
+        b.route(&clear, &all);
         assert!(b.retained.matching("#").is_empty());
     }
 }

@@ -19,7 +19,7 @@ use sqlx::AnyPool;
 
 use crate::events;
 use crate::message::Message;
-use crate::routes::Routes;
+use crate::routes::{share_owner, Routes};
 use crate::tail::{Progress, Tail};
 use crate::Gateway;
 
@@ -45,7 +45,15 @@ fn publish(gw: &Gateway, routes: &Routes, lead: bool, partition: i32, rec: Consu
         }
         return;
     };
-    if gw.broker.route(&msg) == 0 && !msg.retain && lead && !routes.elsewhere(&msg.topic) {
+    // A share group with members on several brokers: every broker reads the command, and
+    // the one `share_owner` picks for its offset delivers it.
+    let (own, key) = (routes.node_id(), ((partition as u64) << 48) ^ rec.offset as u64);
+    let mine = |group: &str, filter: &str| {
+        let mut brokers = routes.share_brokers(group, filter);
+        brokers.insert(own);
+        share_owner(&brokers, group, key) == Some(own)
+    };
+    if gw.broker.route(&msg, &mine) == 0 && !msg.retain && lead && !routes.elsewhere(&msg.topic) {
         gw.broker.events.emit(
             events::MESSAGE_DROPPED,
             "",

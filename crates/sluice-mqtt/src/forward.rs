@@ -28,6 +28,9 @@ use crate::uplink::OutRecord;
 
 /// Header naming the broker a forwarded message was published on.
 const NODE: &str = "mqtt.node";
+/// Header, one per share group, naming the broker that delivers to it: `node/group/filter`.
+/// A broker delivers a forwarded message to the share groups it is named for only.
+const SHARE: &str = "mqtt.share";
 /// Forwarded messages are for subscribers connected now: kept an hour, for brokers
 /// catching up after a pause.
 const RETENTION_MS: &str = "3600000";
@@ -65,9 +68,14 @@ impl Forward {
         }
     }
 
-    /// The record that carries `msg` to the other brokers; creates the topic first if
-    /// it does not exist.
-    pub async fn record(&self, msg: &Message, clientid: &str) -> Result<OutRecord, LogError> {
+    /// The record that carries `msg` to the other brokers, and to the share groups
+    /// `shares` names (broker, group, filter); creates the topic first if it does not exist.
+    pub async fn record(
+        &self,
+        msg: &Message,
+        clientid: &str,
+        shares: &[&(i32, String, String)],
+    ) -> Result<OutRecord, LogError> {
         self.created
             .get_or_try_init(|| async {
                 if self.log.topic(&self.topic).is_some() {
@@ -82,6 +90,9 @@ impl Forward {
             .await?;
         let mut headers = msg.to_headers(Instant::now());
         headers.push((NODE.to_string(), Some(Bytes::from(self.node_id.to_string()))));
+        for (node, group, filter) in shares {
+            headers.push((SHARE.to_string(), Some(Bytes::from(format!("{node}/{group}/{filter}")))));
+        }
         Ok(OutRecord {
             topic: self.topic.clone(),
             key: Some(Bytes::copy_from_slice(clientid.as_bytes())),
@@ -113,5 +124,15 @@ fn deliver(broker: &Broker, node_id: i32, rec: ConsumedRecord) {
         return;
     };
     msg.from = rec.key.map(|k| Arc::from(String::from_utf8_lossy(&k).as_ref()));
-    broker.deliver(&msg);
+    let own = node_id.to_string();
+    let shares: Vec<(&str, &str)> = rec
+        .headers
+        .iter()
+        .filter(|(k, _)| k == SHARE)
+        .filter_map(|(_, v)| {
+            let (node, rest) = std::str::from_utf8(v.as_deref()?).ok()?.split_once('/')?;
+            (node == own).then(|| rest.split_once('/')).flatten()
+        })
+        .collect();
+    broker.deliver(&msg, &|g, f| shares.iter().any(|&(sg, sf)| sg == g && sf == f));
 }

@@ -30,6 +30,8 @@ mod tail;
 pub mod topic;
 mod uplink;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -69,6 +71,8 @@ pub struct Gateway {
     routes: Arc<Routes>,
     /// None when `forward-topic` is empty (no routing between brokers).
     forward: Option<Forward>,
+    /// Numbers messages, to spread them over the brokers of a share group.
+    share_key: AtomicU64,
 }
 
 impl Gateway {
@@ -114,6 +118,7 @@ impl Gateway {
             cfg,
             routes: routes.clone(),
             forward,
+            share_key: AtomicU64::new(0),
         });
         if !gw.cfg.commands_topic.is_empty() {
             downlink::start(gw.clone(), log, pool, routes, member.node_id, member.kafka_address);
@@ -147,9 +152,14 @@ impl Gateway {
         acked: bool,
     ) -> Vec<oneshot::Receiver<AckResult>> {
         let mut durable = Vec::new();
-        self.broker.route(msg);
-        if let Some(forward) = self.forward.as_ref().filter(|_| self.routes.elsewhere(&msg.topic)) {
-            match forward.record(msg, clientid).await {
+        let own = self.routes.node_id();
+        let shares = self.plan_shares(&msg.topic);
+        let mine = |g: &str, f: &str| shares.iter().any(|(n, sg, sf)| *n == own && sg == g && sf == f);
+        self.broker.route(msg, &mine);
+        let theirs: Vec<&(i32, String, String)> = shares.iter().filter(|(n, _, _)| *n != own).collect();
+        let wanted = !theirs.is_empty() || self.routes.plain_elsewhere(&msg.topic);
+        if let Some(forward) = self.forward.as_ref().filter(|_| wanted) {
+            match forward.record(msg, clientid, &theirs).await {
                 Ok(rec) => durable.extend(self.write(rec, acked).await),
                 Err(e) => {
                     tracing::warn!(error = %e, "forwarding an MQTT message to other brokers failed");
@@ -184,6 +194,30 @@ impl Gateway {
             durable.clear();
         }
         durable
+    }
+
+    /// Which broker delivers a message on `topic` to each matching share group of the
+    /// cluster, as (broker, group, filter): one of those with members, in turn. Without
+    /// routing between brokers, this broker's groups only.
+    fn plan_shares(&self, topic: &str) -> Vec<(i32, String, String)> {
+        let own = self.routes.node_id();
+        let mut groups: BTreeMap<(String, String), BTreeSet<i32>> = BTreeMap::new();
+        for key in self.broker.share_groups_matching(topic) {
+            groups.entry(key).or_default().insert(own);
+        }
+        if self.forward.is_some() {
+            for (group, filter, brokers) in self.routes.shares_elsewhere(topic) {
+                groups.entry((group, filter)).or_default().extend(brokers);
+            }
+        }
+        if groups.is_empty() {
+            return Vec::new();
+        }
+        let key = self.share_key.fetch_add(1, Ordering::Relaxed);
+        groups
+            .into_iter()
+            .filter_map(|((g, f), brokers)| Some((routes::share_owner(&brokers, &g, key)?, g, f)))
+            .collect()
     }
 
     /// Queues a record for the log; with `acked`, returns a receiver for its durability.

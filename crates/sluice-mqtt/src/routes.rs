@@ -9,7 +9,7 @@
 //! so a broker with a filter per device (tens of thousands) costs one small query a
 //! second once its filters are written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -18,15 +18,34 @@ use sluice_meta::MetaStore;
 use sqlx::{AnyPool, Row};
 
 use crate::broker::Broker;
-use crate::topic::FilterTree;
+use crate::topic::{FilterTree, SubFilter};
 
 /// Rows per INSERT or DELETE statement.
 const CHUNK: usize = 500;
 
 pub struct Routes {
     node_id: i32,
-    /// The filters other live brokers have subscribers for, as last read.
-    elsewhere: RwLock<FilterTree<()>>,
+    /// What other live brokers have subscribers for, as last read.
+    elsewhere: RwLock<Elsewhere>,
+}
+
+#[derive(Default)]
+struct Elsewhere {
+    plain: FilterTree<()>,
+    /// filter → share group → the brokers with members in it.
+    shared: FilterTree<BTreeMap<String, BTreeSet<i32>>>,
+}
+
+/// Of the brokers with members in share group `group`, the one that delivers the message
+/// `key` names: the same on every broker that has the same view of the group.
+pub fn share_owner(brokers: &BTreeSet<i32>, group: &str, key: u64) -> Option<i32> {
+    // FNV-1a over the group, seeded with the key, so that groups do not move in step.
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ key;
+    for b in group.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let n = brokers.len() as u64;
+    (n > 0).then(|| *brokers.iter().nth((h % n) as usize).expect("in range"))
 }
 
 /// What the sync loop remembers between steps.
@@ -52,15 +71,50 @@ impl Routes {
         tx.commit().await?;
         let routes = Arc::new(Self {
             node_id,
-            elsewhere: RwLock::new(FilterTree::default()),
+            elsewhere: RwLock::new(Elsewhere::default()),
         });
         tokio::spawn(sync(Arc::downgrade(&routes), Arc::downgrade(broker), meta, every));
         Ok(routes)
     }
 
-    /// Whether another live broker has a subscription matching `topic`.
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
+    /// Whether another live broker has a subscription (plain or shared) matching `topic`.
     pub fn elsewhere(&self, topic: &str) -> bool {
-        self.elsewhere.read().unwrap().any_match(topic)
+        let e = self.elsewhere.read().unwrap();
+        e.plain.any_match(topic) || e.shared.any_match(topic)
+    }
+
+    /// Whether another live broker has a plain subscription matching `topic`.
+    pub fn plain_elsewhere(&self, topic: &str) -> bool {
+        self.elsewhere.read().unwrap().plain.any_match(topic)
+    }
+
+    /// Other live brokers' share groups matching `topic`: (group, filter, brokers).
+    pub fn shares_elsewhere(&self, topic: &str) -> Vec<(String, String, BTreeSet<i32>)> {
+        let mut out = Vec::new();
+        self.elsewhere
+            .read()
+            .unwrap()
+            .shared
+            .for_each_match(topic, |filter, groups| {
+                for (group, brokers) in groups {
+                    out.push((group.clone(), filter.to_string(), brokers.clone()));
+                }
+            });
+        out
+    }
+
+    /// The other live brokers with members in share group `group` of `filter`.
+    pub fn share_brokers(&self, group: &str, filter: &str) -> BTreeSet<i32> {
+        let e = self.elsewhere.read().unwrap();
+        e.shared
+            .get(filter)
+            .and_then(|g| g.get(group))
+            .cloned()
+            .unwrap_or_default()
     }
 
     async fn step(&self, broker: &Broker, meta: &MetaStore, synced: &mut Synced) -> Result<()> {
@@ -111,11 +165,24 @@ impl Routes {
         let before = synced.others.len();
         synced.others.retain(|node, _| current.contains(node));
         if changed || synced.others.len() != before {
-            let mut tree = FilterTree::default();
-            for f in synced.others.values().flat_map(|(_, filters)| filters) {
-                tree.get_or_insert_with(f, || ());
+            let mut next = Elsewhere::default();
+            for (node, (_, filters)) in &synced.others {
+                for raw in filters {
+                    match SubFilter::parse(raw) {
+                        Some(SubFilter {
+                            group: Some(group),
+                            filter,
+                        }) => {
+                            let groups = next.shared.get_or_insert_with(&filter, BTreeMap::new);
+                            groups.entry(group).or_default().insert(*node);
+                        }
+                        _ => {
+                            next.plain.get_or_insert_with(raw, || ());
+                        }
+                    }
+                }
             }
-            *self.elsewhere.write().unwrap() = tree;
+            *self.elsewhere.write().unwrap() = next;
         }
         Ok(())
     }
@@ -176,5 +243,28 @@ async fn sync(routes: Weak<Routes>, broker: Weak<Broker>, meta: MetaStore, every
         }
         drop((routes, broker));
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_group_owner_is_one_of_its_brokers_in_turn() {
+        let brokers: BTreeSet<i32> = [1, 2, 3].into();
+        let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
+        for key in 0..300 {
+            let owner = share_owner(&brokers, "workers", key).unwrap();
+            assert_eq!(
+                share_owner(&brokers, "workers", key),
+                Some(owner),
+                "the same on every broker"
+            );
+            *counts.entry(owner).or_default() += 1;
+        }
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(counts.values().all(|&c| c >= 60), "{counts:?}");
+        assert_eq!(share_owner(&BTreeSet::new(), "workers", 7), None);
     }
 }

@@ -121,6 +121,14 @@ impl<V> FilterTree<V> {
         &mut node.value.get_or_insert_with(|| (filter.to_string(), make())).1
     }
 
+    pub fn get(&self, filter: &str) -> Option<&V> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.value.as_ref().map(|(_, v)| v)
+    }
+
     pub fn get_mut(&mut self, filter: &str) -> Option<&mut V> {
         let mut node = &mut self.root;
         for level in filter.split('/') {
