@@ -191,33 +191,38 @@ impl Routes {
 /// Writes this broker's added and removed filters and moves its version, in one transaction.
 async fn write_changes(pool: &AnyPool, node_id: i32, added: &[&String], removed: &[&String]) -> Result<()> {
     let mut tx = pool.begin().await?;
-    for chunk in added.chunks(CHUNK) {
-        let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${})", i + 2)).collect();
-        let sql = format!(
-            "INSERT INTO mqtt_routes (node_id, filter) VALUES {} ON CONFLICT DO NOTHING",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(&sql).bind(node_id);
-        for f in chunk {
-            q = q.bind(f.as_str());
+    for (filters, sql) in [(added, insert_sql as fn(usize) -> String), (removed, delete_sql)] {
+        // One statement per chunk, with this broker as $1 and the filters as $2, $3, ...
+        for chunk in filters.chunks(CHUNK) {
+            let sql = sql(chunk.len());
+            let mut q = sqlx::query(&sql).bind(node_id);
+            for f in chunk {
+                q = q.bind(f.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
-        q.execute(&mut *tx).await?;
-    }
-    for chunk in removed.chunks(CHUNK) {
-        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "DELETE FROM mqtt_routes WHERE node_id = $1 AND filter IN ({})",
-            list.join(", ")
-        );
-        let mut q = sqlx::query(&sql).bind(node_id);
-        for f in chunk {
-            q = q.bind(f.as_str());
-        }
-        q.execute(&mut *tx).await?;
     }
     bump_version(&mut tx, node_id).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Inserts `n` filters of the broker `$1`: `$2`, `$3`, ...
+fn insert_sql(n: usize) -> String {
+    let rows: Vec<String> = (2..n + 2).map(|i| format!("($1, ${i})")).collect();
+    format!(
+        "INSERT INTO mqtt_routes (node_id, filter) VALUES {} ON CONFLICT DO NOTHING",
+        rows.join(", ")
+    )
+}
+
+/// Deletes `n` filters of the broker `$1`: `$2`, `$3`, ...
+fn delete_sql(n: usize) -> String {
+    let list: Vec<String> = (2..n + 2).map(|i| format!("${i}")).collect();
+    format!(
+        "DELETE FROM mqtt_routes WHERE node_id = $1 AND filter IN ({})",
+        list.join(", ")
+    )
 }
 
 async fn bump_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>, node_id: i32) -> Result<()> {
