@@ -462,6 +462,8 @@ def test_mqtt_publishes_reach_subscribers_on_every_broker(cluster):
     # to a subscriber on the publisher's broker and to one on another broker, with
     # mqtt.forward grown to 6 partitions that all three brokers lead (so each broker reads
     # from two others at once), from 6 publishers.
+    # Created with a partition per live broker.
+    assert len(leaders(c[0], "mqtt.forward")) == 3
     admin = AdminClient({"bootstrap.servers": c[0].bootstrap})
     admin.create_partitions([NewPartitions("mqtt.forward", 6)])["mqtt.forward"].result(timeout=20)
     wait_until(lambda: balanced(c[0], "mqtt.forward", {1, 2, 3}, 6), 15, what="mqtt.forward spread")

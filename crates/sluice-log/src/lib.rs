@@ -398,6 +398,11 @@ impl Log {
         Ok(Self { inner })
     }
 
+    /// Partitions of a topic created without a count (`default.partitions`).
+    pub fn default_partitions(&self) -> i32 {
+        self.inner.opts.defaults.partitions
+    }
+
     pub fn meta(&self) -> &MetaStore {
         &self.inner.meta
     }

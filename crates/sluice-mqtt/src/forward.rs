@@ -8,8 +8,9 @@
 //! The forward record is keyed by the publisher's client id, so one publisher's messages
 //! keep their order on every broker. It is written with the default topic's record and
 //! acknowledged with it (QoS 1/2): once the publisher has its PUBACK, the message is
-//! durable for the other brokers' subscribers too. The topic is created, with a short
-//! retention, by the first publish to forward.
+//! durable for the other brokers' subscribers too. The topic is created by the first
+//! publish to forward, with a short retention and a partition per live broker (at least
+//! the default count), so that forwarded traffic is spread over the cluster's leaders.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,7 +83,19 @@ impl Forward {
                     return Ok(());
                 }
                 let configs = BTreeMap::from([("retention.ms".to_string(), RETENTION_MS.to_string())]);
-                match self.log.create_topic(&self.topic, None, configs, false).await {
+                let brokers = match self.log.meta().list_brokers().await {
+                    Ok(rows) => rows.iter().filter(|b| b.alive).count() as i32,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "listing brokers failed");
+                        1
+                    }
+                };
+                let partitions = brokers.max(self.log.default_partitions());
+                match self
+                    .log
+                    .create_topic(&self.topic, Some(partitions), configs, false)
+                    .await
+                {
                     Ok(_) | Err(LogError::TopicExists) => Ok(()),
                     Err(e) => Err(e),
                 }
