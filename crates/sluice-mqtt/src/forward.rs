@@ -25,7 +25,7 @@ use tokio::sync::OnceCell;
 use crate::broker::Broker;
 use crate::message::Message;
 use crate::tail::{Progress, Tail};
-use crate::uplink::OutRecord;
+use crate::uplink::{create_topic, OutRecord};
 
 /// Header naming the broker a forwarded message was published on.
 const NODE: &str = "mqtt.node";
@@ -91,14 +91,9 @@ impl Forward {
                     }
                 };
                 let partitions = brokers.max(self.log.default_partitions());
-                match self
-                    .log
-                    .create_topic(&self.topic, Some(partitions), configs, false)
+                create_topic(&self.log, &self.topic, Some(partitions), configs)
                     .await
-                {
-                    Ok(_) | Err(LogError::TopicExists) => Ok(()),
-                    Err(e) => Err(e),
-                }
+                    .map(drop)
             })
             .await?;
         let mut headers = msg.to_headers(Instant::now());
@@ -119,13 +114,13 @@ impl Forward {
 
 /// Delivers a message another broker forwarded to this broker's sessions.
 fn deliver(broker: &Broker, node_id: i32, rec: ConsumedRecord) {
+    let own = node_id.to_string();
     let origin = rec
         .headers
         .iter()
         .find(|(k, _)| k == NODE)
         .and_then(|(_, v)| v.as_ref());
-    let own = origin.is_some_and(|v| v.as_ref() == node_id.to_string().as_bytes());
-    if own {
+    if origin.is_some_and(|v| v.as_ref() == own.as_bytes()) {
         return;
     }
     let payload = rec.value.unwrap_or_default();
@@ -137,7 +132,6 @@ fn deliver(broker: &Broker, node_id: i32, rec: ConsumedRecord) {
         return;
     };
     msg.from = rec.key.map(|k| Arc::from(String::from_utf8_lossy(&k).as_ref()));
-    let own = node_id.to_string();
     let shares: Vec<(&str, &str)> = rec
         .headers
         .iter()

@@ -312,7 +312,17 @@ pub async fn topic_for(log: &Log, name: &str) -> Result<Arc<Topic>, LogError> {
     if let Some(t) = log.topic(name) {
         return Ok(t);
     }
-    match log.create_topic(name, None, BTreeMap::new(), false).await {
+    create_topic(log, name, None, BTreeMap::new()).await
+}
+
+/// Creates topic `name`, or returns it if another task or broker created it first.
+pub async fn create_topic(
+    log: &Log,
+    name: &str,
+    partitions: Option<i32>,
+    configs: BTreeMap<String, String>,
+) -> Result<Arc<Topic>, LogError> {
+    match log.create_topic(name, partitions, configs, false).await {
         Ok(t) => Ok(t),
         Err(LogError::TopicExists) => log.topic(name).ok_or(LogError::UnknownTopicOrPartition),
         Err(e) => Err(e),
