@@ -34,6 +34,24 @@ impl Coordinator {
     /// Validates and stores a commit; a result per entry, in order. The
     /// caller checks that topics and partitions exist.
     pub async fn commit(&self, req: CommitRequest) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.store_commit(req, None).await
+    }
+
+    /// TxnOffsetCommit: validated like a commit (KIP-447: member id and generation), stored
+    /// as the transaction's offsets, which become the group's when it commits.
+    pub async fn commit_transactional(
+        &self,
+        req: CommitRequest,
+        producer_id: i64,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.store_commit(req, Some(producer_id)).await
+    }
+
+    async fn store_commit(
+        &self,
+        req: CommitRequest,
+        producer_id: Option<i64>,
+    ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
         if req.group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
@@ -98,11 +116,11 @@ impl Coordinator {
                     .map_err(|_| GroupError::Storage)?;
             }
         }
-        self.inner
-            .meta
-            .commit_offsets(&req.group_id, &store)
-            .await
-            .map_err(|_| GroupError::Storage)?;
+        let stored = match producer_id {
+            None => self.inner.meta.commit_offsets(&req.group_id, &store).await,
+            Some(pid) => self.inner.meta.put_txn_offsets(&req.group_id, pid, &store).await,
+        };
+        stored.map_err(|_| GroupError::Storage)?;
         METRICS.offset_commits.inc();
         Ok(results)
     }
@@ -125,6 +143,19 @@ impl Coordinator {
                 metadata: r.metadata,
             })
             .collect())
+    }
+
+    /// Partitions of a group whose offsets a transaction not yet ended has sent
+    /// (OffsetFetch with require_stable answers UNSTABLE_OFFSET_COMMIT for them).
+    pub async fn unstable_offsets(
+        &self,
+        group_id: &str,
+    ) -> Result<std::collections::BTreeSet<(String, i32)>, GroupError> {
+        self.inner
+            .meta
+            .pending_txn_offsets(group_id)
+            .await
+            .map_err(|_| GroupError::Storage)
     }
 
     /// OffsetDelete: refused for topics the group's members subscribe to.

@@ -12,7 +12,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 
 use crate::conn::Reply;
-use crate::{admin, configs, fetch, groups, metadata, offsets, produce, Broker};
+use crate::{admin, configs, fetch, groups, metadata, offsets, produce, txn, Broker};
 
 /// (API, highest version served). The lowest is the protocol crate's.
 const APIS: &[(ApiKey, i16)] = &[
@@ -45,6 +45,14 @@ const APIS: &[(ApiKey, i16)] = &[
     (ApiKey::DeleteGroups, 2),
     (ApiKey::ConsumerGroupHeartbeat, 1),
     (ApiKey::ConsumerGroupDescribe, 1),
+    (ApiKey::AddPartitionsToTxn, 5),
+    (ApiKey::AddOffsetsToTxn, 4),
+    (ApiKey::EndTxn, 4),
+    (ApiKey::WriteTxnMarkers, 1),
+    (ApiKey::TxnOffsetCommit, 4),
+    (ApiKey::DescribeProducers, 0),
+    (ApiKey::DescribeTransactions, 0),
+    (ApiKey::ListTransactions, 1),
 ];
 
 /// The version range served for `key`, if it is served at all.
@@ -92,6 +100,14 @@ pub(crate) fn name(key: ApiKey) -> &'static str {
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
         ApiKey::ConsumerGroupDescribe => "ConsumerGroupDescribe",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::WriteTxnMarkers => "WriteTxnMarkers",
+        ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
+        ApiKey::DescribeProducers => "DescribeProducers",
+        ApiKey::DescribeTransactions => "DescribeTransactions",
+        ApiKey::ListTransactions => "ListTransactions",
         _ => "other",
     }
 }
@@ -149,7 +165,15 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body:
         RequestKind::ListOffsets(r) => now(offsets::list_offsets(broker, r, v).await.into()),
         RequestKind::OffsetForLeaderEpoch(r) => now(offsets::offset_for_leader_epoch(broker, r).await.into()),
         RequestKind::DeleteRecords(r) => now(offsets::delete_records(broker, r).await.into()),
-        RequestKind::InitProducerId(r) => now(produce::init_producer_id(broker, r).await.into()),
+        RequestKind::InitProducerId(r) => now(txn::init_producer_id(broker, r, v).await.into()),
+        RequestKind::AddPartitionsToTxn(r) => now(txn::add_partitions_to_txn(broker, r, v).await.into()),
+        RequestKind::AddOffsetsToTxn(r) => now(txn::add_offsets_to_txn(broker, r, v).await.into()),
+        RequestKind::EndTxn(r) => now(txn::end_txn(broker, r, v).await.into()),
+        RequestKind::WriteTxnMarkers(r) => now(txn::write_txn_markers(broker, r).await.into()),
+        RequestKind::TxnOffsetCommit(r) => now(txn::txn_offset_commit(broker, r, v).await.into()),
+        RequestKind::DescribeProducers(r) => now(txn::describe_producers(broker, r).await.into()),
+        RequestKind::DescribeTransactions(r) => now(txn::describe_transactions(broker, r).await.into()),
+        RequestKind::ListTransactions(r) => now(txn::list_transactions(broker, r).await.into()),
         RequestKind::CreateTopics(r) => now(admin::create_topics(broker, r, v).await.into()),
         RequestKind::DeleteTopics(r) => now(admin::delete_topics(broker, r, v).await.into()),
         RequestKind::CreatePartitions(r) => now(admin::create_partitions(broker, r).await.into()),

@@ -23,6 +23,8 @@ pub(crate) fn response_error(e: &LogError) -> ResponseError {
         LogError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
         LogError::NotLeader => ResponseError::NotLeaderOrFollower,
         LogError::Storage(_) => ResponseError::KafkaStorageError,
+        LogError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
+        LogError::InvalidProducerIdMapping => ResponseError::InvalidProducerIdMapping,
     }
 }
 

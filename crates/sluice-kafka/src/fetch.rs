@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::*;
 use sluice_log::{LogError, Topic};
 
@@ -106,12 +106,17 @@ async fn read_all(
             let result = if let Some(read) = prefetched.remove(&(ti, pi)) {
                 read
             } else if want_data {
-                broker.log.read(topic, fp.partition, fp.fetch_offset, limit).await
+                broker
+                    .log
+                    .read_isolated(topic, fp.partition, fp.fetch_offset, limit, committed(req))
+                    .await
             } else {
                 Ok(sluice_log::ReadResult {
                     log_start: offsets.log_start,
                     high_watermark: offsets.high_watermark,
+                    last_stable: part.last_stable_offset(),
                     batches: vec![],
+                    aborted: vec![],
                 })
             };
             match result {
@@ -119,10 +124,22 @@ async fn read_all(
                     let n = r.bytes();
                     total += n;
                     remaining = remaining.saturating_sub(n);
+                    // read_committed readers filter aborted records themselves, from this list.
+                    let aborted = committed(req).then(|| {
+                        r.aborted
+                            .iter()
+                            .map(|(pid, first)| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(*pid))
+                                    .with_first_offset(*first)
+                            })
+                            .collect()
+                    });
                     partitions.push(
                         base.with_high_watermark(r.high_watermark)
-                            .with_last_stable_offset(r.high_watermark)
+                            .with_last_stable_offset(if version >= 4 { r.last_stable } else { -1 })
                             .with_log_start_offset(if version >= 5 { r.log_start } else { -1 })
+                            .with_aborted_transactions(aborted)
                             .with_records(Some(concat(r.batches, n))),
                     );
                 }
@@ -134,7 +151,7 @@ async fn read_all(
                     partitions.push(
                         base.with_error_code(errors::code(&e))
                             .with_high_watermark(offsets.high_watermark)
-                            .with_last_stable_offset(offsets.high_watermark)
+                            .with_last_stable_offset(part.last_stable_offset())
                             .with_log_start_offset(if version >= 5 { offsets.log_start } else { -1 }),
                     );
                 }
@@ -152,6 +169,11 @@ async fn read_all(
         total,
         errored,
     )
+}
+
+/// Isolation level READ_COMMITTED: data up to the last stable offset only.
+fn committed(req: &FetchRequest) -> bool {
+    req.isolation_level == 1
 }
 
 /// The topic a fetch names (by id from v13 on), and the error code if it is unknown.
@@ -195,7 +217,10 @@ async fn read_concurrently(
                 let limit = fp.partition_max_bytes.max(0) as usize;
                 (
                     (ti, pi),
-                    broker.log.read(&topic, fp.partition, fp.fetch_offset, limit).await,
+                    broker
+                        .log
+                        .read_isolated(&topic, fp.partition, fp.fetch_offset, limit, committed(req))
+                        .await,
                 )
             });
         }

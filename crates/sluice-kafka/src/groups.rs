@@ -2,6 +2,7 @@
 //! LeaveGroup, OffsetCommit, OffsetFetch, OffsetDelete, ListGroups,
 //! DescribeGroups and DeleteGroups, translated to [`sluice_groups::Coordinator`].
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
@@ -68,8 +69,9 @@ pub(crate) fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let lookup = |key: &str| -> Result<(BrokerId, StrBytes, i32), &'static str> {
-        if req.key_type != 0 {
-            return Err("only group coordinators are served");
+        // Groups (0) and transactional ids (1) share the coordinator shards.
+        if !matches!(req.key_type, 0 | 1) {
+            return Err("only group and transaction coordinators are served");
         }
         broker
             .cluster
@@ -339,6 +341,24 @@ async fn fetch_group(
     })
 }
 
+/// With `require_stable`, the partitions of a group that a transaction has sent offsets
+/// for and not yet ended.
+async fn unstable_offsets(broker: &Broker, group: &str, require_stable: bool) -> BTreeSet<(String, i32)> {
+    if !require_stable {
+        return BTreeSet::new();
+    }
+    broker.groups.unstable_offsets(group).await.unwrap_or_default()
+}
+
+/// UNSTABLE_OFFSET_COMMIT (retriable) for a partition with offsets in an open transaction.
+fn unstable_code(unstable: &BTreeSet<(String, i32)>, topic: &TopicName, partition: i32) -> i16 {
+    if unstable.contains(&(topic.to_string(), partition)) {
+        ResponseError::UnstableOffsetCommit.code()
+    } else {
+        0
+    }
+}
+
 /// A partition's committed offset as OffsetFetch reports it: -1 when none.
 fn committed_offset(o: &Option<OffsetEntry>) -> i64 {
     o.as_ref().map_or(-1, |o| o.offset)
@@ -363,24 +383,29 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
         let wanted = req
             .topics
             .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
+        let unstable = unstable_offsets(broker, req.group_id.as_str(), req.require_stable).await;
         return match fetch_group(broker, req.group_id.as_str(), wanted).await {
             Err(e) => OffsetFetchResponse::default().with_error_code(code(e)),
             Ok(topics) => OffsetFetchResponse::default().with_topics(
                 topics
                     .into_iter()
                     .map(|(name, parts)| {
-                        OffsetFetchResponseTopic::default().with_name(name).with_partitions(
-                            parts
-                                .into_iter()
-                                .map(|(p, o)| {
-                                    OffsetFetchResponsePartition::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(committed_offset(&o))
-                                        .with_committed_leader_epoch(committed_epoch(&o, version))
-                                        .with_metadata(Some(committed_metadata(&o)))
-                                })
-                                .collect(),
-                        )
+                        let unstable = &unstable;
+                        OffsetFetchResponseTopic::default()
+                            .with_name(name.clone())
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, o)| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_error_code(unstable_code(unstable, &name, p))
+                                            .with_partition_index(p)
+                                            .with_committed_offset(committed_offset(&o))
+                                            .with_committed_leader_epoch(committed_epoch(&o, version))
+                                            .with_metadata(Some(committed_metadata(&o)))
+                                    })
+                                    .collect(),
+                            )
                     })
                     .collect(),
             ),
@@ -392,24 +417,29 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
             .topics
             .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
         let base = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+        let unstable = unstable_offsets(broker, g.group_id.as_str(), req.require_stable).await;
         groups.push(match fetch_group(broker, g.group_id.as_str(), wanted).await {
             Err(e) => base.with_error_code(code(e)),
             Ok(topics) => base.with_topics(
                 topics
                     .into_iter()
                     .map(|(name, parts)| {
-                        OffsetFetchResponseTopics::default().with_name(name).with_partitions(
-                            parts
-                                .into_iter()
-                                .map(|(p, o)| {
-                                    OffsetFetchResponsePartitions::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(committed_offset(&o))
-                                        .with_committed_leader_epoch(committed_epoch(&o, version))
-                                        .with_metadata(Some(committed_metadata(&o)))
-                                })
-                                .collect(),
-                        )
+                        let unstable = &unstable;
+                        OffsetFetchResponseTopics::default()
+                            .with_name(name.clone())
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, o)| {
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_error_code(unstable_code(unstable, &name, p))
+                                            .with_partition_index(p)
+                                            .with_committed_offset(committed_offset(&o))
+                                            .with_committed_leader_epoch(committed_epoch(&o, version))
+                                            .with_metadata(Some(committed_metadata(&o)))
+                                    })
+                                    .collect(),
+                            )
                     })
                     .collect(),
             ),

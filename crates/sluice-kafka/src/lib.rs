@@ -12,6 +12,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod txn;
 
 use std::sync::{Arc, LazyLock};
 
@@ -41,6 +42,7 @@ pub struct Broker {
     pub log: Log,
     pub groups: sluice_groups::Coordinator,
     pub cluster: sluice_cluster::Cluster,
+    pub txn: sluice_txn::TxnCoordinator,
     pub config: BrokerConfig,
     /// Schema validation of produced records; `None` turns it off.
     pub schemas: Option<sluice_schema::Enforcer>,

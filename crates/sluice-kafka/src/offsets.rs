@@ -28,7 +28,18 @@ pub(crate) async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest, 
             let base = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let resp = match &topic {
                 None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(topic) => lookup(broker, topic, p.partition_index, p.current_leader_epoch, p.timestamp).await,
+                Some(topic) => {
+                    let committed = req.isolation_level == 1;
+                    lookup(
+                        broker,
+                        topic,
+                        p.partition_index,
+                        p.current_leader_epoch,
+                        p.timestamp,
+                        committed,
+                    )
+                    .await
+                }
             };
             partitions.push(match resp {
                 Ok((offset, timestamp, epoch)) => {
@@ -57,6 +68,7 @@ async fn lookup(
     partition: i32,
     leader_epoch: i32,
     timestamp: i64,
+    committed: bool,
 ) -> Result<(i64, i64, i32), ResponseError> {
     let part = topic
         .partition(partition)
@@ -67,6 +79,8 @@ async fn lookup(
         return Err(e);
     }
     let found = match timestamp {
+        // READ_COMMITTED: the end is the last stable offset.
+        LATEST | LATEST_TIERED if committed => Some((part.last_stable_offset(), -1)),
         LATEST | LATEST_TIERED => Some((o.high_watermark, -1)),
         EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Some((o.log_start, -1)),
         MAX_TIMESTAMP => broker

@@ -43,7 +43,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
                         record_errors = rejection.record_errors;
                         Err(LogError::InvalidRecord(rejection.message))
                     }
-                    Ok(()) => broker.log.submit(t, pd.index, records).await,
+                    Ok(()) => {
+                        match check_transaction(broker, req.transactional_id.as_ref(), t, pd.index, &records).await {
+                            Err(e) => Err(e),
+                            Ok(()) => broker.log.submit(t, pd.index, records).await,
+                        }
+                    }
                 },
             };
             parts.push((pd.index, w, record_errors));
@@ -80,6 +85,55 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
     } else {
         Reply::Later(Box::pin(fut))
     }
+}
+
+/// A transactional batch opening the producer's transaction on a partition must belong to
+/// its id's open transaction, which added the partition (AddPartitionsToTxn); later
+/// batches of the same transaction pass without asking.
+async fn check_transaction(
+    broker: &Arc<Broker>,
+    transactional_id: Option<&TransactionalId>,
+    topic: &Arc<sluice_log::Topic>,
+    partition: i32,
+    records: &bytes::Bytes,
+) -> Result<(), LogError> {
+    let Ok(header) = sluice_log::batch::parse_header(records, 0) else {
+        return Ok(()); // the log refuses it with the reason
+    };
+    if !header.is_transactional() {
+        return Ok(());
+    }
+    let Some(id) = transactional_id.filter(|id| !id.is_empty()) else {
+        return Err(LogError::InvalidTxnState(
+            "a transactional batch without a transactional.id".into(),
+        ));
+    };
+    let open = topic
+        .partition(partition)
+        .is_some_and(|p| p.open_transactions().iter().any(|(pid, _)| *pid == header.producer_id));
+    if open {
+        return Ok(());
+    }
+    broker
+        .txn
+        .verify_produce(
+            id.as_str(),
+            header.producer_id,
+            header.producer_epoch,
+            &topic.name,
+            partition,
+        )
+        .await
+        .map_err(|e| match e {
+            ResponseError::InvalidProducerEpoch | ResponseError::ProducerFenced => {
+                LogError::InvalidProducerEpoch("the producer was fenced by a newer instance".into())
+            }
+            ResponseError::InvalidProducerIdMapping => LogError::InvalidProducerIdMapping,
+            _ => LogError::InvalidTxnState(format!(
+                "partition {}-{partition} is not in the producer's open transaction",
+                topic.name
+            )),
+        })
 }
 
 /// Schema validation, for topics whose configs ask for it (sluice-schema).
@@ -140,32 +194,6 @@ fn partition_response(
                 .with_log_start_offset(-1)
                 .with_error_message(if detailed { errors::message(&e) } else { None })
                 .with_record_errors(record_errors)
-        }
-    }
-}
-
-/// Hands out producer ids for idempotent producers, and bumps the epoch of
-/// an existing one (KIP-360) so that its older epoch is fenced.
-pub(crate) async fn init_producer_id(broker: &Arc<Broker>, req: InitProducerIdRequest) -> InitProducerIdResponse {
-    let resp = InitProducerIdResponse::default();
-    if req.transactional_id.is_some() {
-        return resp
-            .with_error_code(ResponseError::InvalidRequest.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
-    }
-    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
-        return resp
-            .with_producer_id(req.producer_id)
-            .with_producer_epoch(req.producer_epoch + 1);
-    }
-    match broker.log.meta().next_producer_id().await {
-        Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
-        Err(e) => {
-            tracing::error!(error = %e, "allocating producer id");
-            resp.with_error_code(ResponseError::KafkaStorageError.code())
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1)
         }
     }
 }

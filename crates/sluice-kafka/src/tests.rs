@@ -40,9 +40,16 @@ fn refuses_unknown_unsupported_and_truncated() {
         .unwrap_err()
         .to_string()
         .contains("unknown API key"));
-    // A known API that Sluice does not serve (yet).
-    let f = frame(ApiKey::EndTxn, 3, &kafka_protocol::messages::EndTxnRequest::default());
+    // A known API that a broker does not serve to clients.
+    let f = frame(
+        ApiKey::AlterPartition,
+        3,
+        &kafka_protocol::messages::AlterPartitionRequest::default(),
+    );
     assert!(decode_request(f).is_err());
+    // A version past the one advertised (EndTxn v5 is KIP-890 part 2).
+    let f = frame(ApiKey::EndTxn, 5, &kafka_protocol::messages::EndTxnRequest::default());
+    assert!(decode_request(f).unwrap_err().to_string().contains("not supported"));
     let f = frame(ApiKey::Metadata, 12, &MetadataRequest::default());
     let f = {
         let mut v = f.to_vec();

@@ -144,6 +144,80 @@ pub fn patch_header(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+/// A transaction marker (Kafka's EndTransactionMarker): a control batch of one record
+/// whose key is (version 0, type: 0 abort, 1 commit) and whose value is (version 0,
+/// coordinator epoch). Offsets are assigned when it is written, like any batch.
+pub fn marker_batch(producer_id: i64, producer_epoch: i16, commit: bool, coordinator_epoch: i32) -> bytes::Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&(commit as i16).to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let record = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: sluice_meta::now_ms(),
+        key: Some(key.into()),
+        value: Some(value.into()),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        std::slice::from_ref(&record),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: kafka_protocol::records::Compression::None,
+        },
+    )
+    .expect("a one-record control batch encodes");
+    buf.freeze()
+}
+
+/// Whether a control batch is a commit marker (else an abort); `None` if it is no
+/// transaction marker. Control batches are never compressed.
+pub fn marker_is_commit(batch: &[u8]) -> Option<bool> {
+    let mut rest = batch.get(HEADER_LEN..)?;
+    let varint = |b: &mut &[u8]| -> Option<i64> {
+        let (mut value, mut shift) = (0u64, 0);
+        loop {
+            let byte = *b.first()?;
+            *b = &b[1..];
+            value |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+    };
+    varint(&mut rest)?; // record length
+    rest = rest.get(1..)?; // attributes
+    varint(&mut rest)?; // timestamp delta
+    varint(&mut rest)?; // offset delta
+    let key_len = varint(&mut rest)?;
+    if key_len < 4 {
+        return None;
+    }
+    let key = rest.get(..4)?;
+    match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
 /// Checks the CRC of a stored batch (for object verification).
 pub fn crc_ok(batch: &[u8]) -> bool {
     batch.len() >= HEADER_LEN && (&batch[17..21]).get_u32() == crc32c::crc32c(&batch[CRC_START..])
@@ -189,6 +263,21 @@ pub(crate) mod tests {
         )
         .unwrap();
         buf.freeze()
+    }
+
+    #[test]
+    fn markers_are_control_batches_that_say_what_they_end() {
+        for commit in [false, true] {
+            let m = marker_batch(42, 3, commit, 7);
+            assert!(crc_ok(&m));
+            let info = parse_header(&m, 0).unwrap();
+            assert!(info.is_control() && info.is_transactional());
+            assert_eq!((info.producer_id, info.producer_epoch, info.record_count), (42, 3, 1));
+            assert_eq!(marker_is_commit(&m), Some(commit));
+            // A producer may not send one.
+            assert!(matches!(validate_batches(&m, 1 << 20), Err(LogError::InvalidRecord(_))));
+        }
+        assert_eq!(marker_is_commit(&make_batch(1, -1, 0, 0, Compression::None)), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use sluice_meta::{BatchRow, FlushCommit, ProducerStateRow, SeqEntry, WatermarkUpdate};
+use sluice_meta::{AbortedTxnRow, BatchRow, FlushCommit, ProducerStateRow, SeqEntry, WatermarkUpdate};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -67,6 +67,8 @@ struct Prepared {
     next: NextOffsets,
     /// Producer state after this flush, for the producers it touched.
     touched: HashMap<ProducerKey, ProducerEntry>,
+    /// Transactions this flush's abort markers ended.
+    aborted: Vec<AbortedTxnRow>,
     footer: Vec<FooterEntry>,
     body: BytesMut,
     records: u64,
@@ -151,6 +153,7 @@ struct StagedFlush {
     seq: u64,
     next: NextOffsets,
     touched: HashMap<ProducerKey, ProducerEntry>,
+    aborted: Vec<AbortedTxnRow>,
     footer: Vec<FooterEntry>,
     /// The flush's object, where `footer` places its batches.
     object: Bytes,
@@ -349,13 +352,17 @@ async fn joined<T>(task: &mut JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T
 impl Flusher {
     fn set_producers(&mut self, states: Vec<ProducerStateRow>) {
         for s in states {
-            self.producers.insert(
-                (s.topic_id, s.partition, s.producer_id),
-                ProducerEntry {
-                    epoch: s.epoch,
-                    recent: s.recent.into(),
-                },
-            );
+            if s.txn_first_offset >= 0 {
+                if let Some(part) = self.inner.partition(s.topic_id, s.partition) {
+                    part.state
+                        .lock()
+                        .unwrap()
+                        .open_txns
+                        .insert(s.producer_id, s.txn_first_offset);
+                }
+            }
+            self.producers
+                .insert((s.topic_id, s.partition, s.producer_id), producer_entry(s));
         }
     }
 
@@ -363,6 +370,9 @@ impl Flusher {
         match msg {
             Control::Producers(key, states) => {
                 self.producers.retain(|k, _| (k.0, k.1) != key);
+                if let Some(part) = self.inner.partition(key.0, key.1) {
+                    part.state.lock().unwrap().open_txns.clear();
+                }
                 self.set_producers(states);
             }
             Control::Barrier(done) => {
@@ -466,7 +476,7 @@ impl Flusher {
             rows.extend(entries.iter().map(|e| e.index_row(&key)));
             parts
         });
-        let (_, commit) = commit_for(objects, rows, flushes.iter().map(|f| (&f.next, &f.touched)));
+        let (_, commit) = commit_for(objects, rows, flushes.iter().map(|f| (&f.next, &f.touched, &f.aborted)));
         let last_seq = flushes.last().expect("flushes to upload").seq;
         let (inner, journal) = (self.inner.clone(), s.journal.clone());
         let upload = tokio::spawn(async move {
@@ -535,6 +545,7 @@ impl Flusher {
                     seq,
                     next: p.next.clone(),
                     touched: p.touched.clone(),
+                    aborted: p.aborted.clone(),
                     footer: p.footer.clone(),
                     object: w.object.clone(),
                     stored: w.stored.then(|| w.key.clone()),
@@ -700,7 +711,7 @@ impl Flusher {
             written()
                 .flat_map(|w| w.prepared.footer.iter().map(|e| e.index_row(&w.key)))
                 .collect(),
-            written().map(|w| (&w.prepared.next, &w.prepared.touched)),
+            written().map(|w| (&w.prepared.next, &w.prepared.touched, &w.prepared.aborted)),
         );
         let inner = self.inner.clone();
         let commit = tokio::spawn(async move {
@@ -759,6 +770,7 @@ impl Flusher {
             outcomes: Vec::with_capacity(group.len()),
             next: HashMap::new(),
             touched: HashMap::new(),
+            aborted: Vec::new(),
             footer: Vec::new(),
             body: BytesMut::with_capacity(group.iter().map(|r| r.data.len()).sum::<usize>() + 4096),
             records: 0,
@@ -786,8 +798,23 @@ impl Flusher {
 
             // Idempotence: requests with a producer id carry exactly one batch.
             let mut seq = None;
+            // A transaction marker (only the coordinator writes control batches).
+            let mut marker = None;
             if let [b] = req.batches.as_slice() {
-                if b.producer_id >= 0 {
+                if b.is_control() {
+                    let pkey = (key.0, key.1, b.producer_id);
+                    let current = p
+                        .touched
+                        .get(&pkey)
+                        .or_else(|| ahead.iter().find_map(|a| a.touched.get(&pkey)))
+                        .or_else(|| self.producers.get(&pkey));
+                    if let Err(e) = producer::check_marker(current, b.producer_epoch) {
+                        p.outcomes.push(Outcome::Refused(e));
+                        continue;
+                    }
+                    let commit = batch::marker_is_commit(&req.data[b.position..b.position + b.length]);
+                    marker = Some((pkey, current.cloned(), b.producer_epoch, commit == Some(true)));
+                } else if b.producer_id >= 0 {
                     let pkey = (key.0, key.1, b.producer_id);
                     let current = p
                         .touched
@@ -813,6 +840,7 @@ impl Flusher {
                                 b.producer_epoch,
                                 b.base_sequence,
                                 b.last_sequence(),
+                                b.is_transactional(),
                             ))
                         }
                     }
@@ -838,7 +866,7 @@ impl Flusher {
                 p.records += b.record_count as u64;
                 *next_offset = last + 1;
             }
-            if let Some((pkey, current, pepoch, first_seq, last_seq)) = seq {
+            if let Some((pkey, current, pepoch, first_seq, last_seq, transactional)) = seq {
                 let mut entry = current.unwrap_or_default();
                 let entry_seq = SeqEntry {
                     first_seq,
@@ -847,6 +875,23 @@ impl Flusher {
                     last_offset: *next_offset - 1,
                 };
                 producer::record(&mut entry, pepoch, entry_seq);
+                if transactional {
+                    producer::record_transactional(&mut entry, first_offset);
+                }
+                p.touched.insert(pkey, entry);
+            }
+            if let Some((pkey, current, pepoch, commit)) = marker {
+                let mut entry = current.unwrap_or_default();
+                let ended = producer::record_marker(&mut entry, pepoch);
+                if let (false, Some(first)) = (commit, ended.first_offset) {
+                    p.aborted.push(AbortedTxnRow {
+                        topic_id: key.0,
+                        partition: key.1,
+                        producer_id: pkey.2,
+                        first_offset: first,
+                        last_offset: first_offset,
+                    });
+                }
                 p.touched.insert(pkey, entry);
             }
             p.outcomes.push(Outcome::Written {
@@ -915,6 +960,16 @@ impl Flusher {
                     data,
                 });
             }
+            // Under the same lock as the watermark, so that a read_committed reader never
+            // sees a transaction's batches before its open transaction bounds the LSO.
+            for (pkey, entry) in p.touched.iter().filter(|(k, _)| (k.0, k.1) == *key) {
+                match entry.txn_first_offset {
+                    Some(first) => s.open_txns.insert(pkey.2, first),
+                    None => s.open_txns.remove(&pkey.2),
+                };
+            }
+            s.aborted
+                .extend(p.aborted.iter().filter(|a| (a.topic_id, a.partition) == *key).copied());
             if *next_offset > s.high_watermark {
                 s.high_watermark = *next_offset;
             }
@@ -971,14 +1026,22 @@ pub(crate) fn object_key(node_id: i32) -> String {
 /// The metadata commit of written flushes: their objects, their index rows, and each
 /// flush's offsets and producers in offset order. Returns the partitions in watermark
 /// order, and the commit (each partition's watermark after the last flush).
+type FlushParts<'a> = (
+    &'a NextOffsets,
+    &'a HashMap<ProducerKey, ProducerEntry>,
+    &'a Vec<AbortedTxnRow>,
+);
+
 fn commit_for<'a>(
     objects: Vec<(String, i64)>,
     batches: Vec<BatchRow>,
-    flushes: impl Iterator<Item = (&'a NextOffsets, &'a HashMap<ProducerKey, ProducerEntry>)>,
+    flushes: impl Iterator<Item = FlushParts<'a>>,
 ) -> (Vec<PartKey>, FlushCommit) {
     let mut watermarks: HashMap<PartKey, (i64, i32)> = HashMap::new();
     let mut producers: HashMap<ProducerKey, &ProducerEntry> = HashMap::new();
-    for (next, touched) in flushes {
+    let mut aborted = Vec::new();
+    for (next, touched, ended) in flushes {
+        aborted.extend(ended.iter().copied());
         watermarks.extend(
             next.iter()
                 .map(|(k, (_, next_offset, epoch))| (*k, (*next_offset, *epoch))),
@@ -987,7 +1050,7 @@ fn commit_for<'a>(
     }
     let watermarks: Vec<(PartKey, (i64, i32))> = watermarks.into_iter().collect();
     let keys = watermarks.iter().map(|(k, _)| *k).collect();
-    (keys, flush_commit(objects, batches, watermarks, producers))
+    (keys, flush_commit(objects, batches, watermarks, producers, aborted))
 }
 
 /// A metadata commit: objects and their index rows, each partition's new high watermark
@@ -997,6 +1060,7 @@ pub(crate) fn flush_commit<'a>(
     batches: Vec<BatchRow>,
     watermarks: impl IntoIterator<Item = (PartKey, (i64, i32))>,
     producers: impl IntoIterator<Item = (ProducerKey, &'a ProducerEntry)>,
+    aborted: Vec<AbortedTxnRow>,
 ) -> FlushCommit {
     FlushCommit {
         objects,
@@ -1018,8 +1082,19 @@ pub(crate) fn flush_commit<'a>(
                 producer_id: k.2,
                 epoch: e.epoch,
                 recent: e.recent.iter().copied().collect(),
+                txn_first_offset: e.txn_first_offset.unwrap_or(-1),
             })
             .collect(),
+        aborted,
+    }
+}
+
+/// A producer's state as stored.
+pub(crate) fn producer_entry(s: ProducerStateRow) -> ProducerEntry {
+    ProducerEntry {
+        epoch: s.epoch,
+        recent: s.recent.into(),
+        txn_first_offset: (s.txn_first_offset >= 0).then_some(s.txn_first_offset),
     }
 }
 

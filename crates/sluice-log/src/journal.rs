@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes};
-use sluice_meta::{MetaStore, SeqEntry};
+use sluice_meta::{AbortedTxnRow, MetaStore, SeqEntry};
 use uuid::Uuid;
 
 use crate::object::{self, FooterEntry};
@@ -297,11 +297,10 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         .await?
         .into_iter()
         .map(|s| {
-            let entry = ProducerEntry {
-                epoch: s.epoch,
-                recent: s.recent.into(),
-            };
-            ((s.topic_id, s.partition, s.producer_id), entry)
+            (
+                (s.topic_id, s.partition, s.producer_id),
+                crate::flush::producer_entry(s),
+            )
         })
         .collect();
     // The batches to upload, each with the record holding it; flushes already in the
@@ -309,6 +308,7 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
     let mut batches: Vec<(FooterEntry, Bytes)> = Vec::new();
     let (mut stored, mut stored_rows) = (Vec::new(), Vec::new());
     let (mut moved, mut touched) = (Vec::new(), HashSet::new());
+    let mut aborted = Vec::new();
     let mut uploaded = 0;
     for r in records {
         let reference = referenced(&r.payload).with_context(|| format!("journal record {}", r.seq))?;
@@ -368,7 +368,22 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
             moved.push(pkey);
             let start = e.position as usize;
             let b = batch::parse_header(&data[start..start + e.length as usize], 0)?;
-            if b.producer_id >= 0 {
+            if b.is_control() {
+                let prod = (pkey.0, pkey.1, b.producer_id);
+                let entry = producers.entry(prod).or_default();
+                let ended = producer::record_marker(entry, b.producer_epoch);
+                let batch = &data[start..start + e.length as usize];
+                if let (Some(false), Some(first)) = (batch::marker_is_commit(batch), ended.first_offset) {
+                    aborted.push(AbortedTxnRow {
+                        topic_id: pkey.0,
+                        partition: pkey.1,
+                        producer_id: b.producer_id,
+                        first_offset: first,
+                        last_offset: e.base_offset,
+                    });
+                }
+                touched.insert(prod);
+            } else if b.producer_id >= 0 {
                 let prod = (pkey.0, pkey.1, b.producer_id);
                 let seq = SeqEntry {
                     first_seq: b.base_sequence,
@@ -376,7 +391,11 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
                     base_offset: e.base_offset,
                     last_offset: e.last_offset,
                 };
-                producer::record(producers.entry(prod).or_default(), b.producer_epoch, seq);
+                let entry = producers.entry(prod).or_default();
+                producer::record(entry, b.producer_epoch, seq);
+                if b.is_transactional() {
+                    producer::record_transactional(entry, e.base_offset);
+                }
                 touched.insert(prod);
             }
             match key {
@@ -408,6 +427,7 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         rows,
         moved.iter().map(|k| (*k, offsets[k])),
         touched.iter().map(|k| (*k, &producers[k])),
+        aborted,
     );
     if !batches.is_empty() {
         store.put_parts(&key, parts).await?;

@@ -148,6 +148,7 @@ impl Log {
             let key = (part.topic_id, part.index);
             let Some(row) = rows.get(&key) else { continue };
             let states = producers.remove(&key).unwrap_or_default();
+            let aborted = self.inner.meta.load_partition_aborted_txns(key.0, key.1).await?;
             self.inner
                 .appends
                 .send(FlushMsg::Control(Control::Producers(key, states)))
@@ -159,6 +160,7 @@ impl Log {
             s.leader_epoch = epoch;
             // Another leader may have written since this broker last cached the tail.
             s.tail.clear();
+            s.aborted = aborted.into();
             s.led = true;
             part.leader.store(self.inner.opts.node_id, Ordering::Relaxed);
             drop(s);

@@ -68,6 +68,10 @@ pub enum LogError {
     OffsetOutOfRange,
     #[error("not the leader of this partition")]
     NotLeader,
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    #[error("the producer id is not the transactional id's current one")]
+    InvalidProducerIdMapping,
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -239,6 +243,10 @@ pub(crate) struct PartitionState {
     /// Whether this broker serves the partition, as leader at `leader_epoch`.
     led: bool,
     tail: VecDeque<TailBatch>,
+    /// Open transactions: producer id -> first offset. The lowest bounds the LSO.
+    open_txns: HashMap<i64, i64>,
+    /// Aborted transactions still in the log, by marker offset.
+    aborted: VecDeque<sluice_meta::AbortedTxnRow>,
 }
 
 /// A partition's offsets as a reader sees them.
@@ -271,9 +279,43 @@ impl Partition {
         self.state.lock().unwrap().led
     }
 
+    /// The last stable offset: below it every transaction is decided. The high watermark
+    /// unless a transaction is open on the partition.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.state.lock().unwrap().last_stable()
+    }
+
+    /// Open transactions on the partition: (producer id, first offset), oldest first.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        let s = self.state.lock().unwrap();
+        let mut open: Vec<(i64, i64)> = s.open_txns.iter().map(|(p, f)| (*p, *f)).collect();
+        open.sort_by_key(|(_, first)| *first);
+        open
+    }
+
     /// The leader as last read from the metadata store (-1: none).
     pub fn leader(&self) -> i32 {
         self.leader.load(Ordering::Relaxed)
+    }
+}
+
+impl PartitionState {
+    fn last_stable(&self) -> i64 {
+        self.open_txns
+            .values()
+            .copied()
+            .min()
+            .map_or(self.high_watermark, |first| first.min(self.high_watermark))
+    }
+
+    /// Aborted transactions overlapping `from..to`: (producer id, first offset).
+    fn aborted_between(&self, from: i64, to: i64) -> Vec<(i64, i64)> {
+        let start = self.aborted.partition_point(|a| a.last_offset < from);
+        self.aborted
+            .range(start..)
+            .filter(|a| a.first_offset < to)
+            .map(|a| (a.producer_id, a.first_offset))
+            .collect()
     }
 }
 
@@ -392,6 +434,7 @@ impl Log {
             let topic = inner.topic_from_row(&row, &parts);
             inner.register(topic);
         }
+        inner.set_aborted(inner.meta.load_aborted_txns().await?);
         let producers = inner.meta.load_producer_states().await?;
         tokio::spawn(flush::run(inner.clone(), rx, producers, journal));
         tokio::spawn(retention::run(inner.clone()));
@@ -555,9 +598,42 @@ impl Log {
                 "idempotent producers must send exactly one batch per partition".into(),
             ));
         }
-        if batches.iter().any(|b| b.is_transactional()) {
-            return Err(LogError::InvalidRecord("transactions are not supported yet".into()));
+        if batches.iter().any(|b| b.is_transactional() && b.producer_id < 0) {
+            return Err(LogError::InvalidRecord(
+                "a transactional batch needs a producer id".into(),
+            ));
         }
+        self.queue(topic, part, data, batches).await
+    }
+
+    /// Writes a transaction marker (COMMIT or ABORT control batch) for `producer_id` at
+    /// `producer_epoch` into a partition this broker leads; resolves once it is durable.
+    pub async fn write_marker(
+        &self,
+        topic: &Arc<Topic>,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> Result<Appended, LogError> {
+        let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        if !part.is_led() || self.inner.suspended.load(Ordering::Relaxed) {
+            return Err(LogError::NotLeader);
+        }
+        let data = batch::marker_batch(producer_id, producer_epoch, commit, coordinator_epoch);
+        let info = batch::parse_header(&data, 0)?;
+        let rx = self.queue(topic, part, data, vec![info]).await?;
+        rx.await.map_err(|_| LogError::Storage("log is shutting down".into()))?
+    }
+
+    async fn queue(
+        &self,
+        topic: &Arc<Topic>,
+        part: Arc<Partition>,
+        data: Bytes,
+        batches: Vec<batch::BatchInfo>,
+    ) -> Result<oneshot::Receiver<Result<Appended, LogError>>, LogError> {
         let (reply, rx) = oneshot::channel();
         let req = AppendRequest {
             topic: topic.clone(),
@@ -658,6 +734,8 @@ impl Partition {
                 leader_epoch,
                 led: leader == node_id,
                 tail: VecDeque::new(),
+                open_txns: HashMap::new(),
+                aborted: VecDeque::new(),
             }),
         }
     }
@@ -713,6 +791,23 @@ impl Inner {
         let mut t = self.topics.write().unwrap();
         t.by_id.insert(topic.id, topic.clone());
         t.by_name.insert(topic.name.clone(), topic);
+    }
+
+    fn partition(&self, topic_id: Uuid, index: i32) -> Option<Arc<Partition>> {
+        self.topics.read().unwrap().by_id.get(&topic_id)?.partition(index)
+    }
+
+    /// Replaces a partition's aborted transactions with those stored.
+    fn set_aborted(&self, rows: Vec<sluice_meta::AbortedTxnRow>) {
+        let mut by_part: HashMap<(Uuid, i32), VecDeque<sluice_meta::AbortedTxnRow>> = HashMap::new();
+        for r in rows {
+            by_part.entry((r.topic_id, r.partition)).or_default().push_back(r);
+        }
+        for ((topic_id, index), rows) in by_part {
+            if let Some(part) = self.partition(topic_id, index) {
+                part.state.lock().unwrap().aborted = rows;
+            }
+        }
     }
 
     fn topic_alive(&self, id: Uuid) -> bool {

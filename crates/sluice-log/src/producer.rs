@@ -16,6 +16,16 @@ pub const RECENT_BATCHES: usize = 5;
 pub struct ProducerEntry {
     pub epoch: i16,
     pub recent: VecDeque<SeqEntry>,
+    /// First offset of the producer's open transaction on this partition.
+    pub txn_first_offset: Option<i64>,
+}
+
+/// What a transaction marker (control batch) ended on a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkerOutcome {
+    /// The ended transaction's first offset, if it had written here; with an abort,
+    /// read_committed readers filter `first..=marker offset` of this producer.
+    pub first_offset: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +85,36 @@ pub fn check(entry: Option<&ProducerEntry>, epoch: i16, first_seq: i32, last_seq
     }
 }
 
+/// Checks a transaction marker from the coordinator at `epoch`: a marker of an older
+/// epoch than the producer's current one is refused (the coordinator was fenced).
+pub fn check_marker(entry: Option<&ProducerEntry>, epoch: i16) -> Result<(), LogError> {
+    match entry {
+        Some(e) if epoch < e.epoch => Err(LogError::InvalidProducerEpoch(format!(
+            "marker epoch {epoch} is older than the producer's epoch {}",
+            e.epoch
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Records a marker: the producer's open transaction on the partition ends. A newer epoch
+/// (the coordinator aborting a timed-out or fenced transaction) fences the old one.
+pub fn record_marker(entry: &mut ProducerEntry, epoch: i16) -> MarkerOutcome {
+    if epoch > entry.epoch {
+        entry.epoch = epoch;
+        entry.recent.clear();
+    }
+    MarkerOutcome {
+        first_offset: entry.txn_first_offset.take(),
+    }
+}
+
+/// Records a transactional batch written at `base_offset`: it opens the producer's
+/// transaction on the partition unless one is open.
+pub fn record_transactional(entry: &mut ProducerEntry, base_offset: i64) {
+    entry.txn_first_offset.get_or_insert(base_offset);
+}
+
 /// Records an appended batch.
 pub fn record(entry: &mut ProducerEntry, epoch: i16, batch: SeqEntry) {
     if epoch != entry.epoch {
@@ -126,6 +166,29 @@ mod tests {
             Err(LogError::InvalidProducerEpoch(_))
         ));
         assert_eq!(e.recent.len(), 1);
+    }
+
+    #[test]
+    fn markers_end_the_open_transaction_and_fence_older_epochs() {
+        let mut e = ProducerEntry::default();
+        record(&mut e, 2, seq(0, 4, 10));
+        record_transactional(&mut e, 10);
+        record(&mut e, 2, seq(5, 9, 15));
+        record_transactional(&mut e, 15);
+        assert_eq!(e.txn_first_offset, Some(10));
+        assert!(check_marker(Some(&e), 1).is_err());
+        assert!(check_marker(Some(&e), 2).is_ok());
+        assert_eq!(record_marker(&mut e, 2).first_offset, Some(10));
+        // A second marker for the same transaction ends nothing.
+        assert_eq!(record_marker(&mut e, 2).first_offset, None);
+        // The coordinator's abort at a bumped epoch fences the producer's old epoch.
+        record_transactional(&mut e, 20);
+        assert_eq!(record_marker(&mut e, 3).first_offset, Some(20));
+        assert!(matches!(
+            check(Some(&e), 2, 10, 12),
+            Err(LogError::InvalidProducerEpoch(_))
+        ));
+        assert_eq!(check(Some(&e), 3, 0, 0), Ok(SeqCheck::Append));
     }
 
     #[test]

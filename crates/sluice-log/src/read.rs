@@ -18,8 +18,12 @@ use crate::{DataStore, Log, LogError, Offsets, Topic, METRICS};
 pub struct ReadResult {
     pub log_start: i64,
     pub high_watermark: i64,
+    pub last_stable: i64,
     /// Whole record batches, the first one holding the requested offset.
     pub batches: Vec<Bytes>,
+    /// For a read_committed read: aborted transactions overlapping the batches read,
+    /// as (producer id, first offset), for the reader to filter.
+    pub aborted: Vec<(i64, i64)>,
 }
 
 impl ReadResult {
@@ -59,8 +63,21 @@ impl Log {
         offset: i64,
         max_bytes: usize,
     ) -> Result<ReadResult, LogError> {
+        self.read_isolated(topic, partition, offset, max_bytes, false).await
+    }
+
+    /// Like [`Log::read`]; with `committed` (isolation level READ_COMMITTED) only up to
+    /// the last stable offset, with the aborted transactions among the batches read.
+    pub async fn read_isolated(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Result<ReadResult, LogError> {
         let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
-        let (offsets, tail_start) = {
+        let (mut offsets, tail_start, last_stable) = {
             let s = part.state.lock().unwrap();
             if !s.led {
                 return Err(LogError::NotLeader);
@@ -70,7 +87,7 @@ impl Log {
                 high_watermark: s.high_watermark,
                 leader_epoch: s.leader_epoch,
             };
-            (o, s.tail.front().map(|b| b.base_offset))
+            (o, s.tail.front().map(|b| b.base_offset), s.last_stable())
         };
         if offset < offsets.log_start || offset > offsets.high_watermark {
             return Err(LogError::OffsetOutOfRange);
@@ -78,8 +95,17 @@ impl Log {
         let mut out = ReadResult {
             log_start: offsets.log_start,
             high_watermark: offsets.high_watermark,
+            last_stable,
             batches: Vec::new(),
+            aborted: Vec::new(),
         };
+        if committed {
+            // Below here the reads stop at the LSO, as they would at the high watermark.
+            offsets.high_watermark = last_stable;
+            if offset >= last_stable {
+                return Ok(out);
+            }
+        }
         let mut position = offset;
         let mut budget = max_bytes;
 
@@ -136,8 +162,27 @@ impl Log {
             }
             METRICS.tail_reads.inc();
         }
+        if committed && !out.batches.is_empty() {
+            out.aborted = part
+                .state
+                .lock()
+                .unwrap()
+                .aborted_between(offset, position_after(&out, offset));
+        }
         Ok(out)
     }
+}
+
+/// The offset after the last batch read (the read started at `offset`).
+fn position_after(out: &ReadResult, offset: i64) -> i64 {
+    out.batches
+        .last()
+        .and_then(|b| {
+            crate::batch::parse_header(b, 0)
+                .ok()
+                .map(|h| i64::from_be_bytes(b[0..8].try_into().expect("header")) + h.last_offset_delta as i64 + 1)
+        })
+        .unwrap_or(offset)
 }
 
 /// Batches read from objects: whole batches from a position on, the offset after each,

@@ -102,6 +102,9 @@ pub(crate) async fn advance_log_start(inner: &Inner, part: &Partition, offset: i
     while s.tail.front().is_some_and(|b| b.last_offset < offset) {
         s.tail.pop_front();
     }
+    while s.aborted.front().is_some_and(|a| a.last_offset < offset) {
+        s.aborted.pop_front();
+    }
     Ok(())
 }
 

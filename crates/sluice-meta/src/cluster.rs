@@ -399,6 +399,7 @@ mod tests {
                 leader_epoch: epoch,
             }],
             producers: vec![],
+            aborted: vec![],
         };
         assert_eq!(m.commit_flush(&commit(1, "a")).await.unwrap(), vec![true]);
         // Broker 2 takes over; broker 1's late commit at epoch 1 is rejected.

@@ -17,7 +17,9 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use uuid::Uuid;
 
 mod cluster;
+mod txn;
 pub use cluster::{group_shard, BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
+pub use txn::{new_txn, TxnRow, TxnState};
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -76,6 +78,19 @@ pub struct ProducerStateRow {
     pub producer_id: i64,
     pub epoch: i16,
     pub recent: Vec<SeqEntry>,
+    /// First offset of the producer's open transaction on the partition; -1: none.
+    pub txn_first_offset: i64,
+}
+
+/// An aborted transaction's range on one partition, for read_committed readers to filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxnRow {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub first_offset: i64,
+    /// The offset of the abort marker.
+    pub last_offset: i64,
 }
 
 /// A partition's new high watermark, fenced on the leader epoch that wrote it.
@@ -95,6 +110,7 @@ pub struct FlushCommit {
     pub batches: Vec<BatchRow>,
     pub watermarks: Vec<WatermarkUpdate>,
     pub producers: Vec<ProducerStateRow>,
+    pub aborted: Vec<AbortedTxnRow>,
 }
 
 /// The durable part of a consumer group.
@@ -302,7 +318,13 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        for table in ["partitions", "partition_epochs", "batches", "producer_state"] {
+        for table in [
+            "partitions",
+            "partition_epochs",
+            "batches",
+            "producer_state",
+            "aborted_txns",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE topic_id = $1"))
                 .bind(&id)
                 .execute(&mut *tx)
@@ -579,12 +601,16 @@ impl MetaStore {
         .bind(offset)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM batches WHERE topic_id = $1 AND partition = $2 AND last_offset < $3")
+        for table in ["batches", "aborted_txns"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE topic_id = $1 AND partition = $2 AND last_offset < $3"
+            ))
             .bind(&id)
             .bind(partition)
             .bind(offset)
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -642,16 +668,17 @@ impl MetaStore {
     }
 
     pub async fn load_producer_states(&self) -> Result<Vec<ProducerStateRow>> {
-        let rows = sqlx::query("SELECT topic_id, partition, producer_id, epoch, recent FROM producer_state")
-            .fetch_all(&self.readers)
-            .await?;
+        let rows =
+            sqlx::query("SELECT topic_id, partition, producer_id, epoch, recent, txn_first_offset FROM producer_state")
+                .fetch_all(&self.readers)
+                .await?;
         producer_states_from_rows(&rows)
     }
 
     /// Idempotent-producer state of one partition, for a broker taking it over.
     pub async fn load_partition_producers(&self, topic_id: Uuid, partition: i32) -> Result<Vec<ProducerStateRow>> {
         let rows = sqlx::query(
-            "SELECT topic_id, partition, producer_id, epoch, recent FROM producer_state
+            "SELECT topic_id, partition, producer_id, epoch, recent, txn_first_offset FROM producer_state
              WHERE topic_id = $1 AND partition = $2",
         )
         .bind(topic_id.to_string())
@@ -671,6 +698,7 @@ fn producer_states_from_rows(rows: &[AnyRow]) -> Result<Vec<ProducerStateRow>> {
                 producer_id: r.get(2),
                 epoch: r.get::<i32, _>(3) as i16,
                 recent: serde_json::from_str(r.get(4))?,
+                txn_first_offset: r.get(5),
             })
         })
         .collect()
@@ -1080,6 +1108,7 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
                 Arg::I32(p.epoch as i32),
                 Arg::Text(recent),
                 Arg::I64(created_ms),
+                Arg::I64(p.txn_first_offset),
             ];
             fenced(p.topic_id, p.partition, row)
         })
@@ -1088,14 +1117,40 @@ fn flush_statements(commit: &FlushCommit, backend: Backend) -> Result<Statements
     st.each_rows(
         backend,
         &format!(
-            "WITH v (topic_id, partition, producer_id, epoch, recent, updated_ms, leader_epoch, high_watermark)
-                 AS (VALUES {{}})
-             INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms)
-             SELECT topic_id, partition, producer_id, epoch, recent, updated_ms FROM v WHERE {moving}
+            "WITH v (topic_id, partition, producer_id, epoch, recent, updated_ms, txn_first_offset, leader_epoch,
+                     high_watermark) AS (VALUES {{}})
+             INSERT INTO producer_state (topic_id, partition, producer_id, epoch, recent, updated_ms, txn_first_offset)
+             SELECT topic_id, partition, producer_id, epoch, recent, updated_ms, txn_first_offset FROM v WHERE {moving}
              ON CONFLICT (topic_id, partition, producer_id)
-             DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms"
+             DO UPDATE SET epoch = excluded.epoch, recent = excluded.recent, updated_ms = excluded.updated_ms,
+               txn_first_offset = excluded.txn_first_offset"
         ),
         producers,
+    );
+    let aborted = commit
+        .aborted
+        .iter()
+        .map(|a| {
+            let row = vec![
+                Arg::Text(a.topic_id.to_string()),
+                Arg::I32(a.partition),
+                Arg::I64(a.producer_id),
+                Arg::I64(a.first_offset),
+                Arg::I64(a.last_offset),
+            ];
+            fenced(a.topic_id, a.partition, row)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    st.each_rows(
+        backend,
+        &format!(
+            "WITH v (topic_id, partition, producer_id, first_offset, last_offset, leader_epoch, high_watermark)
+                 AS (VALUES {{}})
+             INSERT INTO aborted_txns (topic_id, partition, producer_id, first_offset, last_offset)
+             SELECT topic_id, partition, producer_id, first_offset, last_offset FROM v WHERE {moving}
+             ON CONFLICT (topic_id, partition, last_offset) DO NOTHING"
+        ),
+        aborted,
     );
     st.each_rows(
         backend,
@@ -1204,6 +1259,7 @@ pub(crate) mod tests {
             producer_id: 42,
             epoch: 3,
             recent: vec![],
+            txn_first_offset: -1,
         }
     }
 
@@ -1220,6 +1276,7 @@ pub(crate) mod tests {
                 leader_epoch: 0,
             }],
             producers: vec![],
+            aborted: vec![],
         }
     }
 
@@ -1274,6 +1331,7 @@ pub(crate) mod tests {
                 },
             ],
             producers: [0, 1].map(|p| producer(t.id, p)).to_vec(),
+            aborted: vec![],
         };
         // Partition 1 is fenced by its epoch: its batch must not be indexed.
         assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true, false]);
@@ -1356,6 +1414,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             producers: (0..n).map(|p| producer(t.id, p)).collect(),
+            aborted: vec![],
         };
         assert_eq!(m.commit_flush(&commit).await.unwrap(), vec![true; n as usize]);
         let parts = m.list_partitions().await.unwrap();
@@ -1538,6 +1597,7 @@ pub(crate) mod tests {
                 base_offset: 0,
                 last_offset: 4,
             }],
+            txn_first_offset: -1,
         };
         let commit = FlushCommit {
             objects: vec![("o".into(), 1)],
@@ -1549,6 +1609,7 @@ pub(crate) mod tests {
                 leader_epoch: 0,
             }],
             producers: vec![state.clone()],
+            aborted: vec![],
         };
         m.commit_flush(&commit).await.unwrap();
         assert_eq!(m.load_producer_states().await.unwrap(), vec![state]);

@@ -30,13 +30,18 @@ pub enum ClusterCommand {
     Undrain { node_id: i32 },
 }
 
-pub async fn run(args: ClusterArgs) -> Result<()> {
-    let base = args.http.trim_end_matches('/').to_string();
-    let base = if base.contains("://") {
-        base
+/// The HTTP address as a base URL (`127.0.0.1:8080` means `http://127.0.0.1:8080`).
+pub(crate) fn base_url(http: &str) -> String {
+    let base = http.trim_end_matches('/');
+    if base.contains("://") {
+        base.to_string()
     } else {
         format!("http://{base}")
-    };
+    }
+}
+
+pub async fn run(args: ClusterArgs) -> Result<()> {
+    let base = base_url(&args.http);
     let client = reqwest::Client::new();
     match args.command {
         ClusterCommand::Status { json, partitions } => {
@@ -60,7 +65,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     Ok(())
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Result<Value> {
+pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Value> {
     let resp = req.send().await.context("reaching the broker's HTTP API")?;
     let status = resp.status();
     let body: Value = resp.json().await.context("reading the answer")?;

@@ -68,6 +68,12 @@ pub struct Config {
     pub handoff_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The longest transaction.timeout.ms a transactional producer may ask for.
+    #[serde(with = "humantime_serde")]
+    pub transaction_max_timeout: Duration,
+    /// A transactional.id unused this long is forgotten (transactional.id.expiration.ms).
+    #[serde(with = "humantime_serde")]
+    pub transactional_id_expiration: Duration,
     /// The `[mqtt]` table: `mqtt.default-topic`, `mqtt.users`, `[[mqtt.rules]]`, ...
     pub mqtt: sluice_mqtt::MqttConfig,
 }
@@ -121,6 +127,8 @@ impl Default for Config {
             cluster_poll_interval: Duration::from_millis(200),
             handoff_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            transaction_max_timeout: Duration::from_secs(15 * 60),
+            transactional_id_expiration: Duration::from_secs(7 * 24 * 3600),
             mqtt: sluice_mqtt::MqttConfig::default(),
         }
     }
@@ -289,6 +297,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// The longest transaction.timeout.ms a transactional producer may ask for. [default: 15m]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_max_timeout: Option<String>,
+    /// A transactional.id unused this long is forgotten. [default: 7days]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transactional_id_expiration: Option<String>,
 }
 
 /// Maps `SLUICE_FLUSH_INTERVAL` to `flush.interval`, `SLUICE_KAFKA_LISTEN` to `kafka-listen`,
@@ -347,6 +363,8 @@ const ENV_KEYS: &[&str] = &[
     "cluster_poll_interval",
     "handoff_timeout",
     "drain_timeout",
+    "transaction_max_timeout",
+    "transactional_id_expiration",
 ];
 
 pub fn resolve(args: &ServeArgs) -> Result<Config> {

@@ -3,6 +3,7 @@
 
 mod cluster_cli;
 mod config;
+mod txn_cli;
 
 use std::sync::Arc;
 
@@ -38,6 +39,8 @@ enum Command {
     Group(sluice_client::cli::GroupArgs),
     /// Cluster status, and draining brokers before maintenance.
     Cluster(cluster_cli::ClusterArgs),
+    /// List and describe transactions; abort a hanging one.
+    Transactions(txn_cli::TxnArgs),
     /// Register, get, list, check and delete schemas in the schema registry.
     Schema(sluice_schema::cli::SchemaArgs),
     /// Load generator: produce, consume and end-to-end throughput and latency percentiles.
@@ -83,6 +86,7 @@ fn run() -> Result<()> {
             Command::Schema(args) => sluice_schema::cli::run(args).await,
             Command::Bench(args) => sluice_bench::run_bench(args).await,
             Command::Cluster(args) => cluster_cli::run(args).await,
+            Command::Transactions(args) => txn_cli::run(args).await,
             Command::Admin {
                 command: AdminCommand::RebuildIndex(storage),
             } => {
@@ -157,10 +161,28 @@ async fn serve(cfg: Config) -> Result<()> {
     )
     .await
     .context("joining the cluster")?;
+    let txn = sluice_txn::TxnCoordinator::start(
+        log.meta().clone(),
+        log.clone(),
+        groups.clone(),
+        cluster.clone(),
+        sluice_txn::TxnOptions {
+            max_timeout: cfg.transaction_max_timeout,
+            id_expiration: cfg.transactional_id_expiration,
+            // A test-only hook: a pause between deciding a transaction and writing its markers.
+            pause_before_markers: std::env::var("SLUICE_TEST_TXN_MARKER_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis)
+                .unwrap_or_default(),
+            ..Default::default()
+        },
+    );
     let broker = Arc::new(Broker {
         log,
         groups,
         cluster: cluster.clone(),
+        txn: txn.clone(),
         config: BrokerConfig {
             node_id: cfg.node_id,
             advertised_host: host,
@@ -210,7 +232,9 @@ async fn serve(cfg: Config) -> Result<()> {
     let kafka = tokio::spawn(sluice_kafka::serve(kafka, broker.clone()));
     let http = tokio::spawn(sluice_http::serve(
         http,
-        sluice_http::router(http_state).merge(gateway.router()),
+        sluice_http::router(http_state)
+            .merge(gateway.router())
+            .merge(sluice_txn::rest::router(txn)),
     ));
     let registry_task = tokio::spawn(sluice_schema::serve(registry_listener, registry));
     let mqtt_task = tokio::spawn({

@@ -34,6 +34,11 @@
 //   deleteGroups    {groupIds:[...]}        -> {results:[{groupId,errorCode}]}
 //   resetOffsets    {groupId, topic, earliest}
 //   setOffsets      {groupId, topic, partitions:[{partition,offset}]}
+// Transactions:
+//   transaction     {transactionalId, topic, messages:[{key,value,partition}], commit:bool,
+//                    offsets:{groupId, topic, partitions:[{partition,offset}]}}
+//                   one transaction of a transactional producer: sends the messages (and the
+//                   group's offsets), then commits or aborts -> {committed, records:[...]}
 "use strict";
 
 const { Kafka, CompressionTypes, ConfigResourceTypes, AssignerProtocol, logLevel } = require("kafkajs");
@@ -198,6 +203,8 @@ async function runStep(step, admin, getProducer, kafka) {
     }
     case "groupConsume":
       return await groupConsume(step, kafka, getProducer);
+    case "transaction":
+      return await transaction(step, kafka);
     case "listGroups": {
       const { groups } = await admin.listGroups();
       return { groups: groups.sort((a, b) => (a.groupId < b.groupId ? -1 : 1)) };
@@ -243,6 +250,34 @@ async function runStep(step, admin, getProducer, kafka) {
       return { ok: true };
     default:
       throw new Error(`unknown op ${step.op}`);
+  }
+}
+
+async function transaction(step, kafka) {
+  const producer = kafka.producer({ transactionalId: step.transactionalId, idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  try {
+    const txn = await producer.transaction();
+    try {
+      const meta = await txn.send({ topic: step.topic, acks: -1, messages: step.messages });
+      if (step.offsets) {
+        await txn.sendOffsets({
+          consumerGroupId: step.offsets.groupId,
+          topics: [{ topic: step.offsets.topic, partitions: step.offsets.partitions.map((p) => ({ partition: p.partition, offset: String(p.offset) })) }],
+        });
+      }
+      if (step.commit) await txn.commit();
+      else await txn.abort();
+      return {
+        committed: !!step.commit,
+        records: meta.map((r) => ({ partition: r.partition, errorCode: r.errorCode, baseOffset: r.baseOffset })),
+      };
+    } catch (e) {
+      if (txn.isActive()) await txn.abort();
+      throw e;
+    }
+  } finally {
+    await producer.disconnect();
   }
 }
 
