@@ -9,10 +9,14 @@ with --json, else a line of text.
     python3 benches/librdkafka_produce.py --bootstrap 127.0.0.1:9092 --topic t --duration 10
     python3 benches/librdkafka_produce.py --bootstrap ... --topic t --rate 2000 --linger-ms 0
     python3 benches/librdkafka_produce.py --mock --topic t --rate 2000 --linger-ms 0
+    python3 benches/librdkafka_produce.py --bootstrap ... --topic t --transactional --transaction-ms 100
 
 --mock produces to librdkafka's own in-process mock broker (real TCP on loopback, no
 disk, no fsync) instead: the p99 that this client reaches on this machine when the
 broker costs next to nothing, the reference for a broker's p99.
+
+--transactional sets a transactional.id and commits every --transaction-ms; the
+report adds the transactions committed and the commit_transaction() latency.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def main() -> int:
     ap.add_argument("--linger-ms", type=float, default=None, help="linger.ms (default: librdkafka's, 5)")
     ap.add_argument("--acks", default="all")
     ap.add_argument("--no-idempotence", action="store_true")
+    ap.add_argument("--transactional", action="store_true", help="commit a transaction every --transaction-ms")
+    ap.add_argument("--transaction-ms", type=float, default=100.0)
     ap.add_argument("--mock", action="store_true", help="librdkafka's in-process mock broker (test.mock.num.brokers)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -97,6 +103,10 @@ def main() -> int:
         ensure_topic(args.bootstrap, args.topic, args.partitions)
     if args.linger_ms is not None:
         conf["linger.ms"] = args.linger_ms
+    if args.transactional:
+        if args.rate > 0 or args.no_idempotence:
+            raise SystemExit("--transactional runs as fast as possible, idempotent")
+        conf["transactional.id"] = f"librdkafka-bench-{os.getpid()}"
     # librdkafka's own request round-trip times (Produce request sent to
     # response read, per stats window), free of this script's callback delay.
     rtt_windows: list[dict] = []
@@ -142,8 +152,15 @@ def main() -> int:
     p = Producer(conf)
 
     # Warm up: metadata and producer id (idempotence) before the clock starts.
+    if args.transactional:
+        p.init_transactions(30)
+        p.begin_transaction()
     p.produce(args.topic, value)
     p.flush(30)
+    commits: list[float] = []
+    if args.transactional:
+        p.commit_transaction(30)
+        p.begin_transaction()
     delivered = 0
 
     produce = p.produce
@@ -167,6 +184,8 @@ def main() -> int:
             sent += 1
             poll(0)
     else:
+        txn_every = args.transaction_ms / 1000
+        txn_start = start
         while True:
             for _ in range(1000):
                 try:
@@ -175,7 +194,17 @@ def main() -> int:
                 except BufferError:
                     poll(0.005)
             poll(0)
-            if time.perf_counter() >= end:
+            now = time.perf_counter()
+            if args.transactional and (now - txn_start >= txn_every or now >= end):
+                # commit_transaction() flushes first: time only the commit itself.
+                p.flush(60)
+                t0 = time.perf_counter()
+                p.commit_transaction(60)
+                commits.append(time.perf_counter() - t0)
+                txn_start = time.perf_counter()
+                if txn_start < end:
+                    p.begin_transaction()
+            if now >= end:
                 break
     remaining = p.flush(60)
     elapsed = time.perf_counter() - start
@@ -197,8 +226,14 @@ def main() -> int:
             "partitions": args.partitions,
             "rate": args.rate,
             "mock_broker": args.mock,
+            "transactional": args.transactional,
         },
     }
+    if args.transactional:
+        out["settings"]["transaction_ms"] = args.transaction_ms
+        out["transactions"] = len(commits)
+        if commits:
+            out["commit_latency_ms"] = latency_summary([x * 1000 for x in commits])
     if first_error:
         out["first_error"] = first_error
     if latencies:
@@ -221,6 +256,9 @@ def main() -> int:
         if latencies:
             l = out["latency_ms"]
             line += f"; latency ms p50 {l['p50']} p99 {l['p99']} p99.9 {l['p999']} max {l['max']}"
+        if commits:
+            l = out["commit_latency_ms"]
+            line += f"; {len(commits)} transactions, commit ms p50 {l['p50']} p99 {l['p99']} max {l['max']}"
         if "librdkafka_rtt_ms" in out:
             line += f"; librdkafka rtt ms {out['librdkafka_rtt_ms']}"
         print(line)

@@ -302,6 +302,9 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
         --rate 2000 --linger-ms 0 --duration "${LATENCY_S}s"
     step e2e_2000 "${B[@]}" e2e --topic bench-e2e --partitions 8 --record-size 1024 --acks all \
         --rate 2000 --linger-ms 0 --duration "${E2E_S}s"
+    # An idempotent phase, then a transactional one committing every 100 ms.
+    step produce_txn "${B[@]}" produce --topic bench-txn --partitions 8 --record-size 1024 --acks all \
+        --transactional --transaction-ms 100 --duration "${THROUGHPUT_S}s"
     if [[ $HAVE_RDKAFKA -eq 1 ]]; then
         local RK=(python3 "$ROOT/benches/librdkafka_produce.py" --bootstrap "$BOOT" --json --partitions 8
             --record-size 1024)
@@ -309,6 +312,8 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
         step rdkafka_consume "${B[@]}" consume --topic bench-rdkafka --from-beginning
         step rdkafka_2000 "${RK[@]}" --topic bench-rdkafka-latency --rate 2000 --linger-ms 0 \
             --duration "$LATENCY_S"
+        step rdkafka_txn "${RK[@]}" --topic bench-rdkafka-txn --transactional --transaction-ms 100 \
+            --duration "$THROUGHPUT_S"
     else
         log "confluent-kafka is not installed: skipping the librdkafka steps"
     fi

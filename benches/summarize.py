@@ -16,8 +16,8 @@ import json
 import os
 import statistics
 
-STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "rdkafka_c_mock", "rdkafka_c_mock_2000", "produce", "consume", "produce_2000", "e2e_2000", "rdkafka",
-         "rdkafka_consume", "rdkafka_2000", "rdkafka_c", "rdkafka_c_2000", "consume_restart", "broker", "partitions"]
+STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "rdkafka_c_mock", "rdkafka_c_mock_2000", "produce", "consume", "produce_2000", "e2e_2000", "produce_txn", "rdkafka",
+         "rdkafka_consume", "rdkafka_2000", "rdkafka_txn", "rdkafka_c", "rdkafka_c_2000", "consume_restart", "broker", "partitions"]
 
 
 def load(d: str) -> dict:
@@ -135,9 +135,14 @@ def build(runs: list[dict]) -> list[Row]:
         thr("rdkafka_consume", "consume just produced (librdkafka's data)", "librdkafka produce", 1.0)
         thr("consume", "consume just produced (sluice bench's data)", "sluice bench produce", 1.0)
         thr("consume_restart", "consume after broker restart (tail cache empty)", "dd")
+        ref_mbs["sluice bench produce, idempotent phase"] = (
+            r["produce_txn"]["idempotent_mb_per_sec"] if r["produce_txn"] else None)
+        thr("produce_txn", "sluice bench produce --transactional, 100 ms transactions",
+            "sluice bench produce, idempotent phase", 0.8)
+        thr("rdkafka_txn", "librdkafka transactional produce, 100 ms transactions", "librdkafka produce", 0.8)
 
-        def lat(key, label, field, target=None):
-            rw = row(key, label, "ms p99", "", target, kind="latency")
+        def lat(key, label, field, target=None, row_key=None):
+            rw = row(row_key or key, label, "ms p99", "", target, kind="latency")
             x = r[key]
             if x is None or field not in x:
                 return
@@ -171,6 +176,10 @@ def build(runs: list[dict]) -> list[Row]:
         lat("rdkafka_c_2000", "librdkafka C (rdkafka_performance) produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
         lat("produce_2000", "sluice bench produce @ 2000 rec/s, linger 0", "latency_ms", 5.0)
         lat("e2e_2000", "sluice bench e2e @ 2000 rec/s (produce to consume)", "e2e_latency_ms")
+        lat("produce_txn", "sluice bench: commit (EndTxn) latency", "commit_latency_ms", 10.0,
+            row_key="produce_txn_commit")
+        lat("rdkafka_txn", "librdkafka: commit_transaction() latency", "commit_latency_ms", 10.0,
+            row_key="rdkafka_txn_commit")
         if r["broker"]:
             rw = row("rss", "broker peak RSS (produce/consume steps)", "MiB")
             rw.values.append(r["broker"]["peak_rss_kb"] / 1024)

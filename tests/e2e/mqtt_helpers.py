@@ -34,6 +34,7 @@ class Device:
         self.connack = None
         self.session_present = None
         self.acked_mids: set[int] = set()
+        self.disconnects: list = []  # reason codes of every disconnection
         self.lock = threading.Lock()
         kwargs = dict(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                       protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
@@ -49,6 +50,7 @@ class Device:
         self.c.on_connect = self._on_connect
         self.c.on_message = lambda c, u, m: self.messages.put(m)
         self.c.on_publish = self._on_publish
+        self.c.on_disconnect = lambda c, u, flags, reason_code, props: self.disconnects.append(reason_code)
         if connect:
             self.connect()
 

@@ -16,6 +16,9 @@ real S3 API server (moto), driven by librdkafka.
   broker, whichever broker leads their partition. Publishes reach subscribers on every
   broker, through mqtt.forward, and only what other brokers subscribed to goes there. A
   share group with members on several brokers gets each message once.
+* Transactions: a consume-transform-produce worker keeps exactly-once output while the
+  broker coordinating its transactional id is SIGKILLed, twice; another broker takes
+  the id over from the state in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from conftest import Wire, build_record_batch, create_topic, http_get, wait_until
+from eos import run_exactly_once
 from loadgen import LoadProducer, check_exactly_once
 from mqtt_helpers import Device, events, headers, kafka_records
 from paho.mqtt.packettypes import PacketTypes
@@ -653,3 +657,28 @@ def test_mqtt_publishes_forwarded_to_a_killed_leader_are_not_lost(cluster):
                               f" (killed at round {seq_at_kill}, stopped at {rounds[0]})")
     for d in devices:
         d.disconnect()
+
+
+def test_exactly_once_survives_killing_the_transaction_coordinator(cluster, tmp_path):
+    from kafka.admin import KafkaAdminClient
+
+    c = cluster(3)
+    killed = []
+
+    def kill_coordinator(w, txid):
+        for b in c:
+            if not b.running():
+                b.start()
+        admin = KafkaAdminClient(bootstrap_servers=c.bootstrap)
+        try:
+            coordinator = admin.describe_transactions([txid])[txid].coordinator_id
+        finally:
+            admin.close()
+        victim = next(b for b in c if b.node_id == coordinator)
+        victim.kill()
+        killed.append(coordinator)
+        return w
+
+    run_exactly_once(c[0], lambda: c.bootstrap, kill_coordinator, tmp_path, total=3000, disruptions=2)
+    assert len(killed) >= 1
+    print(f"coordinators killed: {killed}")

@@ -13,7 +13,7 @@ import pytest
 import requests
 from confluent_kafka import Producer
 
-from conftest import create_topic, wait_until
+from conftest import create_topic, topic_partitions, wait_until, watermarks
 from mqtt_helpers import Device, events, headers, kafka_records, mosquitto_pub, mosquitto_sub
 
 
@@ -396,3 +396,96 @@ def test_message_expiry_and_topic_alias_v5(broker):
     assert dropped[0]["topic"] == "exp/short"
     dev.disconnect()
     pub.disconnect()
+
+
+def _stored_by_client(broker, topic: str, min_count: int) -> dict[str, list[int]]:
+    """Sequence numbers of `client:seq:...` payloads in `topic`, per client, in log order."""
+    by_client: dict[str, list[int]] = {}
+    recs = kafka_records(broker, topic, min_count, timeout=60)
+    for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
+        client, seq, _ = r.value.decode().split(":", 2)
+        by_client.setdefault(client, []).append(int(seq))
+    return by_client
+
+
+def test_many_clients_under_a_small_batch_limit_and_byte_budget(make_broker):
+    # A small topic limit and in-flight budget make the uplink cut batches and hold
+    # connections back constantly; with payloads near 100 bytes, the headers are as
+    # large as the values, so a cut that counts only values would overshoot.
+    broker = make_broker(env={"SLUICE_MQTT_INFLIGHT_BYTES": "262144"})
+    create_topic(broker, "mqtt", partitions=2, config={"max.message.bytes": "16384"})
+    clients, per_client = 60, 400
+    devices = [Device(broker, f"dev-{i:03}", v5=i % 2 == 0) for i in range(clients)]
+    infos: dict[str, list] = {d.c._client_id.decode(): [] for d in devices}
+    for seq in range(per_client):
+        for d in devices:
+            cid = d.c._client_id.decode()
+            payload = f"{cid}:{seq}:".ljust(100, "x")
+            infos[cid].append(d.publish(f"fleet/{cid}/telemetry", payload, qos=1, wait=False))
+    for d in devices:
+        wait_until(lambda: len(d.acked_mids) == per_client, 60, what=f"PUBACKs of {d.c._client_id!r}")
+    assert all(not d.disconnects for d in devices), [d.disconnects for d in devices if d.disconnects]
+    stored = _stored_by_client(broker, "mqtt", clients * per_client)
+    # Every acknowledged message exactly once, each device's in order.
+    assert sorted(stored) == sorted(infos)
+    for cid, seqs in stored.items():
+        assert seqs == list(range(per_client)), f"{cid}: {seqs[:20]}..."
+    assert "too large" not in broker.log()
+    for d in devices:
+        d.disconnect()
+
+
+def _publish_frame(topic: str, payload: bytes, pid: int, v5: bool) -> bytes:
+    """A QoS 1 PUBLISH packet."""
+    t = topic.encode()
+    body = struct.pack(">H", len(t)) + t + struct.pack(">H", pid) + (b"\x00" if v5 else b"") + payload
+    n, length = len(body), b""
+    while True:
+        n, digit = divmod(n, 128)
+        length += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return bytes([0x32]) + length + body
+
+
+def test_a_publish_too_large_for_its_topic_fails_alone(make_broker):
+    broker = make_broker()
+    create_topic(broker, "mqtt", partitions=1, config={"max.message.bytes": "4096"})
+    small = [Device(broker, f"small-{i}", v5=i == 0) for i in range(2)]
+    big = {v5: _raw_connect(broker.mqtt_port, v5, f"big-v{5 if v5 else 3}") for v5 in (True, False)}
+    for seq in range(100):
+        for d in small:
+            cid = d.c._client_id.decode()
+            d.publish("fleet/small", f"{cid}:{seq}:", qos=1, wait=False)
+        if seq == 50:
+            # Within the MQTT packet limit, but no batch of the topic can hold it.
+            for v5, s in big.items():
+                s.sendall(_publish_frame("fleet/big", b"big:0:" + b"y" * 8000, 1, v5))
+    for d in small:
+        wait_until(lambda: len(d.acked_mids) == 100, 30, what="PUBACKs of the small publishers")
+    # MQTT 5: no PUBACK, DISCONNECT with 0x95 Packet too large. 3.1.1 has no negative
+    # acknowledgement: the connection is closed.
+    assert _closed_after(big[True]) == bytes([0xE0, 0x02, 0x95, 0x00])
+    assert _closed_after(big[False]) == b""
+    for d in small:
+        assert not d.disconnects
+    stored = _stored_by_client(broker, "mqtt", 200)
+    assert stored == {"small-0": list(range(100)), "small-1": list(range(100))}
+    for d in small:
+        d.disconnect()
+
+
+def test_load_generator_keeps_every_client(make_broker):
+    broker = make_broker()
+    create_topic(broker, "mqtt", partitions=2, config={"max.message.bytes": "65536"})
+    clients, inflight = 400, 10
+    out = broker.run_cli("bench", "--json", "--bootstrap", broker.bootstrap, "mqtt",
+                         "--mqtt", f"127.0.0.1:{broker.mqtt_port}", "--clients", str(clients),
+                         "--seconds", "4", "--inflight", str(inflight), timeout=90)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["connected"] == clients and r["failed"] == 0, r
+    assert r["messages"] > clients
+    # Everything acknowledged is stored; at most what was in flight at the end besides.
+    parts = topic_partitions(broker.bootstrap, "mqtt")
+    stored = sum(hi - lo for lo, hi in watermarks(broker.bootstrap, "mqtt", parts).values())
+    assert r["messages"] <= stored <= r["messages"] + clients * inflight, (stored, r)

@@ -16,13 +16,7 @@ CLI and the REST API.
 from __future__ import annotations
 
 import json
-import random
-import subprocess
-import sys
 import threading
-import time
-import uuid
-from pathlib import Path
 
 import pytest
 
@@ -35,13 +29,7 @@ from conftest import (
     run_kcat,
     wait_until,
 )
-
-WORKER = Path(__file__).resolve().parent / "txn_worker.py"
-
-
-def name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
+from eos import name, read_all, run_exactly_once, values
 
 def txn_producer(bootstrap: str, txid: str, **extra):
     from confluent_kafka import Producer
@@ -51,44 +39,6 @@ def txn_producer(bootstrap: str, txid: str, **extra):
     p = Producer(conf)
     p.init_transactions(30)
     return p
-
-
-def read_all(bootstrap: str, topic: str, partitions: list[int], isolation: str, timeout: float = 30) -> dict[int, list[tuple]]:
-    """Every record of the partitions up to their end (the LSO for read_committed):
-    partition -> [(offset, key, value)], read with librdkafka."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-    c = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "sluice-e2e-assign-only",
-        "isolation.level": isolation,
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 100,
-    })
-    out: dict[int, list[tuple]] = {p: [] for p in partitions}
-    try:
-        c.assign([TopicPartition(topic, p, 0) for p in partitions])
-        eof: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(eof) < len(partitions):
-            assert time.monotonic() < deadline, f"timed out reading {topic} ({isolation}): eof {eof}"
-            m = c.poll(0.2)
-            if m is None:
-                continue
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF, f"consume error {m.error()}"
-                eof.add(m.partition())
-                continue
-            eof.discard(m.partition())
-            out[m.partition()].append((m.offset(), m.key(), m.value()))
-    finally:
-        c.close()
-    return out
-
-
-def values(recs: dict[int, list[tuple]]) -> dict[int, list[bytes]]:
-    return {p: [v for _, _, v in rs] for p, rs in recs.items()}
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: list[int], isolation: str) -> dict[int, int]:
@@ -317,88 +267,21 @@ def test_kafka_python_transactional_producer(broker):
     assert sum(len(v) for v in read_all(broker.bootstrap, topic, [0, 1], "read_uncommitted").values()) == 20
 
 
-def group_committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+def test_exactly_once_through_worker_kills(broker, tmp_path):
+    def kill_worker(w, _txid):
+        w.kill()
+        return None
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        tps = c.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
-    finally:
-        c.close()
+    assert run_exactly_once(broker, lambda: broker.bootstrap, kill_worker, tmp_path) >= 4
 
 
-def run_exactly_once(broker, kill_worker: bool, kill_broker: bool, total: int = 2000):
-    """Feeds `total` records through txn_worker.py while SIGKILLing the worker and/or
-    the broker; checks the output holds every input record exactly once, per key in order."""
-    src, dst = name("eos-in"), name("eos-out")
-    create_topic(broker, src, partitions=3)
-    create_topic(broker, dst, partitions=3)
-    # Key k always lands in input partition k % 3, so each key has one order to keep.
-    msgs = [Msg(i % 3, b"key%d" % (i % 48), b"%06d" % i) for i in range(total)]
-    produce_confluent(broker.bootstrap, src, msgs)
-    group, txid = name("eos-group"), name("eos-tx")
-    rng = random.Random(7)
-    workers_started = 0
-    kills = 0
+def test_exactly_once_through_broker_kills(broker, tmp_path):
+    def kill_broker(w, _txid):
+        broker.kill()
+        broker.start()
+        return w
 
-    def start():
-        nonlocal workers_started
-        workers_started += 1
-        return subprocess.Popen([sys.executable, str(WORKER), broker.bootstrap, src, dst, group, txid, str(total)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    w = start()
-    try:
-        for _ in range(3):
-            time.sleep(rng.uniform(1.5, 3.0))
-            if w.poll() is not None:
-                w = start()
-                continue
-            kills += 1
-            if kill_worker:
-                w.kill()
-                w.wait()
-                w = start()
-            if kill_broker:
-                broker.kill()
-                broker.start()
-        deadline = time.monotonic() + 180
-        while True:
-            rc = w.wait(timeout=max(1, deadline - time.monotonic()))
-            if rc == 0:
-                break
-            assert time.monotonic() < deadline, "the worker never finished"
-            w = start()
-    finally:
-        if w.poll() is None:
-            w.kill()
-    assert kills >= 1, "the worker finished before any kill; make the input larger"
-
-    out = read_all(broker.bootstrap, dst, [0, 1, 2], "read_committed", timeout=60)
-    got = [(k, v) for p in out.values() for _, k, v in p]
-    expected = [(m.key, b"out:" + m.value) for m in msgs]
-    assert len(got) == len(expected), f"{len(got)} records out for {len(expected)} in"
-    assert sorted(got) == sorted(expected)
-    # Per key, the output keeps the input's order (the same key always meets one partition).
-    by_key: dict[bytes, list[bytes]] = {}
-    for p in sorted(out):
-        for _, k, v in out[p]:
-            by_key.setdefault(k, []).append(v)
-    for k, vs in by_key.items():
-        assert vs == sorted(vs), f"key {k!r} out of order"
-    assert group_committed(broker.bootstrap, group, src, [0, 1, 2]) == {
-        p: sum(1 for m in msgs if m.partition == p) for p in (0, 1, 2)
-    }
-    return workers_started
-
-
-def test_exactly_once_through_worker_kills(broker):
-    assert run_exactly_once(broker, kill_worker=True, kill_broker=False) >= 4
-
-
-def test_exactly_once_through_broker_kills(broker):
-    run_exactly_once(broker, kill_worker=False, kill_broker=True)
+    run_exactly_once(broker, lambda: broker.bootstrap, kill_broker, tmp_path)
 
 
 def test_a_commit_decided_before_a_crash_completes_after_it(make_broker):

@@ -15,6 +15,7 @@
 pub mod consumer;
 pub mod producer;
 pub mod report;
+pub mod txn;
 pub mod units;
 
 use std::sync::atomic::Ordering;
@@ -138,6 +139,16 @@ pub struct ProduceArgs {
     /// Target records per second (0 = as fast as possible).
     #[arg(long, default_value = "0", value_parser = parse_rate, value_name = "R")]
     pub rate: f64,
+
+    /// Measure transactions: an idempotent phase, then a transactional one of
+    /// the same length (--in-flight producers, one request each at a time);
+    /// reports their throughput ratio and the commit latency.
+    #[arg(long, conflicts_with_all = ["count", "rate"])]
+    pub transactional: bool,
+
+    /// With --transactional: how long each transaction stays open before its commit.
+    #[arg(long, default_value_t = 100, value_name = "MS", requires = "transactional")]
+    pub transaction_ms: u64,
 
     #[command(flatten)]
     pub tuning: ProducerTuning,
@@ -327,6 +338,9 @@ async fn bench_produce(common: &CommonArgs, a: &ProduceArgs) -> Result<Report> {
     let mut admin = consumer::connect(&common.bootstrap).await?;
     let partitions = ensure_topic(&mut admin, &a.topic, a.tuning.partitions).await?;
     drop(admin);
+    if a.transactional {
+        return bench_produce_transactional(common, a, partitions).await;
+    }
     let stop = match (a.count, a.duration) {
         (Some(n), _) => Stop::Count(n),
         (None, Some(d)) => Stop::Duration(d),
@@ -350,6 +364,29 @@ async fn bench_produce(common: &CommonArgs, a: &ProduceArgs) -> Result<Report> {
         Stop::Duration(d) => r.settings.insert("duration_s".into(), json!(d.as_secs_f64())),
     };
     producer_extra(&mut r, &out);
+    Ok(r)
+}
+
+async fn bench_produce_transactional(common: &CommonArgs, a: &ProduceArgs, partitions: i32) -> Result<Report> {
+    let s = txn::TxnBenchSettings {
+        bootstrap: common.bootstrap.clone(),
+        topic: a.topic.clone(),
+        partitions,
+        value: producer::filler(a.record_size as usize, 0x5eed),
+        acks: a.tuning.acks,
+        compression: a.tuning.compression,
+        batch_bytes: a.tuning.batch_bytes as usize,
+        producers: a.tuning.in_flight as usize,
+        duration: a.duration.unwrap_or(Duration::from_secs(10)),
+        transaction: Duration::from_millis(a.transaction_ms),
+    };
+    let (idempotent, transactional) = txn::run(&s).await?;
+    let mut r = Report::new("produce-transactional", &a.topic, transactional.throughput);
+    tuning_settings(&mut r.settings, partitions, a.record_size, 0.0, &a.tuning);
+    r.settings.insert("duration_s".into(), json!(s.duration.as_secs_f64()));
+    r.settings.insert("transaction_ms".into(), json!(a.transaction_ms));
+    r.produce_latency = transactional.produce_latency.summary();
+    r.extra = txn::extra(&idempotent, &transactional);
     Ok(r)
 }
 

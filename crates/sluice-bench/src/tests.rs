@@ -171,3 +171,52 @@ fn settings_from_args() {
     assert_eq!(m["compression"], "none");
     assert_eq!(m["partitions"], 8);
 }
+
+#[test]
+fn produce_transactional() {
+    let b = parse(&["produce", "--topic", "t", "--transactional"]).unwrap();
+    let BenchCommand::Produce(p) = b.command else {
+        panic!("not produce")
+    };
+    assert!(p.transactional);
+    assert_eq!(p.transaction_ms, 100);
+    let b = parse(&["produce", "--topic", "t", "--transactional", "--transaction-ms", "250"]).unwrap();
+    let BenchCommand::Produce(p) = b.command else {
+        panic!("not produce")
+    };
+    assert_eq!(p.transaction_ms, 250);
+    // The interval means nothing without transactions; a count or a rate does
+    // not fit the two timed phases.
+    assert!(parse(&["produce", "--topic", "t", "--transaction-ms", "250"]).is_err());
+    assert!(parse(&["produce", "--topic", "t", "--transactional", "--count", "10"]).is_err());
+    assert!(parse(&["produce", "--topic", "t", "--transactional", "--rate", "10"]).is_err());
+}
+
+#[test]
+fn transactional_report_compares_the_phases() {
+    use report::{Latency, Throughput};
+    let phase = |records: u64, commits: &[u64]| {
+        let mut commit_latency = Latency::new();
+        for ms in commits {
+            commit_latency.record(Duration::from_millis(*ms));
+        }
+        txn::PhaseOutcome {
+            throughput: Throughput {
+                records,
+                bytes: records * 1000,
+                elapsed: Duration::from_secs(10),
+            },
+            produce_latency: Latency::new(),
+            commit_latency,
+            transactions: commits.len() as u64,
+        }
+    };
+    let extra = txn::extra(&phase(100_000, &[]), &phase(85_000, &[2, 3, 4]));
+    let get = |k: &str| extra.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(get("idempotent_records_per_sec"), json!(10_000.0));
+    assert_eq!(get("transactional_to_idempotent_ratio"), json!(0.85));
+    assert_eq!(get("transactions"), json!(3));
+    assert_eq!(get("commit_latency_ms")["count"], json!(3));
+    let p50 = get("commit_latency_ms")["p50"].as_f64().unwrap();
+    assert!((p50 - 3.0).abs() < 0.01, "{p50}");
+}

@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
     metadata_request::MetadataRequestTopic,
     produce_request::{PartitionProduceData, TopicProduceData},
     BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest,
-    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
+    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
@@ -28,6 +28,9 @@ use crate::error::{check, response_error, KafkaError};
 use crate::records::{decode_fetched, encode_batch, AbortedTxn, ConsumedRecord, ProduceRecord};
 
 mod groups;
+mod txn;
+
+pub use txn::ProducerIdentity;
 
 pub use groups::{
     decode_consumer_assignment, decode_consumer_subscription, CommittedOffset, GroupDescription, GroupMember,
@@ -297,6 +300,8 @@ pub struct Client {
     topics: HashMap<String, TopicInfo>,
     /// Coordinator node id by group id.
     coordinators: HashMap<String, i32>,
+    /// Transaction coordinator node id by transactional id.
+    txn_coordinators: HashMap<String, i32>,
 }
 
 impl std::fmt::Debug for Client {
@@ -334,6 +339,7 @@ impl Client {
             brokers: BTreeMap::new(),
             topics: HashMap::new(),
             coordinators: HashMap::new(),
+            txn_coordinators: HashMap::new(),
         };
         client.bootstrap_conn().await?;
         Ok(client)
@@ -727,16 +733,30 @@ impl Client {
         acks: Acks,
     ) -> Result<Vec<(i32, i64)>> {
         let compression = self.config.compression;
-        let mut pending: Vec<(i32, Bytes)> = batches
+        let pending: Vec<(i32, Bytes)> = batches
             .iter()
             .filter(|(_, recs)| !recs.is_empty())
             .map(|(p, recs)| Ok((*p, encode_batch(recs, compression)?)))
             .collect::<Result<_>>()?;
+        self.produce_encoded(topic, pending, acks, None).await
+    }
+
+    /// Produce encoded record batches, one per partition, with the retries of
+    /// [`Client::produce_partitions`]; `transactional_id` for a transactional
+    /// producer's batches. A retried idempotent batch keeps its sequence, so the
+    /// broker writes it once.
+    pub async fn produce_encoded(
+        &mut self,
+        topic: &str,
+        mut pending: Vec<(i32, Bytes)>,
+        acks: Acks,
+        transactional_id: Option<&str>,
+    ) -> Result<Vec<(i32, i64)>> {
         let mut done = Vec::with_capacity(pending.len());
         let deadline = tokio::time::Instant::now() + self.config.retry_for;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let (ok, retry, fatal) = self.produce_attempt(topic, &pending, acks).await?;
+            let (ok, retry, fatal) = self.produce_attempt(topic, &pending, acks, transactional_id).await?;
             done.extend(ok);
             if let Some(e) = fatal {
                 return Err(e);
@@ -767,6 +787,7 @@ impl Client {
         topic: &str,
         pending: &[(i32, Bytes)],
         acks: Acks,
+        transactional_id: Option<&str>,
     ) -> Result<(Vec<(i32, i64)>, Vec<(i32, anyhow::Error)>, Option<anyhow::Error>)> {
         let mut ok = Vec::new();
         let mut retry = Vec::new();
@@ -813,6 +834,7 @@ impl Client {
                 td.name = topic_name(topic);
             }
             let req = ProduceRequest::default()
+                .with_transactional_id(transactional_id.map(|t| TransactionalId(sb(t))))
                 .with_acks(acks.as_i16())
                 .with_timeout_ms(timeout_ms)
                 .with_topic_data(vec![td]);

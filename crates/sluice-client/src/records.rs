@@ -90,9 +90,28 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The producer fields of an idempotent or transactional batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Sequence number of the batch's first record.
+    pub base_sequence: i32,
+    pub transactional: bool,
+}
+
 /// Encode `records` as exactly one record batch (format v2), non-idempotent and
 /// non-transactional, with offsets 0..n (the broker assigns the real ones).
 pub fn encode_batch(records: &[ProduceRecord], compression: Compression) -> Result<Bytes> {
+    encode_stamped_batch(records, compression, None)
+}
+
+/// [`encode_batch`], from the producer of `stamp` (idempotent, or transactional).
+pub fn encode_stamped_batch(
+    records: &[ProduceRecord],
+    compression: Compression,
+    stamp: Option<ProducerStamp>,
+) -> Result<Bytes> {
     if records.is_empty() {
         bail!("cannot encode an empty record batch");
     }
@@ -106,18 +125,18 @@ pub fn encode_batch(records: &[ProduceRecord], compression: Compression) -> Resu
                 headers.insert(StrBytes::from_string(k.clone()), v.clone());
             }
             Record {
-                transactional: false,
+                transactional: stamp.is_some_and(|s| s.transactional),
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-                producer_id: NO_PRODUCER_ID,
-                producer_epoch: NO_PRODUCER_EPOCH,
+                producer_id: stamp.map_or(NO_PRODUCER_ID, |s| s.producer_id),
+                producer_epoch: stamp.map_or(NO_PRODUCER_EPOCH, |s| s.epoch),
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
                 // The encoder starts a new batch whenever `offset - sequence`
-                // changes; keeping it constant at 1 yields one batch whose base
-                // sequence is -1 (NO_SEQUENCE), as a non-idempotent producer sends.
-                sequence: (i as i32).wrapping_sub(1),
+                // changes; keeping it constant yields one batch. Without a producer
+                // the base sequence is -1 (NO_SEQUENCE), as a non-idempotent producer sends.
+                sequence: stamp.map_or(-1, |s| s.base_sequence).wrapping_add(i as i32),
                 timestamp: r.timestamp.unwrap_or(now),
                 key: r.key.clone(),
                 value: r.value.clone(),

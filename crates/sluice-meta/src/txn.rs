@@ -201,6 +201,10 @@ impl MetaStore {
     /// Ends a transaction's offsets for `groups`: with `commit` they become the groups'
     /// committed offsets, otherwise they are dropped. Idempotent.
     pub async fn finish_txn_offsets(&self, producer_id: i64, groups: &BTreeSet<String>, commit: bool) -> Result<()> {
+        if groups.is_empty() {
+            // No write transaction: on SQLite it would queue for the write lock.
+            return Ok(());
+        }
         let mut tx = self.writer.begin().await?;
         for g in groups {
             if commit {

@@ -42,6 +42,10 @@ pub struct MqttConfig {
     /// Longest keep-alive (seconds) a client may use; a longer one (or 0) is
     /// lowered to this and told to MQTT 5 clients as Server Keep Alive. 0: no limit.
     pub max_keep_alive: u16,
+    /// Record bytes the gateway holds between reading publishes and their being
+    /// durable; beyond it connections stop reading from their sockets until the log
+    /// catches up (TCP back-pressure).
+    pub inflight_bytes: u64,
     /// Rules declared in the config file; created (or replaced) at start.
     pub rules: Vec<RuleConfig>,
 }
@@ -60,6 +64,7 @@ impl Default for MqttConfig {
             max_inflight: 32,
             deny_subscribe: Vec::new(),
             max_keep_alive: 0,
+            inflight_bytes: 64 << 20,
             rules: Vec::new(),
         }
     }

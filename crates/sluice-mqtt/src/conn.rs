@@ -33,6 +33,7 @@ use crate::events;
 use crate::message::Message;
 use crate::proto::{reason_for, Codec, ConnectInfo, In, SubRequestOpts, Will};
 use crate::topic::{valid_name, SubFilter};
+use crate::uplink::{AckError, AckResult};
 use crate::Gateway;
 
 /// Time a new connection has to send CONNECT.
@@ -49,7 +50,7 @@ type AckFuture = Pin<Box<dyn Future<Output = PendingAck> + Send>>;
 struct PendingAck {
     pid: NonZeroU16,
     qos2: bool,
-    result: Result<(), String>,
+    result: AckResult,
 }
 
 /// Why a connection ended.
@@ -527,7 +528,9 @@ impl Conn {
             self.pending.push_back(Box::pin(async move {
                 let mut result = Ok(());
                 for rx in durable {
-                    let r = rx.await.unwrap_or_else(|_| Err("gateway is shutting down".into()));
+                    let r = rx
+                        .await
+                        .unwrap_or_else(|_| Err(AckError::Failed("gateway is shutting down".into())));
                     result = result.and(r);
                 }
                 PendingAck { pid, qos2, result }
@@ -569,6 +572,15 @@ impl Conn {
         }
         let reason = match &ack.result {
             Ok(()) => PublishAckReason::Success,
+            Err(AckError::TooLarge(why)) => {
+                // PUBACK has no code for it; MQTT 5 ends the connection with 0x95, 3.1.1 closes it.
+                tracing::warn!(client = %self.client_id, error = %why, "MQTT publish too large for its Kafka topic");
+                return Some(if self.v5 {
+                    End::Protocol(DisconnectReasonCode::PacketTooLarge, why.clone())
+                } else {
+                    End::Io(format!("publish too large: {why}"))
+                });
+            }
             Err(e) => {
                 tracing::warn!(client = %self.client_id, error = %e, "MQTT publish could not be stored");
                 if !self.v5 {

@@ -48,7 +48,7 @@ use forward::Forward;
 use message::Message;
 use routes::Routes;
 use rules::{MessageCtx, Rules};
-use uplink::{AckResult, OutRecord, Uplink};
+use uplink::{AckError, AckResult, OutRecord, Uplink};
 
 /// The broker a gateway runs in, as one of a cluster's (or the only one).
 pub struct Membership {
@@ -97,7 +97,7 @@ impl Gateway {
                 .await
                 .with_context(|| format!("rule {} in the config file", r.name))?;
         }
-        let uplink = Uplink::start(log.clone(), member.kafka_address.clone());
+        let uplink = Uplink::start(log.clone(), member.kafka_address.clone(), cfg.inflight_bytes);
         let events = events::Events::start(uplink.clone(), cfg.events_topic.clone(), rules.clone());
         let retained = retained::RetainedStore::open(pool.clone(), member.refresh)
             .await
@@ -164,7 +164,7 @@ impl Gateway {
                 Err(e) => {
                     tracing::warn!(error = %e, "forwarding an MQTT message to other brokers failed");
                     let (tx, rx) = oneshot::channel();
-                    let _ = tx.send(Err(format!("forwarding to other brokers: {e}")));
+                    let _ = tx.send(Err(AckError::Failed(format!("forwarding to other brokers: {e}"))));
                     durable.push(rx);
                 }
             }

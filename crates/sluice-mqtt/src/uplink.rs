@@ -8,6 +8,14 @@
 //! channel order keeps each key's records in order, since a key maps to one
 //! partition and the log commits a partition's batches in submission order.
 //!
+//! No batch exceeds its topic's `max.message.bytes` (nor a byte target below
+//! it): a partition's records are cut into batches by an upper bound of their
+//! encoded size, in order. A record too large for a batch of its own fails alone,
+//! with [`AckError::TooLarge`]. Records hold a share of a byte budget from the
+//! moment they are queued until they are durable; when it is used up, `send`
+//! waits, so connections stop reading from their sockets instead of queueing
+//! without bound.
+//!
 //! In a cluster a partition may be led by another broker: the log refuses
 //! those batches (NotLeader), and the writer hands their records to the
 //! forwarder, which produces them to the leader through a Kafka client
@@ -23,11 +31,28 @@ use sluice_client::partitioner::partition_for_key;
 use sluice_client::records::{encode_batch, ProduceRecord};
 use sluice_client::{Acks, Client};
 use sluice_log::{Log, LogError, Topic};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-/// Outcome of writing one record: `Err` carries the log's reason.
-pub type AckResult = Result<(), String>;
+/// Outcome of writing one record.
+pub type AckResult = Result<(), AckError>;
+
+/// Why a record was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckError {
+    /// The record alone is larger than its topic's `max.message.bytes`.
+    TooLarge(String),
+    /// Anything else: the log's or the forwarder's reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for AckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckError::TooLarge(why) | AckError::Failed(why) => f.write_str(why),
+        }
+    }
+}
 
 /// A record on its way into the log.
 pub struct OutRecord {
@@ -40,33 +65,56 @@ pub struct OutRecord {
     pub ack: Option<oneshot::Sender<AckResult>>,
 }
 
+/// A record and its share of the in-flight byte budget, released once it is
+/// durable or failed.
+struct Queued {
+    rec: OutRecord,
+    permit: OwnedSemaphorePermit,
+}
+
 /// Handle to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Uplink {
-    tx: mpsc::Sender<OutRecord>,
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+    budget_bytes: u32,
 }
 
 /// Records taken from the channel per round.
 const MAX_ROUND: usize = 8192;
-/// Bytes per encoded batch, kept under the default `max.message.bytes`.
-const MAX_BATCH_BYTES: usize = 900 << 10;
+/// Record bytes per batch at most, below the default `max.message.bytes`: a
+/// batch of this size is one large write, and a larger one only waits longer.
+const TARGET_BATCH_BYTES: usize = 900 << 10;
+/// The v2 record batch header.
+const BATCH_HEADER_BYTES: usize = 61;
 
 impl Uplink {
     /// Starts the writer. `forward_to`: a Kafka address of this cluster (this broker's
     /// own) through which records for partitions led elsewhere reach their leader.
-    pub fn start(log: Log, forward_to: String) -> Self {
+    /// `budget_bytes`: record bytes queued or being written at most.
+    pub fn start(log: Log, forward_to: String, budget_bytes: u64) -> Self {
         let (tx, rx) = mpsc::channel(65536);
         let forwarder = Forwarder::start(forward_to);
         tokio::spawn(run(log, rx, forwarder));
-        Self { tx }
+        let budget_bytes = budget_bytes.clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        Self {
+            tx,
+            budget: Arc::new(Semaphore::new(budget_bytes as usize)),
+            budget_bytes,
+        }
     }
 
-    /// Queues a record; waits while the writer is saturated.
+    /// Queues a record; waits while the byte budget is used up.
     pub async fn send(&self, rec: OutRecord) {
-        if let Err(mpsc::error::SendError(rec)) = self.tx.send(rec).await {
-            if let Some(ack) = rec.ack {
-                let _ = ack.send(Err("gateway is shutting down".into()));
-            }
+        // A record larger than the whole budget waits for all of it.
+        let need = u32::try_from(record_bound(&rec))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_bytes);
+        let Ok(permit) = self.budget.clone().acquire_many_owned(need).await else {
+            return fail(rec.ack, "gateway is shutting down".into());
+        };
+        if let Err(mpsc::error::SendError(q)) = self.tx.send(Queued { rec, permit }).await {
+            fail(q.rec.ack, "gateway is shutting down".into());
         }
     }
 
@@ -79,14 +127,15 @@ impl Uplink {
     }
 }
 
-async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>, forwarder: Forwarder) {
+async fn run(log: Log, mut rx: mpsc::Receiver<Queued>, forwarder: Forwarder) {
     let mut round = Vec::with_capacity(1024);
     let mut rr: u32 = 0;
     while rx.recv_many(&mut round, MAX_ROUND).await > 0 {
         let mut groups = Groups::default();
         // Looked up once per round: most records of a round go to the same few topics.
         let mut topics: HashMap<String, Arc<Topic>> = HashMap::new();
-        for rec in round.drain(..) {
+        for q in round.drain(..) {
+            let rec = &q.rec;
             let found = match topics.get(&rec.topic) {
                 Some(t) => Ok(t.clone()),
                 None => topic_for(&log, &rec.topic).await,
@@ -99,7 +148,8 @@ async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>, forwarder: Forwarder) 
                     t
                 }
                 Err(e) => {
-                    fail(rec.ack, format!("topic {}: {e}", rec.topic));
+                    let why = format!("topic {}: {e}", rec.topic);
+                    fail(q.rec.ack, why);
                     continue;
                 }
             };
@@ -111,46 +161,52 @@ async fn run(log: Log, mut rx: mpsc::Receiver<OutRecord>, forwarder: Forwarder) 
                     (rr % n as u32) as i32
                 }
             };
-            groups.push(topic, partition, rec);
+            groups.push(topic, partition, q);
         }
         for (topic, partition, recs) in groups.groups {
-            for chunk in split_by_size(recs) {
-                submit(&log, &forwarder, &topic, partition, chunk).await;
+            let limit = batch_limit(&topic);
+            for chunk in split_by_size(recs, limit, |q| record_bound(&q.rec)) {
+                submit(&log, &forwarder, &topic, partition, limit, chunk).await;
             }
         }
     }
 }
 
-async fn submit(log: &Log, forwarder: &Forwarder, topic: &Arc<Topic>, partition: i32, recs: Vec<OutRecord>) {
-    let (records, acks): (Vec<ProduceRecord>, Vec<_>) = recs
-        .into_iter()
-        .map(|r| {
-            (
-                ProduceRecord {
-                    key: r.key,
-                    value: Some(r.value),
-                    headers: r.headers,
-                    timestamp: Some(r.timestamp),
-                },
-                r.ack,
-            )
-        })
-        .unzip();
+/// The most bytes a batch for `topic` may take: its `max.message.bytes`, or the
+/// byte target if lower.
+fn batch_limit(topic: &Topic) -> usize {
+    let max = usize::try_from(topic.config().max_message_bytes).unwrap_or(0);
+    max.min(TARGET_BATCH_BYTES + BATCH_HEADER_BYTES)
+}
+
+async fn submit(log: &Log, forwarder: &Forwarder, topic: &Arc<Topic>, partition: i32, limit: usize, recs: Vec<Queued>) {
+    let mut records = Vec::with_capacity(recs.len());
+    let mut acks = Vec::with_capacity(recs.len());
+    let mut permits = Vec::with_capacity(recs.len());
+    for q in recs {
+        let r = q.rec;
+        records.push(ProduceRecord {
+            key: r.key,
+            value: Some(r.value),
+            headers: r.headers,
+            timestamp: Some(r.timestamp),
+        });
+        acks.push(r.ack);
+        permits.push(q.permit);
+    }
     let data = match encode_batch(&records, Compression::None) {
         Ok(d) => d,
-        Err(e) => return fail_all(acks, format!("encoding record batch: {e:#}")),
+        Err(e) => return fail_all(acks, AckError::Failed(format!("encoding record batch: {e:#}"))),
     };
     match log.submit(topic, partition, data).await {
         Ok(done) => {
-            if acks.iter().all(Option::is_none) {
-                return;
-            }
             tokio::spawn(async move {
                 let outcome = match done.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("log is shutting down".to_string()),
+                    Ok(Err(e)) => Err(AckError::Failed(e.to_string())),
+                    Err(_) => Err(AckError::Failed("log is shutting down".to_string())),
                 };
+                drop(permits);
                 for ack in acks.into_iter().flatten() {
                     let _ = ack.send(outcome.clone());
                 }
@@ -160,14 +216,21 @@ async fn submit(log: &Log, forwarder: &Forwarder, topic: &Arc<Topic>, partition:
             let forward = Forward {
                 topic: topic.name.clone(),
                 partition,
+                limit,
                 records,
                 acks,
+                permits,
             };
             forwarder.send(forward).await;
         }
+        // Batches are cut below the limit, so only a record too large on its own gets here.
+        Err(LogError::MessageTooLarge(why)) => {
+            tracing::warn!(topic = %topic.name, partition, error = %why, "MQTT record too large for its topic");
+            fail_all(acks, AckError::TooLarge(why));
+        }
         Err(e) => {
             tracing::warn!(topic = %topic.name, partition, error = %e, "MQTT uplink append refused");
-            fail_all(acks, e.to_string());
+            fail_all(acks, AckError::Failed(e.to_string()));
         }
     }
 }
@@ -176,8 +239,11 @@ async fn submit(log: &Log, forwarder: &Forwarder, topic: &Arc<Topic>, partition:
 struct Forward {
     topic: String,
     partition: i32,
+    /// The topic's batch limit ([`batch_limit`]).
+    limit: usize,
     records: Vec<ProduceRecord>,
     acks: Vec<Option<oneshot::Sender<AckResult>>>,
+    permits: Vec<OwnedSemaphorePermit>,
 }
 
 /// Handle to the forwarding task.
@@ -194,14 +260,14 @@ impl Forwarder {
 
     async fn send(&self, f: Forward) {
         if let Err(mpsc::error::SendError(f)) = self.tx.send(f).await {
-            fail_all(f.acks, "gateway is shutting down".into());
+            fail_all(f.acks, AckError::Failed("gateway is shutting down".into()));
         }
     }
 }
 
 /// Produces forwarded records to their leaders and then acknowledges them. Each round
-/// takes what has queued, merged per partition in arrival order (up to `MAX_BATCH_BYTES`
-/// each), and sends it with one request per leader, so a backlog costs one round trip,
+/// takes what has queued, merged per partition in arrival order (within the topic's
+/// batch limit), and sends it with one request per leader, so a backlog costs one round trip,
 /// not one per batch. Rounds run one after another, which keeps each partition's order;
 /// the client finds the leaders and retries while leadership moves.
 async fn forward(bootstrap: String, mut rx: mpsc::Receiver<Forward>) {
@@ -225,7 +291,9 @@ async fn forward(bootstrap: String, mut rx: mpsc::Receiver<Forward>) {
                     Err(e) => Err(e),
                 },
             };
-            let acks = parts.into_values().flat_map(|m| m.acks);
+            let (acks, permits): (Vec<_>, Vec<_>) = parts.into_values().map(|m| (m.acks, m.permits)).unzip();
+            drop(permits);
+            let acks = acks.into_iter().flatten();
             match produced {
                 Ok(_) => {
                     for ack in acks.flatten() {
@@ -235,7 +303,8 @@ async fn forward(bootstrap: String, mut rx: mpsc::Receiver<Forward>) {
                 Err(e) => {
                     tracing::warn!(topic = %topic, error = %format!("{e:#}"),
                         "forwarding MQTT records to the partitions' leaders failed");
-                    fail_all(acks.collect(), format!("forwarding to the partition's leader: {e:#}"));
+                    let why = format!("forwarding to the partition's leader: {e:#}");
+                    fail_all(acks.collect(), AckError::Failed(why));
                     // A fresh connection and metadata for the next round.
                     client = None;
                 }
@@ -249,59 +318,88 @@ async fn forward(bootstrap: String, mut rx: mpsc::Receiver<Forward>) {
 struct Merged {
     records: Vec<ProduceRecord>,
     acks: Vec<Option<oneshot::Sender<AckResult>>>,
+    permits: Vec<OwnedSemaphorePermit>,
     bytes: usize,
 }
 
 /// Takes forwards from the front of `queue`, merged per topic and partition in order, until
-/// one would take its partition's batch past `MAX_BATCH_BYTES`.
+/// one would take its partition's batch past the topic's limit. Each forward is one batch
+/// the writer cut, so it fits alone.
 fn take_round(queue: &mut VecDeque<Forward>) -> BTreeMap<String, BTreeMap<i32, Merged>> {
     let mut round: BTreeMap<String, BTreeMap<i32, Merged>> = BTreeMap::new();
     while let Some(f) = queue.front() {
-        let size: usize = f.records.iter().map(record_bytes).sum();
+        let size: usize = f.records.iter().map(produce_record_bound).sum();
         let merged = round
             .entry(f.topic.clone())
             .or_default()
             .entry(f.partition)
             .or_default();
-        if !merged.records.is_empty() && merged.bytes + size > MAX_BATCH_BYTES {
+        if !merged.records.is_empty() && BATCH_HEADER_BYTES + merged.bytes + size > f.limit {
             break;
         }
         let f = queue.pop_front().expect("a front");
         merged.bytes += size;
         merged.records.extend(f.records);
         merged.acks.extend(f.acks);
+        merged.permits.extend(f.permits);
     }
     round
 }
 
-/// About what a record takes in a batch.
-fn record_bytes(r: &ProduceRecord) -> usize {
-    let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
-    32 + len(&r.key) + len(&r.value) + r.headers.iter().map(|(k, v)| k.len() + len(v)).sum::<usize>()
+/// At least what a record takes in an uncompressed v2 batch: the lengths are known,
+/// the timestamp and offset deltas are counted at their longest (10 and 5 bytes).
+fn bound(key: Option<usize>, value: usize, headers: impl Iterator<Item = (usize, Option<usize>)>) -> usize {
+    let field = |len: Option<usize>| len.map_or(varint_len(-1), |n| varint_len(n as i64) + n);
+    let (mut count, mut header_bytes) = (0, 0);
+    for (k, v) in headers {
+        count += 1;
+        header_bytes += field(Some(k)) + field(v);
+    }
+    let body = 1 + 10 + 5 + field(key) + field(Some(value)) + varint_len(count) + header_bytes;
+    varint_len(body as i64) + body
 }
 
-fn split_by_size(recs: Vec<OutRecord>) -> Vec<Vec<OutRecord>> {
-    let mut out = vec![Vec::new()];
-    let mut size = 0;
-    for r in recs {
-        let s = 32 + r.value.len() + r.key.as_ref().map_or(0, Bytes::len);
-        if size + s > MAX_BATCH_BYTES && !out.last().unwrap().is_empty() {
+/// Bytes of `n` as a zigzag varint.
+fn varint_len(n: i64) -> usize {
+    let z = ((n << 1) ^ (n >> 63)) as u64;
+    (64 - z.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
+fn record_bound(r: &OutRecord) -> usize {
+    let headers = r.headers.iter().map(|(k, v)| (k.len(), v.as_ref().map(Bytes::len)));
+    bound(r.key.as_ref().map(Bytes::len), r.value.len(), headers)
+}
+
+fn produce_record_bound(r: &ProduceRecord) -> usize {
+    let len = |b: &Option<Bytes>| b.as_ref().map(Bytes::len);
+    let headers = r.headers.iter().map(|(k, v)| (k.len(), len(v)));
+    bound(len(&r.key), len(&r.value).unwrap_or(0), headers)
+}
+
+/// Cuts `items` (in order) into runs whose batch, header included, stays within `limit`
+/// by `size`'s bound; an item too large for any batch gets a run of its own.
+fn split_by_size<T>(items: Vec<T>, limit: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = vec![Vec::new()];
+    let mut used = BATCH_HEADER_BYTES;
+    for item in items {
+        let s = size(&item);
+        if used + s > limit && !out.last().expect("one run").is_empty() {
             out.push(Vec::new());
-            size = 0;
+            used = BATCH_HEADER_BYTES;
         }
-        size += s;
-        out.last_mut().unwrap().push(r);
+        used += s;
+        out.last_mut().expect("one run").push(item);
     }
     out
 }
 
 fn fail(ack: Option<oneshot::Sender<AckResult>>, why: String) {
     if let Some(a) = ack {
-        let _ = a.send(Err(why));
+        let _ = a.send(Err(AckError::Failed(why)));
     }
 }
 
-fn fail_all(acks: Vec<Option<oneshot::Sender<AckResult>>>, why: String) {
+fn fail_all(acks: Vec<Option<oneshot::Sender<AckResult>>>, why: AckError) {
     for a in acks.into_iter().flatten() {
         let _ = a.send(Err(why.clone()));
     }
@@ -334,16 +432,111 @@ pub async fn create_topic(
 #[derive(Default)]
 struct Groups {
     index: HashMap<(Uuid, i32), usize>,
-    groups: Vec<(Arc<Topic>, i32, Vec<OutRecord>)>,
+    groups: Vec<(Arc<Topic>, i32, Vec<Queued>)>,
 }
 
 impl Groups {
-    fn push(&mut self, topic: Arc<Topic>, partition: i32, rec: OutRecord) {
+    fn push(&mut self, topic: Arc<Topic>, partition: i32, rec: Queued) {
         let next = self.groups.len();
         let i = *self.index.entry((topic.id, partition)).or_insert(next);
         if i == next {
             self.groups.push((topic, partition, Vec::new()));
         }
         self.groups[i].2.push(rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize, value: usize) -> ProduceRecord {
+        ProduceRecord {
+            key: Some(Bytes::from(format!("device-{}", i % 7))),
+            value: Some(Bytes::from(vec![b'x'; value])),
+            headers: vec![
+                ("mqtt.topic".into(), Some(Bytes::from(format!("cars/{i}/telemetry")))),
+                ("mqtt.qos".into(), Some(Bytes::from_static(b"1"))),
+                ("mqtt.retain".into(), None),
+            ],
+            timestamp: Some(1_700_000_000_000 + i as i64 * 997),
+        }
+    }
+
+    #[test]
+    fn batches_stay_within_the_limit_headers_included() {
+        // Small payloads with headers: the case where counting values alone overshoots.
+        for (limit, value) in [(1_048_588, 100), (16_384, 100), (4_096, 1_000), (300, 10)] {
+            let recs: Vec<ProduceRecord> = (0..20_000).map(|i| record(i, value)).collect();
+            let runs = split_by_size(recs.clone(), limit, produce_record_bound);
+            assert!(runs.len() > 1, "limit {limit}: one run");
+            let mut order = Vec::new();
+            for run in &runs {
+                let encoded = encode_batch(run, Compression::None).unwrap();
+                assert!(
+                    encoded.len() <= limit,
+                    "limit {limit}: batch of {} bytes",
+                    encoded.len()
+                );
+                order.extend(run.iter().map(|r| r.timestamp));
+            }
+            // Every record once, in order: each device's records keep their order.
+            assert_eq!(order, recs.iter().map(|r| r.timestamp).collect::<Vec<_>>());
+            // Cut at the limit, not far below it: one more record would (nearly) pass it.
+            let mut more = runs[0].clone();
+            more.push(runs[1][0].clone());
+            let more = encode_batch(&more, Compression::None).unwrap().len();
+            assert!(
+                more * 10 > limit * 9,
+                "limit {limit}: a batch cut at {more} bytes with the next record"
+            );
+        }
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for (n, len) in [
+            (0, 1),
+            (-1, 1),
+            (63, 1),
+            (64, 2),
+            (-65, 2),
+            (8191, 2),
+            (8192, 3),
+            (i64::MAX, 10),
+        ] {
+            assert_eq!(varint_len(n), len, "{n}");
+        }
+    }
+
+    #[test]
+    fn a_record_larger_than_the_limit_goes_alone() {
+        let recs = vec![record(0, 10), record(1, 5_000), record(2, 10), record(3, 10)];
+        let runs = split_by_size(recs, 1_000, produce_record_bound);
+        let sizes: Vec<usize> = runs.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 1, 2]);
+        assert_eq!(runs[1][0].value.as_ref().unwrap().len(), 5_000);
+    }
+
+    #[test]
+    fn forwards_merge_within_the_limit() {
+        let forward = |partition: i32, n: usize| Forward {
+            topic: "t".into(),
+            partition,
+            limit: 2_500,
+            records: (0..n).map(|i| record(i, 100)).collect(),
+            acks: (0..n).map(|_| None).collect(),
+            permits: Vec::new(),
+        };
+        let mut queue: VecDeque<Forward> = [forward(0, 5), forward(1, 5), forward(0, 5), forward(0, 5)].into();
+        let round = take_round(&mut queue);
+        let parts = &round["t"];
+        for m in parts.values() {
+            assert!(encode_batch(&m.records, Compression::None).unwrap().len() <= 2_500);
+        }
+        // Partition 0 took two forwards; the third would pass the limit and waits.
+        assert_eq!(parts[&0].records.len(), 10);
+        assert_eq!(parts[&1].records.len(), 5);
+        assert_eq!(queue.len(), 1);
     }
 }

@@ -333,6 +333,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt_forward_topic",
     "mqtt_max_packet_size",
     "mqtt_allow_anonymous",
+    "mqtt_inflight_bytes",
     "store",
     "meta",
     "node_id",

@@ -168,7 +168,7 @@ fn consumer_protocol_version(data: &[u8]) -> Result<(Bytes, i16)> {
 }
 
 /// Errors after which the group's coordinator should be looked up again.
-fn is_coordinator_error(code: i16) -> bool {
+pub(super) fn is_coordinator_error(code: i16) -> bool {
     matches!(
         code.err(),
         Some(
@@ -197,13 +197,13 @@ fn by_topic<T: Copy>(items: &[(String, i32, T)]) -> Vec<(String, Vec<(i32, T)>)>
 }
 
 /// Retry timing for coordinator lookups.
-struct Backoff {
+pub(super) struct Backoff {
     deadline: Instant,
     delay: Duration,
 }
 
 impl Backoff {
-    fn new(retry_for: Duration) -> Self {
+    pub(super) fn new(retry_for: Duration) -> Self {
         Self {
             deadline: Instant::now() + retry_for,
             delay: Duration::from_millis(50),
@@ -211,7 +211,7 @@ impl Backoff {
     }
 
     /// Sleep before the next attempt; false once the retry time is used up.
-    async fn wait(&mut self) -> bool {
+    pub(super) async fn wait(&mut self) -> bool {
         if Instant::now() + self.delay > self.deadline {
             return false;
         }
@@ -227,9 +227,17 @@ impl Client {
     /// The broker coordinating `group` (FindCoordinator), retried while the
     /// broker answers that no coordinator is available yet.
     pub async fn find_coordinator(&mut self, group: &str) -> Result<BrokerInfo> {
+        let b = self.find_coordinator_of(group, KEY_TYPE_GROUP).await?;
+        self.coordinators.insert(group.to_string(), b.node_id);
+        Ok(b)
+    }
+
+    /// The coordinator of `key` (a group, or a transactional id with key type 1),
+    /// retrying while none is ready.
+    pub(crate) async fn find_coordinator_of(&mut self, key: &str, key_type: i8) -> Result<BrokerInfo> {
         let mut backoff = Backoff::new(self.config.retry_for);
         loop {
-            match self.find_coordinator_once(group).await {
+            match self.find_coordinator_once(key, key_type).await {
                 Ok(b) => {
                     if self
                         .brokers
@@ -239,7 +247,6 @@ impl Client {
                         self.conns.remove(&b.node_id);
                     }
                     self.brokers.insert(b.node_id, b.clone());
-                    self.coordinators.insert(group.to_string(), b.node_id);
                     return Ok(b);
                 }
                 Err(e) if response_error(&e).is_some_and(|r| is_coordinator_error(r.code())) => {
@@ -252,21 +259,23 @@ impl Client {
         }
     }
 
-    async fn find_coordinator_once(&mut self, group: &str) -> Result<BrokerInfo> {
+    async fn find_coordinator_once(&mut self, group: &str, key_type: i8) -> Result<BrokerInfo> {
         let conn = self.bootstrap_conn().await?;
         let version = conn.version::<FindCoordinatorRequest>()?;
         let mut req = FindCoordinatorRequest::default();
         if version >= 4 {
             req.coordinator_keys = vec![sb(group)];
-            req.key_type = KEY_TYPE_GROUP;
+            req.key_type = key_type;
         } else {
             req.key = sb(group);
             if version >= 1 {
-                req.key_type = KEY_TYPE_GROUP;
+                req.key_type = key_type;
+            } else if key_type != KEY_TYPE_GROUP {
+                bail!("the broker's FindCoordinator v0 knows only groups");
             }
         }
         let resp = conn.request(&req, version).await?;
-        let context = || format!("find coordinator of group {group:?}");
+        let context = || format!("find coordinator of {group:?}");
         let (node_id, host, port) = if version >= 4 {
             let c = resp
                 .coordinators
