@@ -202,8 +202,9 @@ def main() -> int:
                 p.commit_transaction(60)
                 commits.append(time.perf_counter() - t0)
                 txn_start = time.perf_counter()
-                if txn_start < end:
-                    p.begin_transaction()
+                if txn_start >= end:
+                    break
+                p.begin_transaction()
             if now >= end:
                 break
     remaining = p.flush(60)

@@ -32,7 +32,9 @@
 # 2,000 records/s (its floor there measured against its mock broker in (a)), and a consume
 # after a broker restart (tail cache empty); then, on a fresh broker,
 # benches/partitions_scale.py (RSS with 1,000 idle partitions; a 10,000-partition
-# topic and Metadata for all partitions). Then (d) the table
+# topic and Metadata for all partitions); then, where mosquitto is installed, the MQTT
+# gateway side by side (`sluice bench mqtt`, QoS 1, 100-byte payloads, against mosquitto
+# in memory and against a fresh broker writing durably into Kafka). Then (d) the table
 # (benches/summarize.py). The broker is stopped and the temp dir removed on
 # exit, also on failure or Ctrl-C.
 #
@@ -72,6 +74,8 @@ if [[ $QUICK -eq 1 ]]; then
     LATENCY_S=3        # seconds per latency step
     E2E_S=3
     RDPERF_N=50000     # records per rdkafka_performance step
+    MQTT_CLIENTS=(200) # client counts of the MQTT side-by-side steps
+    MQTT_S=3
     PARTITIONS_ARGS=(--topics 10 --partitions 10 --big 1000 --repeats 3)
 else
     DD_COUNT=1024
@@ -84,6 +88,8 @@ else
     LATENCY_S=20
     E2E_S=10
     RDPERF_N=3000000
+    MQTT_CLIENTS=(1000 10000)
+    MQTT_S=12
     PARTITIONS_ARGS=(--topics 10 --partitions 100 --big 10000 --repeats 10)
 fi
 
@@ -157,11 +163,16 @@ free_port() {
 KAFKA_PORT="$(free_port)"
 HTTP_PORT="$(free_port)"
 while [[ "$HTTP_PORT" == "$KAFKA_PORT" ]]; do HTTP_PORT="$(free_port)"; done
+MQTT_PORT="$(free_port)"
+while [[ "$MQTT_PORT" == "$KAFKA_PORT" || "$MQTT_PORT" == "$HTTP_PORT" ]]; do MQTT_PORT="$(free_port)"; done
 BOOT="127.0.0.1:$KAFKA_PORT"
+HAVE_MOSQUITTO=0
+command -v mosquitto >/dev/null 2>&1 && HAVE_MOSQUITTO=1
 
 start_broker() {
     "$TMP/sluice" serve --data-dir "$TMP/data" --kafka-listen "$BOOT" --advertise "$BOOT" \
-        --http-listen "127.0.0.1:$HTTP_PORT" --node-id 0 >>"$TMP/broker.log" 2>&1 &
+        --http-listen "127.0.0.1:$HTTP_PORT" --mqtt-listen "127.0.0.1:$MQTT_PORT" --node-id 0 \
+        >>"$TMP/broker.log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 300); do
         kill -0 "$BROKER_PID" 2>/dev/null || die "broker exited at start"
@@ -346,6 +357,42 @@ print(json.dumps({"latency_ms": v}))' >"$RES/journal_floor.json"
         stop_broker
         rm -rf "$TMP/data"
     fi
+    if [[ $HAVE_MOSQUITTO -eq 1 ]]; then
+        mqtt_side_by_side "$1"
+    else
+        log "mosquitto is not installed: skipping the MQTT side-by-side steps"
+    fi
+}
+
+# The same `sluice bench mqtt` load against mosquitto (in memory, no persistence) and
+# against a fresh Sluice broker (durable, into Kafka), one after the other.
+mqtt_side_by_side() {
+    local MQ=("${BENCH[@]}" --json mqtt --seconds "$MQTT_S")
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n' \
+        "$MQTT_PORT" >"$TMP/mosquitto.conf"
+    log "run $1: mosquitto -c \$TMP/mosquitto.conf (port $MQTT_PORT, in memory)"
+    mosquitto -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
+    local MOSQ_PID=$!
+    python3 -c 'import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("mosquitto did not come up")' "$MQTT_PORT"
+    for n in "${MQTT_CLIENTS[@]}"; do
+        step "mqtt_mosquitto_$n" "${MQ[@]}" --mqtt "127.0.0.1:$MQTT_PORT" --clients "$n" --server-pid "$MOSQ_PID"
+    done
+    kill -TERM "$MOSQ_PID" 2>/dev/null || true
+    wait "$MOSQ_PID" 2>/dev/null || true
+    log "run $1: a fresh broker for the MQTT steps"
+    start_broker
+    for n in "${MQTT_CLIENTS[@]}"; do
+        step "mqtt_sluice_$n" "${MQ[@]}" --mqtt "127.0.0.1:$MQTT_PORT" --clients "$n" --server-pid "$BROKER_PID"
+    done
+    stop_broker
+    rm -rf "$TMP/data"
 }
 
 DIRS=()

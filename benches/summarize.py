@@ -18,6 +18,8 @@ import statistics
 
 STEPS = ["machine", "dd", "dd_long", "dsync", "fsync", "journal_floor", "cpu", "rdkafka_mock_2000", "rdkafka_mock", "rdkafka_c_mock", "rdkafka_c_mock_2000", "produce", "consume", "produce_2000", "e2e_2000", "produce_txn", "rdkafka",
          "rdkafka_consume", "rdkafka_2000", "rdkafka_txn", "rdkafka_c", "rdkafka_c_2000", "consume_restart", "broker", "partitions"]
+MQTT_CLIENTS = [200, 1000, 10000]
+STEPS += [f"mqtt_{server}_{n}" for n in MQTT_CLIENTS for server in ("mosquitto", "sluice")]
 
 
 def load(d: str) -> dict:
@@ -202,6 +204,18 @@ def build(runs: list[dict]) -> list[Row]:
             rw = row("create_wide", f"create a {big:,}-partition topic, until all are led", "s")
             rw.values.append(x["all_led_s"])
             rw.detail.append(f"CreateTopics answered in {x['create_big_s']:.2f} s")
+        for n in MQTT_CLIENTS:
+            m, sl = r[f"mqtt_mosquitto_{n}"], r[f"mqtt_sluice_{n}"]
+            if not (m and sl):
+                continue
+            rw = row(f"mqtt_{n}", f"MQTT QoS 1 publishes, {n:,} clients (Sluice durable vs mosquitto in memory)",
+                     "msg/s", "mosquitto", 1.0)
+            rw.values.append(sl["messages_per_sec"])
+            if m["messages_per_sec"]:
+                rw.ratios.append(sl["messages_per_sec"] / m["messages_per_sec"])
+            mib = lambda x: (x.get("server_rss_kb") or 0) / 1024
+            rw.detail.append(f"mosquitto {m['messages_per_sec']:,.0f} msg/s; failed clients {sl['failed']} "
+                             f"(mosquitto {m['failed']}); RSS {mib(sl):.0f} MiB (mosquitto {mib(m):.0f})")
     return list(rows.values())
 
 

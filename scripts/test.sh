@@ -7,7 +7,7 @@
 #   scripts/test.sh -- -k crash     anything after `--` goes to pytest
 #
 # Expects Debian 12 (bookworm) with rustup's cargo, python3 + pip and
-# node + npm; installs the rest (kcat, mold, Python and npm test packages)
+# node + npm; installs the rest (kcat, mosquitto, mold, Python and npm test packages)
 # from the package registries only when it is missing.
 #
 # Environment:
@@ -50,6 +50,8 @@ setup_system_packages() {
     local missing=()
     command -v kcat >/dev/null 2>&1 || missing+=(kcat)
     command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+    # The broker, for the MQTT side-by-side benchmark steps.
+    command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
     command -v mold >/dev/null 2>&1 || missing+=(mold)
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
@@ -61,7 +63,7 @@ setup_system_packages() {
     compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
     command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        echo "all present: kcat mold cc pkg-config curl node npm pip postgresql"
+        echo "all present: kcat mosquitto mold cc pkg-config curl node npm pip postgresql"
         return
     fi
     echo "installing: ${missing[*]}"
