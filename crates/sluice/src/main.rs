@@ -16,6 +16,11 @@ use tokio::net::TcpListener;
 
 use config::{Config, ServeArgs, StorageArgs};
 
+// glibc's allocator took about a third of the broker's CPU under many small MQTT
+// publishes, much of it in its arena locks (docs/benchmarks.md, MQTT gateway).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sluice: a Kafka-compatible streaming platform in one binary. Data lives in
 /// an object store, metadata in SQLite (or PostgreSQL for a cluster).
 #[derive(Parser)]
