@@ -90,6 +90,59 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The header of a v2 record batch, before its records.
+pub const BATCH_HEADER_BYTES: usize = 61;
+
+/// At least what a record takes in an uncompressed v2 batch, from the lengths of its
+/// key and value (`None`: null) and of its headers' keys and values: the lengths are
+/// known, the timestamp and offset deltas are counted at their longest (10 and 5 bytes).
+pub fn record_size_bound(
+    key: Option<usize>,
+    value: Option<usize>,
+    headers: impl Iterator<Item = (usize, Option<usize>)>,
+) -> usize {
+    let field = |len: Option<usize>| len.map_or(varint_len(-1), |n| varint_len(n as i64) + n);
+    let (mut count, mut header_bytes) = (0, 0);
+    for (k, v) in headers {
+        count += 1;
+        header_bytes += field(Some(k)) + field(v);
+    }
+    let body = 1 + 10 + 5 + field(key) + field(value) + varint_len(count) + header_bytes;
+    varint_len(body as i64) + body
+}
+
+/// [`record_size_bound`] of a record.
+pub fn produce_record_bound(r: &ProduceRecord) -> usize {
+    let len = |b: &Option<Bytes>| b.as_ref().map(Bytes::len);
+    let headers = r.headers.iter().map(|(k, v)| (k.len(), len(v)));
+    record_size_bound(len(&r.key), len(&r.value), headers)
+}
+
+/// Bytes of `n` as a zigzag varint.
+fn varint_len(n: i64) -> usize {
+    let z = ((n << 1) ^ (n >> 63)) as u64;
+    (64 - z.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
+/// Cuts `items` (in order) into runs whose uncompressed batch, header included, stays
+/// within `limit` (a topic's `max.message.bytes`) by `size`, a bound such as
+/// [`produce_record_bound`]; an item too large for any batch gets a run of its own. The
+/// rule for every batch the broker builds itself.
+pub fn split_within<T>(items: Vec<T>, limit: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = vec![Vec::new()];
+    let mut used = BATCH_HEADER_BYTES;
+    for item in items {
+        let s = size(&item);
+        if used + s > limit && !out.last().expect("one run").is_empty() {
+            out.push(Vec::new());
+            used = BATCH_HEADER_BYTES;
+        }
+        used += s;
+        out.last_mut().expect("one run").push(item);
+    }
+    out
+}
+
 /// The producer fields of an idempotent or transactional batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerStamp {
@@ -277,6 +330,79 @@ fn is_abort_marker(r: &Record) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mqtt_like(i: usize, value: usize) -> ProduceRecord {
+        ProduceRecord {
+            key: Some(Bytes::from(format!("device-{}", i % 7))),
+            value: Some(Bytes::from(vec![b'x'; value])),
+            headers: vec![
+                ("mqtt.topic".into(), Some(Bytes::from(format!("cars/{i}/telemetry")))),
+                ("mqtt.qos".into(), Some(Bytes::from_static(b"1"))),
+                ("mqtt.retain".into(), None),
+            ],
+            timestamp: Some(1_700_000_000_000 + i as i64 * 997),
+        }
+    }
+
+    #[test]
+    fn batches_stay_within_the_limit_headers_included() {
+        // Small payloads with headers: the case where counting values alone overshoots.
+        for (limit, value) in [(1_048_588, 100), (16_384, 100), (4_096, 1_000), (300, 10)] {
+            let recs: Vec<ProduceRecord> = (0..20_000).map(|i| mqtt_like(i, value)).collect();
+            let runs = split_within(recs.clone(), limit, produce_record_bound);
+            assert!(runs.len() > 1, "limit {limit}: one run");
+            let mut order = Vec::new();
+            for run in &runs {
+                let encoded = encode_batch(run, Compression::None).unwrap();
+                assert!(
+                    encoded.len() <= limit,
+                    "limit {limit}: batch of {} bytes",
+                    encoded.len()
+                );
+                order.extend(run.iter().map(|r| r.timestamp));
+            }
+            // Every record once, in order: each device's records keep their order.
+            assert_eq!(order, recs.iter().map(|r| r.timestamp).collect::<Vec<_>>());
+            // Cut at the limit, not far below it: one more record would (nearly) pass it.
+            let mut more = runs[0].clone();
+            more.push(runs[1][0].clone());
+            let more = encode_batch(&more, Compression::None).unwrap().len();
+            assert!(
+                more * 10 > limit * 9,
+                "limit {limit}: a batch cut at {more} bytes with the next record"
+            );
+        }
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for (n, len) in [
+            (0, 1),
+            (-1, 1),
+            (63, 1),
+            (64, 2),
+            (-65, 2),
+            (8191, 2),
+            (8192, 3),
+            (i64::MAX, 10),
+        ] {
+            assert_eq!(varint_len(n), len, "{n}");
+        }
+    }
+
+    #[test]
+    fn a_record_larger_than_the_limit_goes_alone() {
+        let recs = vec![
+            mqtt_like(0, 10),
+            mqtt_like(1, 5_000),
+            mqtt_like(2, 10),
+            mqtt_like(3, 10),
+        ];
+        let runs = split_within(recs, 1_000, produce_record_bound);
+        let sizes: Vec<usize> = runs.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 1, 2]);
+        assert_eq!(runs[1][0].value.as_ref().unwrap().len(), 5_000);
+    }
 
     /// Encode with the crate's encoder, then shift the batch to `base` the way a
     /// broker assigns offsets (baseOffset sits outside the CRC).

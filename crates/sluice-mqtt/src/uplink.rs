@@ -28,7 +28,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::records::Compression;
 use sluice_client::partitioner::partition_for_key;
-use sluice_client::records::{encode_batch, ProduceRecord};
+use sluice_client::records::{
+    encode_batch, produce_record_bound, record_size_bound, split_within, ProduceRecord, BATCH_HEADER_BYTES,
+};
 use sluice_client::{Acks, Client};
 use sluice_log::{Log, LogError, Topic};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -85,8 +87,6 @@ const MAX_ROUND: usize = 8192;
 /// Record bytes per batch at most, below the default `max.message.bytes`: a
 /// batch of this size is one large write, and a larger one only waits longer.
 const TARGET_BATCH_BYTES: usize = 900 << 10;
-/// The v2 record batch header.
-const BATCH_HEADER_BYTES: usize = 61;
 
 impl Uplink {
     /// Starts the writer. `forward_to`: a Kafka address of this cluster (this broker's
@@ -165,7 +165,7 @@ async fn run(log: Log, mut rx: mpsc::Receiver<Queued>, forwarder: Forwarder) {
         }
         for (topic, partition, recs) in groups.groups {
             let limit = batch_limit(&topic);
-            for chunk in split_by_size(recs, limit, |q| record_bound(&q.rec)) {
+            for chunk in split_within(recs, limit, |q| record_bound(&q.rec)) {
                 submit(&log, &forwarder, &topic, partition, limit, chunk).await;
             }
         }
@@ -346,51 +346,9 @@ fn take_round(queue: &mut VecDeque<Forward>) -> BTreeMap<String, BTreeMap<i32, M
     round
 }
 
-/// At least what a record takes in an uncompressed v2 batch: the lengths are known,
-/// the timestamp and offset deltas are counted at their longest (10 and 5 bytes).
-fn bound(key: Option<usize>, value: usize, headers: impl Iterator<Item = (usize, Option<usize>)>) -> usize {
-    let field = |len: Option<usize>| len.map_or(varint_len(-1), |n| varint_len(n as i64) + n);
-    let (mut count, mut header_bytes) = (0, 0);
-    for (k, v) in headers {
-        count += 1;
-        header_bytes += field(Some(k)) + field(v);
-    }
-    let body = 1 + 10 + 5 + field(key) + field(Some(value)) + varint_len(count) + header_bytes;
-    varint_len(body as i64) + body
-}
-
-/// Bytes of `n` as a zigzag varint.
-fn varint_len(n: i64) -> usize {
-    let z = ((n << 1) ^ (n >> 63)) as u64;
-    (64 - z.leading_zeros() as usize).div_ceil(7).max(1)
-}
-
 fn record_bound(r: &OutRecord) -> usize {
     let headers = r.headers.iter().map(|(k, v)| (k.len(), v.as_ref().map(Bytes::len)));
-    bound(r.key.as_ref().map(Bytes::len), r.value.len(), headers)
-}
-
-fn produce_record_bound(r: &ProduceRecord) -> usize {
-    let len = |b: &Option<Bytes>| b.as_ref().map(Bytes::len);
-    let headers = r.headers.iter().map(|(k, v)| (k.len(), len(v)));
-    bound(len(&r.key), len(&r.value).unwrap_or(0), headers)
-}
-
-/// Cuts `items` (in order) into runs whose batch, header included, stays within `limit`
-/// by `size`'s bound; an item too large for any batch gets a run of its own.
-fn split_by_size<T>(items: Vec<T>, limit: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
-    let mut out: Vec<Vec<T>> = vec![Vec::new()];
-    let mut used = BATCH_HEADER_BYTES;
-    for item in items {
-        let s = size(&item);
-        if used + s > limit && !out.last().expect("one run").is_empty() {
-            out.push(Vec::new());
-            used = BATCH_HEADER_BYTES;
-        }
-        used += s;
-        out.last_mut().expect("one run").push(item);
-    }
-    out
+    record_size_bound(r.key.as_ref().map(Bytes::len), Some(r.value.len()), headers)
 }
 
 fn fail(ack: Option<oneshot::Sender<AckResult>>, why: String) {
@@ -461,61 +419,6 @@ mod tests {
             ],
             timestamp: Some(1_700_000_000_000 + i as i64 * 997),
         }
-    }
-
-    #[test]
-    fn batches_stay_within_the_limit_headers_included() {
-        // Small payloads with headers: the case where counting values alone overshoots.
-        for (limit, value) in [(1_048_588, 100), (16_384, 100), (4_096, 1_000), (300, 10)] {
-            let recs: Vec<ProduceRecord> = (0..20_000).map(|i| record(i, value)).collect();
-            let runs = split_by_size(recs.clone(), limit, produce_record_bound);
-            assert!(runs.len() > 1, "limit {limit}: one run");
-            let mut order = Vec::new();
-            for run in &runs {
-                let encoded = encode_batch(run, Compression::None).unwrap();
-                assert!(
-                    encoded.len() <= limit,
-                    "limit {limit}: batch of {} bytes",
-                    encoded.len()
-                );
-                order.extend(run.iter().map(|r| r.timestamp));
-            }
-            // Every record once, in order: each device's records keep their order.
-            assert_eq!(order, recs.iter().map(|r| r.timestamp).collect::<Vec<_>>());
-            // Cut at the limit, not far below it: one more record would (nearly) pass it.
-            let mut more = runs[0].clone();
-            more.push(runs[1][0].clone());
-            let more = encode_batch(&more, Compression::None).unwrap().len();
-            assert!(
-                more * 10 > limit * 9,
-                "limit {limit}: a batch cut at {more} bytes with the next record"
-            );
-        }
-    }
-
-    #[test]
-    fn varint_lengths() {
-        for (n, len) in [
-            (0, 1),
-            (-1, 1),
-            (63, 1),
-            (64, 2),
-            (-65, 2),
-            (8191, 2),
-            (8192, 3),
-            (i64::MAX, 10),
-        ] {
-            assert_eq!(varint_len(n), len, "{n}");
-        }
-    }
-
-    #[test]
-    fn a_record_larger_than_the_limit_goes_alone() {
-        let recs = vec![record(0, 10), record(1, 5_000), record(2, 10), record(3, 10)];
-        let runs = split_by_size(recs, 1_000, produce_record_bound);
-        let sizes: Vec<usize> = runs.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![1, 1, 2]);
-        assert_eq!(runs[1][0].value.as_ref().unwrap().len(), 5_000);
     }
 
     #[test]
