@@ -675,6 +675,7 @@ def build_record_batch(
     producer_id: int = -1,
     producer_epoch: int = -1,
     base_sequence: int = -1,
+    transactional: bool = False,
 ) -> bytes:
     """An uncompressed v2 RecordBatch (magic 2) with a correct CRC-32C."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
@@ -701,7 +702,7 @@ def build_record_batch(
     # Everything from attributes to the end is covered by the CRC.
     after_crc = struct.pack(
         ">hiqqqhii",
-        0,  # attributes: no compression, CreateTime, not transactional
+        0x10 if transactional else 0,  # attributes: no compression, CreateTime
         len(records) - 1,  # lastOffsetDelta
         ts,  # baseTimestamp
         ts,  # maxTimestamp
@@ -880,15 +881,17 @@ class Wire:
             return self.request(API_API_VERSIONS, version, body, flexible_request=True)
         return self.request(API_API_VERSIONS, version, b"")
 
-    def produce(self, topic: str, partition: int, batch: bytes | None, acks: int = -1, timeout_ms: int = 10000) -> dict:
+    def produce(self, topic: str, partition: int, batch: bytes | None, acks: int = -1, timeout_ms: int = 10000,
+                transactional_id: str | None = None) -> dict:
         """Produce v7 (non-flexible) of one batch to one partition; returns the partition response."""
-        return self.produce_response(self.produce_send(topic, partition, batch, acks, timeout_ms), topic)
+        corr = self.produce_send(topic, partition, batch, acks, timeout_ms, transactional_id)
+        return self.produce_response(corr, topic)
 
     def produce_send(self, topic: str, partition: int, batch: bytes | None, acks: int = -1,
-                     timeout_ms: int = 10000) -> int:
+                     timeout_ms: int = 10000, transactional_id: str | None = None) -> int:
         """Send a Produce v7 request without waiting; returns its correlation id."""
         body = (
-            kstring(None)  # transactional_id
+            kstring(transactional_id)
             + struct.pack(">hi", acks, timeout_ms)
             + karray([kstring(topic) + karray([struct.pack(">i", partition) + kbytes(batch)])])
         )

@@ -10,7 +10,8 @@ broker under it is SIGKILLed, and the output still holds each input record exact
 once. A broker killed after deciding a commit but before writing its markers
 finishes the commit when it comes back. The admin side (list, describe, producers,
 abort of a hanging transaction) is checked with kafka-python's admin client, the
-CLI and the REST API.
+CLI and the REST API; bad requests (unknown ids, stale epochs, wrong states, strays,
+fenced group members, a concurrent EndTxn) with kafka-python's protocol classes.
 """
 
 from __future__ import annotations
@@ -389,3 +390,122 @@ def test_admin_aborts_a_hanging_transaction(broker):
 
     status, body, _ = http_get(f"{broker.http}/api/v1/transactions/{name('nope')}")
     assert status == 404 and "not found" in body
+
+
+def kafka_call(broker, request, response_cls, version: int):
+    """One request as kafka-python's protocol classes encode it, on a fresh connection;
+    the decoded response."""
+    import socket
+    import struct
+
+    request.with_header(correlation_id=1, client_id="sluice-e2e")
+    data = request.encode(version=version, header=True, framed=True)
+    host, port = broker.bootstrap.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=15) as s:
+        s.sendall(data)
+        size = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))[0]
+        frame = s.recv(size, socket.MSG_WAITALL)
+    return response_cls.decode(frame, version=version, header=True)
+
+
+def test_bad_transactional_requests_get_kafka_errors(make_broker):
+    """The errors librdkafka and the Java client act on, and no LSO left stuck."""
+    from kafka.protocol.producer.transaction import (
+        AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse,
+        EndTxnRequest, EndTxnResponse,
+        InitProducerIdRequest, InitProducerIdResponse, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    )
+    from conftest import Wire, build_record_batch
+
+    broker = make_broker(env={"SLUICE_TEST_TXN_MARKER_PAUSE_MS": "1500"})
+    topic = name("bad")
+    create_topic(broker, topic, partitions=2)
+    INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE, INVALID_PRODUCER_ID_MAPPING = 47, 48, 49
+    CONCURRENT_TRANSACTIONS, PRODUCER_FENCED = 51, 90
+    ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID = 22, 25
+
+    def init(txid):
+        r = kafka_call(broker, InitProducerIdRequest(transactional_id=txid, transaction_timeout_ms=60000,
+                                                     producer_id=-1, producer_epoch=-1),
+                       InitProducerIdResponse, 4)
+        assert r.error_code == 0, r
+        return r.producer_id, r.producer_epoch
+
+    def end(txid, pid, epoch, commit=True):
+        return kafka_call(broker, EndTxnRequest(transactional_id=txid, producer_id=pid, producer_epoch=epoch,
+                                                committed=commit), EndTxnResponse, 3).error_code
+
+    def add(txid, pid, epoch, partitions):
+        t = AddPartitionsToTxnRequest.AddPartitionsToTxnTopic(name=topic, partitions=partitions)
+        r = kafka_call(broker, AddPartitionsToTxnRequest(
+            v3_and_below_transactional_id=txid, v3_and_below_producer_id=pid, v3_and_below_producer_epoch=epoch,
+            v3_and_below_topics=[t]), AddPartitionsToTxnResponse, 3)
+        return {p.partition_index: p.partition_error_code for t in r.results_by_topic_v3_and_below
+                for p in t.results_by_partition}
+
+    # EndTxn for an id the coordinator never saw.
+    assert end(name("unknown"), 12345, 0) == INVALID_PRODUCER_ID_MAPPING
+    # EndTxn with nothing open.
+    txid = name("tx")
+    pid, epoch = init(txid)
+    assert end(txid, pid, epoch) == INVALID_TXN_STATE
+    # A stale epoch after a new instance took the id over.
+    pid2, epoch2 = init(txid)
+    assert (pid2, epoch2) == (pid, epoch + 1)
+    assert end(txid, pid, epoch) in (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH)
+    assert add(txid, pid, epoch, [0]) in ({0: PRODUCER_FENCED}, {0: INVALID_PRODUCER_EPOCH})
+
+    with Wire(broker.bootstrap) as w:
+        # A transactional batch for a partition the transaction never added.
+        assert add(txid, pid2, epoch2, [0]) == {0: 0}
+        stray = build_record_batch([(b"k", b"stray", [])], producer_id=pid2, producer_epoch=epoch2,
+                                   base_sequence=0, transactional=True)
+        r = w.produce(topic, 1, stray, transactional_id=txid)
+        assert r["error_code"] == INVALID_TXN_STATE, r
+        good = build_record_batch([(b"k", b"good", [])], producer_id=pid2, producer_epoch=epoch2,
+                                  base_sequence=0, transactional=True)
+        assert w.produce(topic, 0, good, transactional_id=txid)["error_code"] == 0
+
+    # TxnOffsetCommit from a member the group does not know, or of a past generation.
+    from confluent_kafka import Consumer
+
+    group = name("group")
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    wait_until(lambda: c.poll(0.2) is not None or c.assignment(), 30, what="the consumer's assignment")
+
+    def txn_commit(member, generation):
+        part = TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic.TxnOffsetCommitRequestPartition(
+            partition_index=0, committed_offset=1, committed_leader_epoch=-1, committed_metadata=None)
+        t = TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic(name=topic, partitions=[part])
+        r = kafka_call(broker, TxnOffsetCommitRequest(
+            transactional_id=txid, group_id=group, producer_id=pid2, producer_epoch=epoch2,
+            generation_id=generation, member_id=member, group_instance_id=None, topics=[t]),
+            TxnOffsetCommitResponse, 3)
+        return r.topics[0].partitions[0].error_code
+
+    # Before AddOffsetsToTxn the group is not part of the transaction.
+    assert txn_commit(c.memberid(), 1) == INVALID_TXN_STATE
+    r = kafka_call(broker, AddOffsetsToTxnRequest(transactional_id=txid, producer_id=pid2, producer_epoch=epoch2,
+                                                  group_id=group), AddOffsetsToTxnResponse, 3)
+    assert r.error_code == 0, r
+    assert txn_commit("not-a-member", 1) == UNKNOWN_MEMBER_ID
+    member = c.memberid()
+    assert txn_commit(member, 999) == ILLEGAL_GENERATION
+    c.close()
+
+    # A second EndTxn while the first is still writing its markers.
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=end(txid, pid2, epoch2)))
+    first.start()
+    wait_until(lambda: txn_state(broker, txid)["state"] == "PrepareCommit", 10, what="PrepareCommit")
+    assert end(txid, pid2, epoch2) == CONCURRENT_TRANSACTIONS
+    first.join(30)
+    assert results["first"] == 0
+    # Once it is complete, a retry of the same EndTxn gets the same answer.
+    assert end(txid, pid2, epoch2) == 0
+
+    # None of it left the last stable offset behind: the committed record is readable.
+    assert end_offsets(broker.bootstrap, topic, [0, 1], "read_committed") == \
+        end_offsets(broker.bootstrap, topic, [0, 1], "read_uncommitted")
+    assert values(read_all(broker.bootstrap, topic, [0, 1], "read_committed")) == {0: [b"good"], 1: []}
