@@ -2,7 +2,7 @@
 """Produce with librdkafka (confluent-kafka) and report throughput, and per-record
 latency (produce() call to delivery report) when --rate is given.
 
-Settings as in issue 5's targets: enable.idempotence=true, acks=all, 1 KiB
+Settings as in the produce targets: enable.idempotence=true, acks=all, 1 KiB
 records, 8 partitions (the topic is created if missing). Prints one JSON object
 with --json, else a line of text.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rerun issue 5's references and benchmarks in one go on this machine, and
+# Run the references and benchmarks in one go on this machine, and
 # print each figure next to its reference from the same run.
 #
 #   benches/run.sh              one full run (about 3 minutes)
@@ -11,7 +11,7 @@
 #   benches/run.sh --keep       keep the temporary directory (logs, results)
 #
 # Each run: (a) references in the temp dir: `dd ... bs=1M count=1024
-# conv=fdatasync` (sequential durable write rate, issue 5's reference), the
+# conv=fdatasync` (sequential durable write rate, the reference), the
 # same with count=4096 (sustained rate; not in --quick), and `dd ... bs=4k
 # oflag=dsync` (latency of one small synchronous write), and
 # benches/fsync_latency.py (p50/p99 of the write a flush does: new file, fsync,

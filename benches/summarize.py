@@ -4,7 +4,7 @@
 Every figure is shown with its reference from the same run and the ratio;
 with several runs, the value and the ratio are medians over the runs (the
 median ratio is the median of the per-run ratios), and each run's figure is
-listed. Targets are issue 5's.
+listed. Targets are the project's performance targets (docs/benchmarks.md).
 
     python3 benches/summarize.py [--quick] [--out FILE] RESULTS_DIR...
 """
