@@ -17,6 +17,7 @@ pub(crate) fn response_error(e: &LogError) -> ResponseError {
         LogError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         LogError::CorruptMessage(_) => ResponseError::CorruptMessage,
         LogError::MessageTooLarge(_) => ResponseError::MessageTooLarge,
+        LogError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
         LogError::InvalidRecord(_) => ResponseError::InvalidRecord,
         LogError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
         LogError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,

@@ -165,6 +165,7 @@ fn partition_response(
     match result {
         Ok(a) => base
             .with_base_offset(a.base_offset)
+            .with_log_append_time_ms(a.log_append_time_ms)
             .with_log_start_offset(if version >= 5 { a.log_start_offset } else { -1 }),
         Err(e) => {
             let code = if !matches!(acks, -1..=1) {

@@ -10,6 +10,7 @@
 
 use bytes::Buf;
 
+use crate::config::TopicConfig;
 use crate::LogError;
 
 pub const HEADER_LEN: usize = 61;
@@ -138,6 +139,45 @@ pub fn validate_batches(buf: &[u8], max_batch_bytes: usize) -> Result<Vec<BatchI
     Ok(out)
 }
 
+/// Refuses batches whose timestamps lie further from `now_ms` than the topic allows
+/// (KIP-937's `message.timestamp.before.max.ms` and `...after.max.ms`). A batch's first
+/// and largest timestamps are checked; with LogAppendTime the broker's time replaces them.
+pub fn check_timestamps(batches: &[BatchInfo], config: &TopicConfig, now_ms: i64) -> Result<(), LogError> {
+    if config.log_append_time {
+        return Ok(());
+    }
+    let (before, after) = (config.timestamp_before_max_ms, config.timestamp_after_max_ms);
+    for b in batches {
+        for ts in [b.base_timestamp, b.max_timestamp] {
+            if ts < now_ms.saturating_sub(before) {
+                return Err(LogError::InvalidTimestamp(format!(
+                    "timestamp {ts} is more than message.timestamp.before.max.ms={before} before the broker's time {now_ms}"
+                )));
+            }
+            if ts > now_ms.saturating_add(after) {
+                return Err(LogError::InvalidTimestamp(format!(
+                    "timestamp {ts} is more than message.timestamp.after.max.ms={after} after the broker's time {now_ms}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stamps a batch with its append time (`message.timestamp.type=LogAppendTime`): sets the
+/// timestamp-type attribute and the max timestamp, which consumers then report for every
+/// record, and recomputes the CRC, which covers both.
+pub fn set_log_append_time(batch: &mut [u8], append_ms: i64) {
+    let attributes = be_i16(batch, 21) | TIMESTAMP_TYPE_LOG_APPEND;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&append_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The attribute bit of LogAppendTime batches.
+const TIMESTAMP_TYPE_LOG_APPEND: i16 = 1 << 3;
+
 /// Rewrites baseOffset and partitionLeaderEpoch; both lie outside the CRC.
 pub fn patch_header(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
@@ -263,6 +303,50 @@ pub(crate) mod tests {
         )
         .unwrap();
         buf.freeze()
+    }
+
+    #[test]
+    fn log_append_time_sets_the_type_and_max_timestamp_and_keeps_the_crc_valid() {
+        let data = make_batch(3, -1, -1, 1_000, Compression::None);
+        let mut b = data.to_vec();
+        set_log_append_time(&mut b, 5_000);
+        assert!(crc_ok(&b));
+        let info = validate_batches(&b, usize::MAX).unwrap()[0];
+        assert_eq!(info.attributes & TIMESTAMP_TYPE_LOG_APPEND, TIMESTAMP_TYPE_LOG_APPEND);
+        assert_eq!((info.base_timestamp, info.max_timestamp), (1_000, 5_000));
+        // The records decode as LogAppendTime with the batch's max timestamp.
+        let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut Bytes::from(b)).unwrap();
+        assert!(decoded
+            .records
+            .iter()
+            .all(|r| r.timestamp_type == TimestampType::LogAppend));
+    }
+
+    #[test]
+    fn timestamps_outside_the_topic_bounds_are_refused() {
+        let info = |base: i64, max: i64| BatchInfo {
+            base_timestamp: base,
+            max_timestamp: max,
+            ..parse_header(&make_batch(1, -1, -1, 0, Compression::None), 0).unwrap()
+        };
+        let mut config = crate::config::TopicDefaults::default().resolve(&Default::default());
+        let now = 1_000_000;
+        // No bounds by default.
+        assert!(check_timestamps(&[info(0, i64::MAX)], &config, now).is_ok());
+        config.timestamp_before_max_ms = 1_000;
+        config.timestamp_after_max_ms = 500;
+        assert!(check_timestamps(&[info(now - 1_000, now + 500)], &config, now).is_ok());
+        assert!(matches!(
+            check_timestamps(&[info(now - 1_001, now)], &config, now),
+            Err(LogError::InvalidTimestamp(_))
+        ));
+        assert!(matches!(
+            check_timestamps(&[info(now, now + 501)], &config, now),
+            Err(LogError::InvalidTimestamp(_))
+        ));
+        // The broker's clock replaces the producer's with LogAppendTime.
+        config.log_append_time = true;
+        assert!(check_timestamps(&[info(0, 0)], &config, now).is_ok());
     }
 
     #[test]

@@ -44,7 +44,11 @@ const STRATEGIES: &[&str] = &["TopicNameStrategy", "RecordNameStrategy", "TopicR
 const KEYS: &[(&str, Kind, &str)] = &[
     ("cleanup.policy", Kind::OneOf(&["delete"]), "delete"),
     ("max.message.bytes", Kind::Long(0), ""),
-    ("message.timestamp.type", Kind::OneOf(&["CreateTime"]), "CreateTime"),
+    (
+        "message.timestamp.type",
+        Kind::OneOf(&["CreateTime", "LogAppendTime"]),
+        "CreateTime",
+    ),
     ("retention.bytes", Kind::Long(-1), ""),
     ("retention.ms", Kind::Long(-1), ""),
     ("compression.type", Kind::OneOf(&["producer"]), "producer"),
@@ -56,8 +60,8 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("local.retention.bytes", Kind::Inert, "-2"),
     ("local.retention.ms", Kind::Inert, "-2"),
     ("max.compaction.lag.ms", Kind::Inert, "9223372036854775807"),
-    ("message.timestamp.after.max.ms", Kind::Inert, "9223372036854775807"),
-    ("message.timestamp.before.max.ms", Kind::Inert, "9223372036854775807"),
+    ("message.timestamp.after.max.ms", Kind::Long(0), "9223372036854775807"),
+    ("message.timestamp.before.max.ms", Kind::Long(0), "9223372036854775807"),
     (
         "message.timestamp.difference.max.ms",
         Kind::Inert,
@@ -123,6 +127,14 @@ pub struct TopicConfig {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub max_message_bytes: i64,
+    /// `message.timestamp.type=LogAppendTime`: the broker stamps each batch with the time
+    /// it is appended.
+    pub log_append_time: bool,
+    /// How far a record's timestamp may lie before the broker's clock
+    /// (`message.timestamp.before.max.ms`, KIP-937).
+    pub timestamp_before_max_ms: i64,
+    /// ... and after it (`message.timestamp.after.max.ms`).
+    pub timestamp_after_max_ms: i64,
 }
 
 /// One config as DescribeConfigs reports it.
@@ -149,6 +161,9 @@ impl TopicDefaults {
             retention_ms: long("retention.ms", self.retention_ms),
             retention_bytes: long("retention.bytes", self.retention_bytes),
             max_message_bytes: long("max.message.bytes", self.max_message_bytes),
+            log_append_time: overrides.get("message.timestamp.type").map(String::as_str) == Some("LogAppendTime"),
+            timestamp_before_max_ms: long("message.timestamp.before.max.ms", i64::MAX),
+            timestamp_after_max_ms: long("message.timestamp.after.max.ms", i64::MAX),
         }
     }
 
@@ -254,5 +269,24 @@ mod tests {
         let m = all.iter().find(|e| e.name == "max.message.bytes").unwrap();
         assert_eq!((m.value.as_str(), m.is_default), ("1048588", true));
         assert_eq!(d.resolve(&o).retention_ms, 5);
+        assert!(!d.resolve(&o).log_append_time);
+        assert_eq!(d.resolve(&o).timestamp_after_max_ms, i64::MAX);
+    }
+
+    #[test]
+    fn timestamp_configs() {
+        assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
+        assert!(validate("message.timestamp.type", "AppendTime").is_err());
+        assert!(validate("message.timestamp.before.max.ms", "-1").is_err());
+        let o = BTreeMap::from([
+            ("message.timestamp.type".to_string(), "LogAppendTime".to_string()),
+            ("message.timestamp.before.max.ms".to_string(), "60000".to_string()),
+        ]);
+        let c = TopicDefaults::default().resolve(&o);
+        assert!(c.log_append_time);
+        assert_eq!(
+            (c.timestamp_before_max_ms, c.timestamp_after_max_ms),
+            (60_000, i64::MAX)
+        );
     }
 }

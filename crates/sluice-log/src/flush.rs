@@ -51,8 +51,16 @@ struct TailBudget {
 
 /// What happens to one append once the flush commits.
 enum Outcome {
-    Written { key: PartKey, base_offset: i64 },
-    Duplicate { key: PartKey, base_offset: i64 },
+    /// `append_ms`: the time stamped on the batches with LogAppendTime, else -1.
+    Written {
+        key: PartKey,
+        base_offset: i64,
+        append_ms: i64,
+    },
+    Duplicate {
+        key: PartKey,
+        base_offset: i64,
+    },
     Refused(LogError),
 }
 
@@ -848,10 +856,20 @@ impl Flusher {
             }
 
             let first_offset = *next_offset;
+            let append_ms = if req.topic.config().log_append_time && marker.is_none() {
+                sluice_meta::now_ms()
+            } else {
+                -1
+            };
             for b in &req.batches {
                 let position = p.body.len();
                 p.body.extend_from_slice(&req.data[b.position..b.position + b.length]);
                 batch::patch_header(&mut p.body[position..], *next_offset, epoch);
+                let mut max_timestamp = b.max_timestamp;
+                if append_ms >= 0 {
+                    batch::set_log_append_time(&mut p.body[position..position + b.length], append_ms);
+                    max_timestamp = append_ms;
+                }
                 let last = *next_offset + b.last_offset_delta as i64;
                 p.footer.push(FooterEntry {
                     topic_id: key.0,
@@ -859,7 +877,7 @@ impl Flusher {
                     partition: key.1,
                     base_offset: *next_offset,
                     last_offset: last,
-                    max_timestamp: b.max_timestamp,
+                    max_timestamp,
                     position: position as u64,
                     length: b.length as u32,
                 });
@@ -897,6 +915,7 @@ impl Flusher {
             p.outcomes.push(Outcome::Written {
                 key,
                 base_offset: first_offset,
+                append_ms,
             });
         }
         p.group = group;
@@ -996,9 +1015,17 @@ impl Flusher {
                         LogError::UnknownTopicOrPartition
                     })
                 }
-                Outcome::Written { base_offset, .. } | Outcome::Duplicate { base_offset, .. } => Ok(Appended {
+                Outcome::Written {
+                    base_offset, append_ms, ..
+                } => Ok(Appended {
                     base_offset,
                     log_start_offset: req.partition.offsets().log_start,
+                    log_append_time_ms: append_ms,
+                }),
+                Outcome::Duplicate { base_offset, .. } => Ok(Appended {
+                    base_offset,
+                    log_start_offset: req.partition.offsets().log_start,
+                    log_append_time_ms: -1,
                 }),
             };
             METRICS.append_seconds.observe(req.queued.elapsed().as_secs_f64());

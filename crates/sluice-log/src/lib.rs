@@ -60,6 +60,8 @@ pub enum LogError {
     MessageTooLarge(String),
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    #[error("invalid timestamp: {0}")]
+    InvalidTimestamp(String),
     #[error("out of order sequence number: {0}")]
     OutOfOrderSequence(String),
     #[error("invalid producer epoch: {0}")]
@@ -324,6 +326,8 @@ impl PartitionState {
 pub struct Appended {
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// The append time stamped on the batch (LogAppendTime topics), else -1.
+    pub log_append_time_ms: i64,
 }
 
 /// What the flusher is asked to do, in order.
@@ -603,6 +607,7 @@ impl Log {
                 "a transactional batch needs a producer id".into(),
             ));
         }
+        batch::check_timestamps(&batches, &topic.config(), sluice_meta::now_ms())?;
         self.queue(topic, part, data, batches).await
     }
 
