@@ -8,7 +8,8 @@
 //! producerId i64 @43, producerEpoch i16 @51, baseSequence i32 @53,
 //! recordCount i32 @57.
 
-use bytes::Buf;
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
 
 use crate::config::TopicConfig;
 use crate::LogError;
@@ -175,6 +176,53 @@ pub fn set_log_append_time(batch: &mut [u8], append_ms: i64) {
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// The codec a batch was compressed with (its attribute bits 0-2).
+pub fn compression(b: &BatchInfo) -> Option<Compression> {
+    Some(match b.attributes & 0x7 {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        _ => return None,
+    })
+}
+
+/// The batches of `data` re-encoded with `to` (a topic's `compression.type`), or `None`
+/// when every batch already uses it. Records keep their offsets deltas, timestamps,
+/// keys, values and headers; producer id, epoch, sequences and the transactional bit stay.
+pub fn recompress(data: &Bytes, batches: &[BatchInfo], to: Compression) -> Result<Option<Bytes>, LogError> {
+    if batches.iter().all(|b| compression(b) == Some(to)) {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(data.len());
+    for b in batches {
+        let raw = data.slice(b.position..b.position + b.length);
+        if compression(b) == Some(to) {
+            out.extend_from_slice(&raw);
+            continue;
+        }
+        let mut records = RecordBatchDecoder::decode(&mut raw.clone())
+            .map_err(|e| LogError::CorruptMessage(format!("decoding a record batch to recompress it: {e:#}")))?
+            .records;
+        if b.base_sequence < 0 {
+            // Without a producer the encoder needs `offset - sequence` constant to make one
+            // batch: base sequence -1 (NO_SEQUENCE), as the producer sent it.
+            let base = records.first().map_or(0, |r| r.offset);
+            for r in &mut records {
+                r.sequence = (r.offset - base) as i32 - 1;
+            }
+        }
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: to,
+        };
+        RecordBatchEncoder::encode(&mut out, &records, &options)
+            .map_err(|e| LogError::InvalidRecord(format!("recompressing a record batch: {e:#}")))?;
+    }
+    Ok(Some(out.freeze()))
+}
+
 /// The attribute bit of LogAppendTime batches.
 const TIMESTAMP_TYPE_LOG_APPEND: i16 = 1 << 3;
 
@@ -303,6 +351,58 @@ pub(crate) mod tests {
         )
         .unwrap();
         buf.freeze()
+    }
+
+    #[test]
+    fn recompression_keeps_records_and_producer_fields() {
+        for (producer_id, base_sequence) in [(-1, -1), (7, 10)] {
+            let data = make_batch(5, producer_id, base_sequence, 1_000, Compression::None);
+            let before = validate_batches(&data, usize::MAX).unwrap();
+            let decode = |d: &Bytes| RecordBatchDecoder::decode(&mut d.clone()).unwrap().records;
+            for to in [
+                Compression::Gzip,
+                Compression::Snappy,
+                Compression::Lz4,
+                Compression::Zstd,
+            ] {
+                let out = recompress(&data, &before, to).unwrap().expect("recompressed");
+                let after = validate_batches(&out, usize::MAX).unwrap();
+                assert_eq!(after.len(), 1, "one batch in, one batch out");
+                let (a, b) = (after[0], before[0]);
+                assert_eq!(compression(&a), Some(to));
+                assert_eq!(
+                    (
+                        a.record_count,
+                        a.producer_id,
+                        a.producer_epoch,
+                        a.base_sequence,
+                        a.max_timestamp
+                    ),
+                    (
+                        b.record_count,
+                        b.producer_id,
+                        b.producer_epoch,
+                        b.base_sequence,
+                        b.max_timestamp
+                    )
+                );
+                let (got, want) = (decode(&out), decode(&data));
+                let fields = |r: &kafka_protocol::records::Record| {
+                    (r.offset, r.timestamp, r.key.clone(), r.value.clone(), r.headers.clone())
+                };
+                assert_eq!(
+                    got.iter().map(fields).collect::<Vec<_>>(),
+                    want.iter().map(fields).collect::<Vec<_>>()
+                );
+                // Back to uncompressed, and nothing to do when the codec already matches.
+                let back = recompress(&out, &after, Compression::None).unwrap().unwrap();
+                assert_eq!(
+                    compression(&validate_batches(&back, usize::MAX).unwrap()[0]),
+                    Some(Compression::None)
+                );
+                assert!(recompress(&out, &after, to).unwrap().is_none());
+            }
+        }
     }
 
     #[test]

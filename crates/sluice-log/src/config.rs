@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use kafka_protocol::records::Compression;
+
 use crate::LogError;
 
 /// Broker-wide defaults a topic inherits unless it overrides them.
@@ -51,7 +53,11 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ),
     ("retention.bytes", Kind::Long(-1), ""),
     ("retention.ms", Kind::Long(-1), ""),
-    ("compression.type", Kind::OneOf(&["producer"]), "producer"),
+    (
+        "compression.type",
+        Kind::OneOf(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
+        "producer",
+    ),
     ("delete.retention.ms", Kind::Inert, "86400000"),
     ("file.delete.delay.ms", Kind::Inert, "60000"),
     ("flush.messages", Kind::Inert, "9223372036854775807"),
@@ -135,6 +141,9 @@ pub struct TopicConfig {
     pub timestamp_before_max_ms: i64,
     /// ... and after it (`message.timestamp.after.max.ms`).
     pub timestamp_after_max_ms: i64,
+    /// `compression.type`: the codec batches are stored with; `None` (`producer`) keeps
+    /// each batch as sent.
+    pub compression: Option<Compression>,
 }
 
 /// One config as DescribeConfigs reports it.
@@ -164,6 +173,14 @@ impl TopicDefaults {
             log_append_time: overrides.get("message.timestamp.type").map(String::as_str) == Some("LogAppendTime"),
             timestamp_before_max_ms: long("message.timestamp.before.max.ms", i64::MAX),
             timestamp_after_max_ms: long("message.timestamp.after.max.ms", i64::MAX),
+            compression: match overrides.get("compression.type").map(String::as_str) {
+                Some("uncompressed") => Some(Compression::None),
+                Some("gzip") => Some(Compression::Gzip),
+                Some("snappy") => Some(Compression::Snappy),
+                Some("lz4") => Some(Compression::Lz4),
+                Some("zstd") => Some(Compression::Zstd),
+                _ => None,
+            },
         }
     }
 

@@ -595,8 +595,16 @@ impl Log {
         if !part.is_led() || self.inner.suspended.load(Ordering::Relaxed) {
             return Err(LogError::NotLeader);
         }
-        let max = topic.config().max_message_bytes.max(0) as usize;
-        let batches = batch::validate_batches(&data, max)?;
+        let config = topic.config();
+        let max = config.max_message_bytes.max(0) as usize;
+        let mut data = data;
+        let mut batches = batch::validate_batches(&data, max)?;
+        if let Some(to) = config.compression {
+            if let Some(recompressed) = batch::recompress(&data, &batches, to)? {
+                data = recompressed;
+                batches = batch::validate_batches(&data, max)?;
+            }
+        }
         if batches.len() > 1 && batches.iter().any(|b| b.producer_id >= 0) {
             return Err(LogError::InvalidRecord(
                 "idempotent producers must send exactly one batch per partition".into(),
@@ -607,7 +615,7 @@ impl Log {
                 "a transactional batch needs a producer id".into(),
             ));
         }
-        batch::check_timestamps(&batches, &topic.config(), sluice_meta::now_ms())?;
+        batch::check_timestamps(&batches, &config, sluice_meta::now_ms())?;
         self.queue(topic, part, data, batches).await
     }
 
