@@ -53,6 +53,8 @@ const APIS: &[(ApiKey, i16)] = &[
     (ApiKey::DescribeProducers, 0),
     (ApiKey::DescribeTransactions, 0),
     (ApiKey::ListTransactions, 1),
+    (ApiKey::DescribeTopicPartitions, 0),
+    (ApiKey::ElectLeaders, 2),
 ];
 
 /// The version range served for `key`, if it is served at all.
@@ -108,6 +110,8 @@ pub(crate) fn name(key: ApiKey) -> &'static str {
         ApiKey::DescribeProducers => "DescribeProducers",
         ApiKey::DescribeTransactions => "DescribeTransactions",
         ApiKey::ListTransactions => "ListTransactions",
+        ApiKey::DescribeTopicPartitions => "DescribeTopicPartitions",
+        ApiKey::ElectLeaders => "ElectLeaders",
         _ => "other",
     }
 }
@@ -162,6 +166,8 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body:
         RequestKind::Fetch(r) => Ok(fetch::handle(broker, r, v)),
         RequestKind::Metadata(r) => now(metadata::metadata(broker, r, v).await.into()),
         RequestKind::DescribeCluster(r) => now(metadata::describe_cluster(broker, r).into()),
+        RequestKind::DescribeTopicPartitions(r) => now(metadata::describe_topic_partitions(broker, r).into()),
+        RequestKind::ElectLeaders(r) => now(metadata::elect_leaders(broker, r).into()),
         RequestKind::ListOffsets(r) => now(offsets::list_offsets(broker, r, v).await.into()),
         RequestKind::OffsetForLeaderEpoch(r) => now(offsets::offset_for_leader_epoch(broker, r).await.into()),
         RequestKind::DeleteRecords(r) => now(offsets::delete_records(broker, r).await.into()),

@@ -1,16 +1,20 @@
-//! Metadata (with auto-creation of topics) and DescribeCluster.
+//! Metadata (with auto-creation of topics), DescribeCluster, DescribeTopicPartitions
+//! (KIP-966) and ElectLeaders.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_topic_partitions_response::{
+    DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::*;
 use sluice_cluster::View;
-use sluice_log::{LogError, Topic};
+use sluice_log::{LogError, Partition, Topic};
 use sluice_meta::Slot;
 
 use crate::{errors, Broker};
@@ -115,13 +119,8 @@ fn describe_topic(view: &View, topic: &Topic, version: i16) -> MetadataResponseT
     let partitions = (0..topic.partition_count())
         .filter_map(|i| topic.partition(i))
         .map(|p| {
-            // A partition created since the view was read: the log knows its leader.
-            let leader = view.leader(Slot::Partition(topic.id, p.index)).or_else(|| {
-                (!view.leaders.contains_key(&Slot::Partition(topic.id, p.index)) && p.leader() >= 0)
-                    .then(|| (p.leader(), p.offsets().leader_epoch))
-            });
             let out = MetadataResponsePartition::default().with_partition_index(p.index);
-            match leader {
+            match live_leader(view, topic, &p) {
                 Some((node, epoch)) => out
                     .with_leader_id(BrokerId(node))
                     .with_leader_epoch(if version >= 7 { epoch } else { -1 })
@@ -132,10 +131,7 @@ fn describe_topic(view: &View, topic: &Topic, version: i16) -> MetadataResponseT
                 None => out
                     .with_error_code(ResponseError::LeaderNotAvailable.code())
                     .with_leader_id(BrokerId(-1))
-                    .with_leader_epoch(match view.leaders.get(&Slot::Partition(topic.id, p.index)) {
-                        Some(l) if version >= 7 => l.epoch,
-                        _ => -1,
-                    }),
+                    .with_leader_epoch(if version >= 7 { known_epoch(view, topic, &p) } else { -1 }),
             }
         })
         .collect();
@@ -144,6 +140,157 @@ fn describe_topic(view: &View, topic: &Topic, version: i16) -> MetadataResponseT
         .with_topic_id(if version >= 10 { topic.id } else { uuid::Uuid::nil() })
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
+}
+
+/// A partition's live leader and its epoch as this broker last read them.
+fn live_leader(view: &View, topic: &Topic, p: &Partition) -> Option<(i32, i32)> {
+    let slot = Slot::Partition(topic.id, p.index);
+    // A partition created since the view was read: the log knows its leader.
+    view.leader(slot).or_else(|| {
+        (!view.leaders.contains_key(&slot) && p.leader() >= 0).then(|| (p.leader(), p.offsets().leader_epoch))
+    })
+}
+
+/// The leader epoch recorded for a partition without a live leader (-1 if none).
+fn known_epoch(view: &View, topic: &Topic, p: &Partition) -> i32 {
+    view.leaders
+        .get(&Slot::Partition(topic.id, p.index))
+        .map_or(-1, |l| l.epoch)
+}
+
+/// DescribeTopicPartitions (KIP-966): the named topics (all, if none are named), in name
+/// order, partitions from `cursor` on, at most `response_partition_limit` of them; the
+/// cursor of the next page when more remain. One replica each: the leader, which is the
+/// ISR; no eligible leader replicas beyond it.
+pub(crate) fn describe_topic_partitions(
+    broker: &Arc<Broker>,
+    req: DescribeTopicPartitionsRequest,
+) -> DescribeTopicPartitionsResponse {
+    let view = broker.cluster.view();
+    let mut names: Vec<String> = if req.topics.is_empty() {
+        broker.log.topics().iter().map(|t| t.name.clone()).collect()
+    } else {
+        req.topics.iter().map(|t| t.name.to_string()).collect()
+    };
+    names.sort();
+    names.dedup();
+    let (from_topic, from_partition) = match &req.cursor {
+        Some(c) => (c.topic_name.to_string(), c.partition_index.max(0)),
+        None => (String::new(), 0),
+    };
+    let mut budget = req.response_partition_limit.max(1) as usize;
+    let mut topics = Vec::new();
+    let mut next_cursor = None;
+    for name in names.into_iter().filter(|n| *n >= from_topic) {
+        let Some(topic) = broker.log.topic(&name) else {
+            topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_name(Some(TopicName(errors::str(&name))))
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    .with_topic_authorized_operations(OPERATIONS_OMITTED),
+            );
+            continue;
+        };
+        if budget == 0 {
+            next_cursor = Some(
+                describe_topic_partitions_response::Cursor::default()
+                    .with_topic_name(TopicName(errors::str(&name)))
+                    .with_partition_index(0),
+            );
+            break;
+        }
+        let first = if name == from_topic { from_partition } else { 0 };
+        let mut partitions = Vec::new();
+        for i in first..topic.partition_count() {
+            if budget == 0 {
+                next_cursor = Some(
+                    describe_topic_partitions_response::Cursor::default()
+                        .with_topic_name(TopicName(errors::str(&name)))
+                        .with_partition_index(i),
+                );
+                break;
+            }
+            let Some(p) = topic.partition(i) else { continue };
+            budget -= 1;
+            let out = DescribeTopicPartitionsResponsePartition::default()
+                .with_partition_index(i)
+                .with_eligible_leader_replicas(Some(Vec::new()))
+                .with_last_known_elr(Some(Vec::new()));
+            partitions.push(match live_leader(&view, &topic, &p) {
+                Some((node, epoch)) => out
+                    .with_leader_id(BrokerId(node))
+                    .with_leader_epoch(epoch)
+                    .with_replica_nodes(vec![BrokerId(node)])
+                    .with_isr_nodes(vec![BrokerId(node)]),
+                None => out
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_leader_epoch(known_epoch(&view, &topic, &p)),
+            });
+        }
+        topics.push(
+            DescribeTopicPartitionsResponseTopic::default()
+                .with_name(Some(TopicName(errors::str(&name))))
+                .with_topic_id(topic.id)
+                .with_is_internal(false)
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(OPERATIONS_OMITTED),
+        );
+        if next_cursor.is_some() {
+            break;
+        }
+    }
+    DescribeTopicPartitionsResponse::default()
+        .with_topics(topics)
+        .with_next_cursor(next_cursor)
+}
+
+/// ElectLeaders: every partition has one replica, its leader, which is also its
+/// preferred one, so there is never an election to run: ELECTION_NOT_NEEDED for a
+/// partition with a live leader, ELIGIBLE_LEADERS_NOT_AVAILABLE without one (the
+/// controller moves it), UNKNOWN_TOPIC_OR_PARTITION for what does not exist. Without a
+/// list, every partition is answered.
+pub(crate) fn elect_leaders(broker: &Arc<Broker>, req: ElectLeadersRequest) -> ElectLeadersResponse {
+    let view = broker.cluster.view();
+    let wanted: Vec<(String, Vec<i32>)> = match req.topic_partitions {
+        Some(list) => list.into_iter().map(|t| (t.topic.to_string(), t.partitions)).collect(),
+        None => broker
+            .log
+            .topics()
+            .iter()
+            .map(|t| (t.name.clone(), (0..t.partition_count()).collect()))
+            .collect(),
+    };
+    let results = wanted
+        .into_iter()
+        .map(|(name, partitions)| {
+            let topic = broker.log.topic(&name);
+            let partition_result = partitions
+                .into_iter()
+                .map(|i| {
+                    let (code, why) = match topic.as_ref().and_then(|t| Some((t, t.partition(i)?))) {
+                        None => (ResponseError::UnknownTopicOrPartition, "no such topic or partition"),
+                        Some((t, p)) if live_leader(&view, t, &p).is_some() => (
+                            ResponseError::ElectionNotNeeded,
+                            "the partition's only replica leads it already",
+                        ),
+                        Some(_) => (
+                            ResponseError::EligibleLeadersNotAvailable,
+                            "no live leader yet; the controller assigns one",
+                        ),
+                    };
+                    elect_leaders_response::PartitionResult::default()
+                        .with_partition_id(i)
+                        .with_error_code(code.code())
+                        .with_error_message(Some(errors::str(why)))
+                })
+                .collect();
+            elect_leaders_response::ReplicaElectionResult::default()
+                .with_topic(TopicName(errors::str(&name)))
+                .with_partition_result(partition_result)
+        })
+        .collect();
+    ElectLeadersResponse::default().with_replica_election_results(results)
 }
 
 pub(crate) fn describe_cluster(broker: &Arc<Broker>, _req: DescribeClusterRequest) -> DescribeClusterResponse {
