@@ -659,9 +659,26 @@ def test_mqtt_publishes_forwarded_to_a_killed_leader_are_not_lost(cluster):
         d.disconnect()
 
 
-def test_exactly_once_survives_killing_the_transaction_coordinator(cluster, tmp_path):
+def find_transaction_coordinator(bootstrap, txid, timeout=30):
+    """The broker coordinating `txid`, retrying while coordination is moving
+    (COORDINATOR_NOT_AVAILABLE is retriable: a broker just restarted)."""
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
 
+    deadline = time.time() + timeout
+    while True:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            return admin.describe_transactions([txid])[txid].coordinator_id
+        except (CoordinatorNotAvailableError, NotCoordinatorError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+        finally:
+            admin.close()
+
+
+def test_exactly_once_survives_killing_the_transaction_coordinator(cluster, tmp_path):
     c = cluster(3)
     killed = []
 
@@ -669,11 +686,7 @@ def test_exactly_once_survives_killing_the_transaction_coordinator(cluster, tmp_
         for b in c:
             if not b.running():
                 b.start()
-        admin = KafkaAdminClient(bootstrap_servers=c.bootstrap)
-        try:
-            coordinator = admin.describe_transactions([txid])[txid].coordinator_id
-        finally:
-            admin.close()
+        coordinator = find_transaction_coordinator(c.bootstrap, txid)
         victim = next(b for b in c if b.node_id == coordinator)
         victim.kill()
         killed.append(coordinator)

@@ -61,8 +61,8 @@ fn s(v: &str) -> StrBytes {
     errors::str(v)
 }
 
-/// Key types: 0 group, 1 transaction. A group's coordinator is the leader of
-/// its shard; transactions are not served.
+/// Key types: 0 group, 1 transaction. Both are coordinated by the leader of
+/// the key's shard.
 pub(crate) fn find_coordinator(
     broker: &Arc<Broker>,
     req: FindCoordinatorRequest,
@@ -77,7 +77,7 @@ pub(crate) fn find_coordinator(
             .cluster
             .group_coordinator(key)
             .map(|b| (BrokerId(b.node_id), s(&b.host), b.port))
-            .ok_or("the group's coordinator is moving; retry")
+            .ok_or("the coordinator is moving; retry")
     };
     if version < 4 {
         return match lookup(req.key.as_str()) {
