@@ -9,7 +9,7 @@
 //! recordCount i32 @57.
 
 use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
 
 use crate::config::TopicConfig;
 use crate::LogError;
@@ -202,25 +202,55 @@ pub fn recompress(data: &Bytes, batches: &[BatchInfo], to: Compression) -> Resul
             out.extend_from_slice(&raw);
             continue;
         }
-        let mut records = RecordBatchDecoder::decode(&mut raw.clone())
-            .map_err(|e| LogError::CorruptMessage(format!("decoding a record batch to recompress it: {e:#}")))?
-            .records;
-        if b.base_sequence < 0 {
-            // Without a producer the encoder needs `offset - sequence` constant to make one
-            // batch: base sequence -1 (NO_SEQUENCE), as the producer sent it.
-            let base = records.first().map_or(0, |r| r.offset);
-            for r in &mut records {
-                r.sequence = (r.offset - base) as i32 - 1;
-            }
-        }
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: to,
-        };
-        RecordBatchEncoder::encode(&mut out, &records, &options)
-            .map_err(|e| LogError::InvalidRecord(format!("recompressing a record batch: {e:#}")))?;
+        let mut records = decode_records(&raw)?;
+        encode_records(&mut out, b, &mut records, to)?;
     }
     Ok(Some(out.freeze()))
+}
+
+/// A compacted topic keeps records by key: one without a key is refused, as Kafka does.
+pub fn check_keys(data: &Bytes, batches: &[BatchInfo]) -> Result<(), LogError> {
+    for b in batches.iter().filter(|b| !b.is_control()) {
+        let records = decode_records(&data.slice(b.position..b.position + b.length))?;
+        if let Some(r) = records.iter().find(|r| r.key.is_none()) {
+            return Err(LogError::InvalidRecord(format!(
+                "Compacted topic cannot accept message without key (offset delta {} of the batch)",
+                r.offset
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The records of one batch, decompressed.
+pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, LogError> {
+    Ok(RecordBatchDecoder::decode(&mut batch.clone())
+        .map_err(|e| LogError::CorruptMessage(format!("decoding a record batch: {e:#}")))?
+        .records)
+}
+
+/// Encodes records decoded from the batch `b` (all of them, or some: their offsets,
+/// timestamps, headers and producer fields are kept) as one batch in `codec`.
+pub fn encode_records(
+    out: &mut BytesMut,
+    b: &BatchInfo,
+    records: &mut [Record],
+    codec: Compression,
+) -> Result<(), LogError> {
+    if b.base_sequence < 0 {
+        // Without a producer the encoder needs `offset - sequence` constant to make one
+        // batch: base sequence -1 (NO_SEQUENCE), as the producer sent it.
+        let base = records.first().map_or(0, |r| r.offset);
+        for r in records.iter_mut() {
+            r.sequence = (r.offset - base) as i32 - 1;
+        }
+    }
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: codec,
+    };
+    RecordBatchEncoder::encode(out, &*records, &options)
+        .map_err(|e| LogError::InvalidRecord(format!("encoding a record batch: {e:#}")))
 }
 
 /// The attribute bit of LogAppendTime batches.

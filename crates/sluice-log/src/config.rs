@@ -37,6 +37,10 @@ enum Kind {
     Inert,
     /// A schema-registry subject name strategy: short name or Confluent class name.
     SubjectStrategy,
+    /// `cleanup.policy`: `delete`, `compact`, or both, comma-separated.
+    Policy,
+    /// A fraction from 0 to 1.
+    Ratio,
 }
 
 const STRATEGIES: &[&str] = &["TopicNameStrategy", "RecordNameStrategy", "TopicRecordNameStrategy"];
@@ -44,7 +48,7 @@ const STRATEGIES: &[&str] = &["TopicNameStrategy", "RecordNameStrategy", "TopicR
 /// Every topic config a client may set, with the Kafka default where the
 /// broker does not supply one.
 const KEYS: &[(&str, Kind, &str)] = &[
-    ("cleanup.policy", Kind::OneOf(&["delete"]), "delete"),
+    ("cleanup.policy", Kind::Policy, "delete"),
     ("max.message.bytes", Kind::Long(0), ""),
     (
         "message.timestamp.type",
@@ -58,14 +62,14 @@ const KEYS: &[(&str, Kind, &str)] = &[
         Kind::OneOf(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
         "producer",
     ),
-    ("delete.retention.ms", Kind::Inert, "86400000"),
+    ("delete.retention.ms", Kind::Long(0), "86400000"),
     ("file.delete.delay.ms", Kind::Inert, "60000"),
     ("flush.messages", Kind::Inert, "9223372036854775807"),
     ("flush.ms", Kind::Inert, "9223372036854775807"),
     ("index.interval.bytes", Kind::Inert, "4096"),
     ("local.retention.bytes", Kind::Inert, "-2"),
     ("local.retention.ms", Kind::Inert, "-2"),
-    ("max.compaction.lag.ms", Kind::Inert, "9223372036854775807"),
+    ("max.compaction.lag.ms", Kind::Long(1), "9223372036854775807"),
     ("message.timestamp.after.max.ms", Kind::Long(0), "9223372036854775807"),
     ("message.timestamp.before.max.ms", Kind::Long(0), "9223372036854775807"),
     (
@@ -73,15 +77,15 @@ const KEYS: &[(&str, Kind, &str)] = &[
         Kind::Inert,
         "9223372036854775807",
     ),
-    ("min.cleanable.dirty.ratio", Kind::Inert, "0.5"),
-    ("min.compaction.lag.ms", Kind::Inert, "0"),
+    ("min.cleanable.dirty.ratio", Kind::Ratio, "0.5"),
+    ("min.compaction.lag.ms", Kind::Long(0), "0"),
     ("min.insync.replicas", Kind::Inert, "1"),
     ("preallocate", Kind::Inert, "false"),
     ("remote.storage.enable", Kind::Inert, "false"),
-    ("segment.bytes", Kind::Inert, "1073741824"),
+    ("segment.bytes", Kind::Long(14), "1073741824"),
     ("segment.index.bytes", Kind::Inert, "10485760"),
     ("segment.jitter.ms", Kind::Inert, "0"),
-    ("segment.ms", Kind::Inert, "604800000"),
+    ("segment.ms", Kind::Long(1), "604800000"),
     ("unclean.leader.election.enable", Kind::Inert, "false"),
     // Schema validation of produced records (sluice-schema), with Confluent's names as aliases.
     ("sluice.key.schema.validation", Kind::OneOf(&["true", "false"]), "false"),
@@ -144,6 +148,27 @@ pub struct TopicConfig {
     /// `compression.type`: the codec batches are stored with; `None` (`producer`) keeps
     /// each batch as sent.
     pub compression: Option<Compression>,
+    /// `cleanup.policy` holds `compact`: the cleaner keeps the newest record per key.
+    pub compact: bool,
+    /// `cleanup.policy` holds `delete`: retention by time and size applies.
+    pub delete: bool,
+    /// The settings of the cleaner (`cleaner.rs`), with Kafka's meanings.
+    pub compaction: CompactionConfig,
+}
+
+/// When a compacted partition is cleaned, and what its tombstones live for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionConfig {
+    /// `min.cleanable.dirty.ratio`, in millionths: the dirty share of the log's bytes
+    /// that makes it worth cleaning.
+    pub min_dirty_ratio_ppm: u32,
+    pub min_lag_ms: i64,
+    pub max_lag_ms: i64,
+    pub delete_retention_ms: i64,
+    /// The part of the log written last stays dirty (Kafka's active segment) until it
+    /// holds `segment.bytes` or its first batch is `segment.ms` old.
+    pub segment_ms: i64,
+    pub segment_bytes: i64,
 }
 
 /// One config as DescribeConfigs reports it.
@@ -165,7 +190,8 @@ impl TopicDefaults {
     }
 
     pub fn resolve(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
-        let long = |k: &str, d: i64| overrides.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        let long = |k: &str, d: i64| overrides.get(k).and_then(|v| v.trim().parse().ok()).unwrap_or(d);
+        let policy = overrides.get("cleanup.policy").map_or("delete", String::as_str);
         TopicConfig {
             retention_ms: long("retention.ms", self.retention_ms),
             retention_bytes: long("retention.bytes", self.retention_bytes),
@@ -180,6 +206,19 @@ impl TopicDefaults {
                 Some("lz4") => Some(Compression::Lz4),
                 Some("zstd") => Some(Compression::Zstd),
                 _ => None,
+            },
+            compact: policy.split(',').any(|p| p.trim() == "compact"),
+            delete: policy.split(',').any(|p| p.trim() == "delete"),
+            compaction: CompactionConfig {
+                min_dirty_ratio_ppm: overrides
+                    .get("min.cleanable.dirty.ratio")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map_or(500_000, |r| (r.clamp(0.0, 1.0) * 1e6) as u32),
+                min_lag_ms: long("min.compaction.lag.ms", 0),
+                max_lag_ms: long("max.compaction.lag.ms", i64::MAX),
+                delete_retention_ms: long("delete.retention.ms", 86_400_000),
+                segment_ms: long("segment.ms", 604_800_000),
+                segment_bytes: long("segment.bytes", 1 << 30),
             },
         }
     }
@@ -220,6 +259,22 @@ pub fn validate(key: &str, value: &str) -> Result<(), LogError> {
             "Invalid value {value} for configuration {key}: supported values are {allowed:?}"
         ))),
         Kind::Inert => Ok(()),
+        Kind::Policy => {
+            let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+            if !parts.is_empty() && parts.iter().all(|p| matches!(*p, "compact" | "delete")) {
+                Ok(())
+            } else {
+                Err(LogError::InvalidConfig(format!(
+                    "Invalid value {value} for configuration {key}: supported values are [compact, delete], comma-separated"
+                )))
+            }
+        }
+        Kind::Ratio => match value.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+            _ => Err(LogError::InvalidConfig(format!(
+                "Invalid value {value} for configuration {key}: must be a number from 0 to 1"
+            ))),
+        },
         Kind::SubjectStrategy if STRATEGIES.contains(&value.rsplit('.').next().unwrap_or(value)) => Ok(()),
         Kind::SubjectStrategy => Err(LogError::InvalidConfig(format!(
             "Invalid value {value} for configuration {key}: supported values are {STRATEGIES:?} (or io.confluent.kafka.serializers.subject.<name>)"
@@ -254,9 +309,18 @@ mod tests {
         assert!(validate("retention.ms", "-1").is_ok());
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("retention.ms", "soon").is_err());
-        assert!(validate("segment.bytes", "1").is_ok());
+        assert!(validate("segment.bytes", "14").is_ok());
+        assert!(validate("segment.bytes", "1").is_err());
         assert!(matches!(validate("no.such.key", "1"), Err(LogError::InvalidConfig(_))));
-        assert!(validate("cleanup.policy", "compact").is_err());
+        for policy in ["compact", "delete", "compact,delete", "delete, compact"] {
+            assert!(validate("cleanup.policy", policy).is_ok(), "{policy}");
+        }
+        for policy in ["", "compacted", "compact,,delete"] {
+            assert!(validate("cleanup.policy", policy).is_err(), "{policy}");
+        }
+        assert!(validate("min.cleanable.dirty.ratio", "0.01").is_ok());
+        assert!(validate("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(validate("segment.ms", "0").is_err());
         assert!(validate("confluent.value.schema.validation", "true").is_ok());
         assert!(validate("sluice.key.schema.validation", "maybe").is_err());
         assert!(validate(
@@ -288,6 +352,15 @@ mod tests {
         assert_eq!(d.resolve(&o).retention_ms, 5);
         assert!(!d.resolve(&o).log_append_time);
         assert_eq!(d.resolve(&o).timestamp_after_max_ms, i64::MAX);
+        assert!(d.resolve(&o).delete && !d.resolve(&o).compact);
+        let both = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact,delete".to_string()),
+            ("min.cleanable.dirty.ratio".to_string(), "0.25".to_string()),
+        ]);
+        let c = d.resolve(&both);
+        assert!(c.compact && c.delete);
+        assert_eq!(c.compaction.min_dirty_ratio_ppm, 250_000);
+        assert_eq!(c.compaction.delete_retention_ms, 86_400_000);
     }
 
     #[test]

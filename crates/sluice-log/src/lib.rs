@@ -8,6 +8,7 @@
 //! ones are found through the index and read as object ranges.
 
 pub mod batch;
+mod cleaner;
 mod compaction;
 pub mod config;
 mod counting;
@@ -34,6 +35,7 @@ use sluice_meta::{MetaStore, PartitionRow, TopicRow};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+pub use cleaner::CleanReport;
 pub use compaction::CompactionReport;
 pub use config::{TopicConfig, TopicDefaults};
 pub use counting::{store_counts, StoreCounts};
@@ -98,6 +100,8 @@ pub(crate) struct Metrics {
     pub read_aheads: IntCounter,
     pub read_ahead_hits: IntCounter,
     pub compactions: IntCounter,
+    pub cleaner_bytes_read: IntCounter,
+    pub cleaner_records_removed: IntCounter,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -145,6 +149,16 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Segments written by compacting flush objects"
     )
     .unwrap(),
+    cleaner_bytes_read: register_int_counter!(
+        "sluice_log_cleaner_bytes_read_total",
+        "Bytes of batches the log cleaner read (cleanup.policy=compact)"
+    )
+    .unwrap(),
+    cleaner_records_removed: register_int_counter!(
+        "sluice_log_cleaner_records_removed_total",
+        "Records the log cleaner removed: superseded, keyless, aborted, expired tombstones"
+    )
+    .unwrap(),
 }
 });
 
@@ -167,6 +181,11 @@ pub struct LogOptions {
     /// A partition's batches in one flush object that add up to this much are not
     /// compacted (`compaction.rs`).
     pub compaction_keep_run_bytes: usize,
+    /// Memory for the log cleaner's key map (`cleanup.policy=compact`); a partition with
+    /// more keys to clean is cleaned in several passes.
+    pub compaction_memory: usize,
+    /// Tests only: how long the cleaner waits between writing a rewrite and committing it.
+    pub cleaner_commit_pause: Duration,
     /// A local journal directory (single node only): flushes are acknowledged once
     /// journaled, and uploaded to the object store in groups.
     pub journal: Option<std::path::PathBuf>,
@@ -187,6 +206,8 @@ impl Default for LogOptions {
             compaction_min_age: Duration::from_secs(60),
             segment_bytes: 64 << 20,
             compaction_keep_run_bytes: 512 << 10,
+            compaction_memory: 128 << 20,
+            cleaner_commit_pause: Duration::ZERO,
             journal: None,
             upload_interval: Duration::from_millis(250),
             defaults: TopicDefaults::default(),
@@ -236,6 +257,11 @@ pub struct Partition {
     /// Every batch below this offset was in a segment when compaction last looked, so the
     /// next pass starts here instead of walking the compacted history again.
     compacted_to: AtomicI64,
+    /// The log cleaner has cleaned the partition up to here (`cleaner.rs`).
+    cleaned_to: AtomicI64,
+    /// The timestamp of the oldest tombstone's batch the cleaner kept (`i64::MAX`: none):
+    /// a pass is due once it is `delete.retention.ms` old.
+    oldest_tombstone: AtomicI64,
 }
 
 pub(crate) struct PartitionState {
@@ -616,6 +642,9 @@ impl Log {
             ));
         }
         batch::check_timestamps(&batches, &config, sluice_meta::now_ms())?;
+        if config.compact {
+            batch::check_keys(&data, &batches)?;
+        }
         self.queue(topic, part, data, batches).await
     }
 
@@ -689,6 +718,11 @@ impl Log {
         retention::pass(&self.inner).await
     }
 
+    /// Cleans this broker's partitions of compacted topics now (`cleanup.policy=compact`).
+    pub async fn clean(&self) -> Result<CleanReport> {
+        cleaner::pass(&self.inner).await
+    }
+
     /// Compacts this broker's partitions' older flush objects into segments now.
     pub async fn compact(&self) -> Result<CompactionReport> {
         compaction::pass(&self.inner).await
@@ -741,6 +775,8 @@ impl Partition {
             index,
             leader: AtomicI32::new(leader),
             compacted_to: AtomicI64::new(0),
+            cleaned_to: AtomicI64::new(0),
+            oldest_tombstone: AtomicI64::new(i64::MAX),
             state: Mutex::new(PartitionState {
                 log_start,
                 high_watermark,

@@ -134,6 +134,11 @@ impl Log {
                 None => cold_read(&self.inner.meta, &self.inner.store, key, position, cold_end, budget).await?,
             };
             (position, budget) = (cold.position, budget.saturating_sub(cold.bytes()));
+            if cold.batches.is_empty() {
+                // The index holds nothing from here to the tail: the log cleaner removed
+                // every batch in between (offsets of a compacted topic have gaps).
+                position = cold_end;
+            }
             out.batches.extend(cold.batches);
             if position < cold_end && position > offset {
                 // A reader going through the partition in order asks for this next: read it

@@ -22,6 +22,16 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if let Err(e) = pass(&inner).await {
             tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
         }
+        match crate::cleaner::pass(&inner).await {
+            Ok(r) if r.partitions > 0 => tracing::info!(
+                partitions = r.partitions,
+                bytes_read = r.bytes_read,
+                records_removed = r.records_removed,
+                "cleaned compacted partitions"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "log cleaning failed"),
+        }
         match crate::compaction::pass(&inner).await {
             Ok(r) if r.segments > 0 => {
                 tracing::info!(
@@ -53,7 +63,8 @@ pub(crate) async fn pass(inner: &Inner) -> Result<()> {
     let now = now_ms();
     for topic in topics {
         let cfg = topic.config();
-        if cfg.retention_ms < 0 && cfg.retention_bytes < 0 {
+        // A compact-only topic keeps its newest records however old (`cleaner.rs`).
+        if !cfg.delete || (cfg.retention_ms < 0 && cfg.retention_bytes < 0) {
             continue;
         }
         let parts: Vec<_> = topic.partitions.read().unwrap().clone();

@@ -1113,3 +1113,245 @@ fn after_a_failed_flush_the_journal_refuses_writes_until_a_restart_recovers_it()
         assert_eq!(read_offsets(&log, &t, 0, 60_003).await, (0..60_003).collect::<Vec<_>>());
     });
 }
+
+/// One batch of keyed records (None: no key, or a tombstone), timestamped `ts`.
+fn keyed_batch(records: &[(Option<&str>, Option<&str>)], ts: i64, compression: Compression) -> Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32 - 1,
+            timestamp: ts,
+            key: k.map(|k| Bytes::from(k.to_string())),
+            value: v.map(|v| Bytes::from(v.to_string())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Every record of a partition: (offset, key, value), None for a tombstone.
+async fn keyed_records(log: &Log, t: &Topic, p: i32) -> Vec<(i64, String, Option<String>)> {
+    let end = t.partition(p).unwrap().offsets().high_watermark;
+    let (mut out, mut at) = (vec![], t.partition(p).unwrap().offsets().log_start);
+    while at < end {
+        let r = log.read(t, p, at, 1 << 20).await.unwrap();
+        assert!(!r.batches.is_empty(), "a read at {at} below {end} returned nothing");
+        for b in &r.batches {
+            let info = crate::batch::parse_header(b, 0).unwrap();
+            for rec in crate::batch::decode_records(b).unwrap() {
+                if rec.offset >= at && !info.is_control() {
+                    let s = |b: Option<Bytes>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
+                    out.push((rec.offset, s(rec.key).unwrap(), s(rec.value)));
+                }
+            }
+            let base = i64::from_be_bytes(b[0..8].try_into().unwrap());
+            at = at.max(base + info.last_offset_delta as i64 + 1);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn cleaning_keeps_the_newest_record_per_key_at_its_offset() {
+    let fx = Fixture::new();
+    let log = fx
+        .open(LogOptions {
+            tail_cache_bytes: 0,
+            ..opts()
+        })
+        .await;
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.ms".to_string(), "1".to_string()),
+    ]);
+    let t = log.create_topic("c", Some(1), configs.clone(), false).await.unwrap();
+    let ts = sluice_meta::now_ms() - 10_000;
+    // Rounds 0-3 write k0..k4 (offsets 5r+i); k1's tombstone at 20; then one more batch.
+    for round in 0..4 {
+        let values: Vec<String> = (0..5).map(|i| format!("v{round}-{i}")).collect();
+        let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+        let recs: Vec<_> = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))
+            .collect();
+        let codec = if round % 2 == 0 {
+            Compression::None
+        } else {
+            Compression::Zstd
+        };
+        log.append(&t, 0, keyed_batch(&recs, ts + round, codec)).await.unwrap();
+    }
+    log.append(&t, 0, keyed_batch(&[(Some("k1"), None)], ts + 10, Compression::None))
+        .await
+        .unwrap();
+    log.append(
+        &t,
+        0,
+        keyed_batch(&[(Some("k2"), Some("last"))], ts + 11, Compression::None),
+    )
+    .await
+    .unwrap();
+    // A compacted topic refuses records without keys, and stores nothing of the batch.
+    let keyless = keyed_batch(&[(Some("k3"), Some("x")), (None, Some("y"))], ts, Compression::Lz4);
+    assert!(matches!(
+        log.append(&t, 0, keyless).await,
+        Err(LogError::InvalidRecord(_))
+    ));
+    assert_eq!(keyed_records(&log, &t, 0).await.len(), 22);
+
+    let report = log.clean().await.unwrap();
+    assert_eq!((report.partitions, report.records_removed), (1, 16));
+    let expected = vec![
+        (15, "k0".to_string(), Some("v3-0".to_string())),
+        (17, "k2".into(), Some("v3-2".into())),
+        (18, "k3".into(), Some("v3-3".into())),
+        (19, "k4".into(), Some("v3-4".into())),
+        (20, "k1".into(), None),
+        // The log's last batch is never cleaned.
+        (21, "k2".into(), Some("last".into())),
+    ];
+    assert_eq!(keyed_records(&log, &t, 0).await, expected);
+    assert_eq!(t.partition(0).unwrap().offsets().high_watermark, 22);
+    // Nothing is dirty now: a second pass changes nothing.
+    assert_eq!(log.clean().await.unwrap().records_removed, 0);
+    // The old objects are unreferenced, and collected.
+    log.enforce_retention().await.unwrap();
+
+    // Once its batch is delete.retention.ms old, the tombstone goes too; the next append
+    // makes the batch at 21 cleanable, which removes the older k2 (k4 at 22 is the last
+    // batch: not yet cleanable, so the k4 at 19 stays).
+    let mut c = configs.clone();
+    c.insert("delete.retention.ms".into(), "1000".into());
+    c.insert("min.cleanable.dirty.ratio".into(), "0.1".into());
+    log.set_topic_configs("c", c, false).await.unwrap();
+    log.append(
+        &t,
+        0,
+        keyed_batch(&[(Some("k4"), Some("newest"))], ts + 12, Compression::Gzip),
+    )
+    .await
+    .unwrap();
+    assert_eq!(log.clean().await.unwrap().records_removed, 2);
+    let expected = vec![
+        (15, "k0".to_string(), Some("v3-0".to_string())),
+        (18, "k3".into(), Some("v3-3".into())),
+        (19, "k4".into(), Some("v3-4".into())),
+        (21, "k2".into(), Some("last".into())),
+        (22, "k4".into(), Some("newest".into())),
+    ];
+    assert_eq!(keyed_records(&log, &t, 0).await, expected);
+    drop(log);
+
+    // A restart reads the compacted log from the index; reads inside a gap skip it.
+    let log = fx.open(opts()).await;
+    let t = log.topic("c").unwrap();
+    assert_eq!(keyed_records(&log, &t, 0).await, expected);
+    let r = log.read(&t, 0, 16, 1 << 20).await.unwrap();
+    let offsets: Vec<i64> = crate::batch::decode_records(&r.batches[0])
+        .unwrap()
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(offsets, vec![15, 18, 19]);
+    let r = log.read(&t, 0, 20, 1 << 20).await.unwrap();
+    assert_eq!(i64::from_be_bytes(r.batches[0][0..8].try_into().unwrap()), 21);
+}
+
+#[tokio::test]
+async fn cleaning_in_several_passes_when_the_key_map_is_small() {
+    let fx = Fixture::new();
+    // Room for about 4 keys: each pass maps one batch of 3.
+    let log = fx
+        .open(LogOptions {
+            tail_cache_bytes: 0,
+            compaction_memory: 4 * 64,
+            ..opts()
+        })
+        .await;
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact,delete".to_string()),
+        ("segment.ms".to_string(), "1".to_string()),
+        ("min.cleanable.dirty.ratio".to_string(), "0".to_string()),
+    ]);
+    let t = log.create_topic("c", Some(1), configs, false).await.unwrap();
+    let ts = sluice_meta::now_ms() - 10_000;
+    for round in 0..5 {
+        let v = format!("r{round}");
+        let recs = [
+            (Some("a"), Some(v.as_str())),
+            (Some("b"), Some(v.as_str())),
+            (Some("c"), Some(v.as_str())),
+        ];
+        log.append(&t, 0, keyed_batch(&recs, ts + round, Compression::Snappy))
+            .await
+            .unwrap();
+    }
+    let mut passes = 0;
+    while log.clean().await.unwrap().partitions > 0 {
+        passes += 1;
+        assert!(passes < 10);
+    }
+    assert!(passes >= 2, "{passes} passes");
+    let got: Vec<(i64, String)> = keyed_records(&log, &t, 0)
+        .await
+        .into_iter()
+        .map(|(o, k, v)| (o, format!("{k}={}", v.unwrap())))
+        .collect();
+    let want: Vec<(i64, String)> = vec![
+        (9, "a=r3".into()),
+        (10, "b=r3".into()),
+        (11, "c=r3".into()),
+        (12, "a=r4".into()),
+        (13, "b=r4".into()),
+        (14, "c=r4".into()),
+    ];
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_read_inside_a_cleaned_gap_goes_on_to_the_tail_cache() {
+    let fx = Fixture::new();
+    let log = fx.open(opts()).await;
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.ms".to_string(), "1".to_string()),
+        ("delete.retention.ms".to_string(), "0".to_string()),
+    ]);
+    let t = log.create_topic("c", Some(1), configs, false).await.unwrap();
+    let ts = sluice_meta::now_ms() - 10_000;
+    for (k, v) in [("a", Some("1")), ("a", None), ("b", Some("2"))] {
+        log.append(&t, 0, keyed_batch(&[(Some(k), v)], ts, Compression::None))
+            .await
+            .unwrap();
+    }
+    // The value and its (expired) tombstone go; the last batch is still in the tail cache.
+    assert_eq!(log.clean().await.unwrap().records_removed, 2);
+    let r = log.read(&t, 0, 0, 1 << 20).await.unwrap();
+    assert_eq!(r.batches.len(), 1);
+    assert_eq!(i64::from_be_bytes(r.batches[0][0..8].try_into().unwrap()), 2);
+    assert_eq!(
+        keyed_records(&log, &t, 0).await,
+        vec![(2, "b".to_string(), Some("2".to_string()))]
+    );
+}

@@ -501,6 +501,92 @@ impl MetaStore {
         Ok(true)
     }
 
+    /// Replaces a partition's batches, as key compaction rewrites them: deletes the rows
+    /// at `old` (base offset, object key) and inserts `new`, whose batches are in
+    /// `object_key` (written already, `object_size` bytes; `None` when every batch went).
+    /// One transaction, applied only if every old row is still there as read and the
+    /// partition is still at `leader_epoch`: false when retention, another compaction or
+    /// a new leader changed them meanwhile (the new object is then unreferenced).
+    pub async fn replace_batches(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        leader_epoch: i32,
+        old: &[(i64, String)],
+        object: Option<(&str, i64)>,
+        new: &[BatchRow],
+    ) -> Result<bool> {
+        let id = topic_id.to_string();
+        let mut tx = self.writer.begin().await?;
+        let epoch: Option<i32> =
+            sqlx::query_scalar("SELECT leader_epoch FROM partitions WHERE topic_id = $1 AND partition = $2")
+                .bind(&id)
+                .bind(partition)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if epoch != Some(leader_epoch) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some((key, size)) = object {
+            sqlx::query("INSERT INTO objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
+                .bind(key)
+                .bind(size)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (base_offset, key) in old {
+            let n = sqlx::query(
+                "DELETE FROM batches WHERE topic_id = $1 AND partition = $2 AND base_offset = $3 AND object_key = $4",
+            )
+            .bind(&id)
+            .bind(partition)
+            .bind(base_offset)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        for b in new {
+            sqlx::query(
+                "INSERT INTO batches (topic_id, partition, base_offset, last_offset, max_timestamp, object_key, position, length)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&id)
+            .bind(partition)
+            .bind(b.base_offset)
+            .bind(b.last_offset)
+            .bind(b.max_timestamp)
+            .bind(&b.object_key)
+            .bind(b.position)
+            .bind(b.length)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Stored bytes of a partition's batches with base offsets in `from..to`.
+    pub async fn batch_bytes(&self, topic_id: Uuid, partition: i32, from: i64, to: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(length), 0) FROM batches
+             WHERE topic_id = $1 AND partition = $2 AND base_offset >= $3 AND base_offset < $4",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Up to `limit` batches holding offsets at or after `offset`, in order. The lower
     /// bound on `base_offset` (the batch holding `offset`) lets the primary key seek to
     /// it: `last_offset` alone would scan the partition's rows from its start.

@@ -54,6 +54,7 @@ pub struct Config {
     pub compaction_min_age: Duration,
     pub segment_bytes: usize,
     pub compaction_keep_run_bytes: usize,
+    pub compaction_memory: usize,
     /// None: journal when the metadata store is this node's own (`meta` unset).
     pub journal: Option<bool>,
     #[serde(with = "humantime_serde")]
@@ -120,6 +121,7 @@ impl Default for Config {
             compaction_min_age: Duration::from_secs(60),
             segment_bytes: 64 << 20,
             compaction_keep_run_bytes: 512 << 10,
+            compaction_memory: 128 << 20,
             journal: None,
             upload_interval: Duration::from_millis(250),
             direct_io: true,
@@ -269,6 +271,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_keep_run_bytes: Option<usize>,
+    /// Memory for the log cleaner's key map (topics with cleanup.policy=compact), as Kafka's log.cleaner.dedupe.buffer.size: a partition with more keys to clean than it holds is cleaned in several passes. [default: 134217728]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_memory: Option<usize>,
     /// Acknowledge appends once they are synced to a local journal in <data-dir>/journal, and upload them to the object store in groups; false: every flush writes an object and commits before its acknowledgement. Only for a single node: a broker taking over another's partitions could not read its journal. [default: true when --meta is not given (the node's own SQLite store), else false; refused with PostgreSQL]
     #[arg(long, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -357,6 +363,7 @@ const ENV_KEYS: &[&str] = &[
     "compaction_min_age",
     "segment_bytes",
     "compaction_keep_run_bytes",
+    "compaction_memory",
     "journal",
     "upload_interval",
     "direct_io",

@@ -124,6 +124,13 @@ async fn serve(cfg: Config) -> Result<()> {
         compaction_min_age: cfg.compaction_min_age,
         segment_bytes: cfg.segment_bytes,
         compaction_keep_run_bytes: cfg.compaction_keep_run_bytes,
+        compaction_memory: cfg.compaction_memory,
+        // A test-only hook: a pause between a rewrite's object and its commit.
+        cleaner_commit_pause: std::env::var("SLUICE_TEST_CLEANER_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or_default(),
         journal: cfg.journal_dir()?,
         upload_interval: cfg.upload_interval,
         defaults: TopicDefaults {
