@@ -33,9 +33,20 @@ while [[ $# -gt 0 ]]; do
 done
 
 START_TIME=$SECONDS
+STAGES=()
 banner() {
     local elapsed=$((SECONDS - START_TIME))
+    STAGES+=("$elapsed $*")
     printf '\n==== [%3dm%02ds] %s ====\n' $((elapsed / 60)) $((elapsed % 60)) "$*"
+}
+# Time per stage, from one banner to the next.
+stage_summary() {
+    local i start name end
+    echo "time per stage:"
+    for ((i = 0; i < ${#STAGES[@]} - 1; i++)); do
+        start=${STAGES[i]%% *}; name=${STAGES[i]#* }; end=${STAGES[i + 1]%% *}
+        printf '  %3dm%02ds  %s\n' $(((end - start) / 60)) $(((end - start) % 60)) "$name"
+    done
 }
 die() { echo "test.sh: error: $*" >&2; exit 1; }
 
@@ -134,6 +145,8 @@ echo "RUSTFLAGS=${RUSTFLAGS:-}"
 if [[ $E2E_ONLY -eq 0 ]]; then
     banner "cargo fmt --check"
     cargo fmt --all -- --check
+    banner "no import cycles between modules (scripts/module_cycles.py)"
+    python3 scripts/module_cycles.py
 fi
 
 banner "cargo build --release"
@@ -164,3 +177,4 @@ banner "benchmark smoke run (benches/run.sh --quick; figures are not asserted)"
 SLUICE_BIN="$SLUICE_BIN" bash benches/run.sh --quick || die "benchmark smoke run failed"
 
 banner "all tests passed"
+stage_summary

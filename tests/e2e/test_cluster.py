@@ -35,7 +35,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from conftest import Wire, build_record_batch, create_topic, http_get, wait_until
+from conftest import Msg, Wire, build_record_batch, create_topic, http_get, wait_until
 from eos import run_exactly_once
 from loadgen import LoadProducer, check_exactly_once
 from mqtt_helpers import Device, events, headers, kafka_records
@@ -61,11 +61,13 @@ def cluster(make_broker):
         bucket_name = bucket
         s3_server = s3
 
+        extra: tuple = ()
+
         def add(self, start: bool = True):
             node_id = len(self) + 1
             b = make_broker(
                 "--meta", meta, "--store", f"s3://{bucket}/sluice",
-                "--flush-interval", "5ms",
+                "--flush-interval", "5ms", *self.extra,
                 name=f"node{node_id}", node_id=node_id, env=s3.env(), start=start,
             )
             self.append(b)
@@ -75,8 +77,10 @@ def cluster(make_broker):
         def bootstrap(self) -> str:
             return ",".join(b.bootstrap for b in self if b.running())
 
-    def start(n: int) -> Cluster:
+    def start(n: int, *extra: str) -> Cluster:
+        """`extra`: more `sluice serve` arguments for every broker."""
         c = Cluster()
+        c.extra = extra
         for _ in range(n):
             c.add()
         nodes.append(c)
@@ -695,3 +699,41 @@ def test_exactly_once_survives_killing_the_transaction_coordinator(cluster, tmp_
     run_exactly_once(c[0], lambda: c.bootstrap, kill_coordinator, tmp_path, total=3000, disruptions=2)
     assert len(killed) >= 1
     print(f"coordinators killed: {killed}")
+
+
+def test_compaction_on_postgres_and_s3_survives_a_leader_kill(cluster):
+    from test_log_compaction import EAGER, alter, newest_per_key, produce_then_end, read_all
+
+    c = cluster(3, "--retention-check-interval", "300ms")
+    topic = "cluster-changelog"
+    create_topic(c[0], topic, 6, config={**EAGER, "cleanup.policy": "delete"})
+    wait_until(lambda: balanced(c[0], topic, {1, 2, 3}, 6), 30, what="partitions spread")
+    msgs = [Msg(k % 6, b"key-%d" % k, b"r%d" % r) for r in range(10) for k in range(120)]
+    msgs, acks = produce_then_end(c, topic, msgs, 6)
+    # Switched on a live topic: every broker's cleaner takes the partitions it leads.
+    alter(c, topic, cleanup_policy="compact")
+    expected = newest_per_key(msgs, acks)
+    wait_until(lambda: read_all(c, topic, range(6)) == expected, 60, interval=1,
+               what="the newest record per key on every partition")
+
+    victim = next(b for b in c if b.node_id == leaders(c[0], topic)[0])
+    victim.kill()
+    alive = [b for b in c if b.running()]
+    wait_until(lambda: balanced(alive[0], topic, {b.node_id for b in alive}, 6), 30, what="partitions moved")
+    more = [Msg(k % 6, b"key-%d" % k, b"after") for k in range(0, 120, 2)]
+    more, more_acks = produce_then_end(c, topic, more, 6, end_key=b"end-2")
+    expected = newest_per_key(msgs + more, acks + more_acks)
+    got = {}
+
+    def compacted():
+        got.update(read_all(c, topic, range(6)))
+        return got == expected
+
+    try:
+        wait_until(compacted, 60, interval=1, what="the newest record per key after the leader moved")
+    except TimeoutError:
+        for p in range(6):
+            extra = sorted(set(got.get(p, [])) - set(expected.get(p, [])))
+            missing = sorted(set(expected.get(p, [])) - set(got.get(p, [])))
+            print(f"partition {p}: extra {extra[:5]} ({len(extra)}), missing {missing[:5]} ({len(missing)})")
+        raise

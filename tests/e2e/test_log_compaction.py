@@ -57,17 +57,18 @@ def read_all(broker, topic: str, partitions) -> dict[int, list[tuple]]:
     return {p: [(r.offset, r.key, r.value) for r in recs] for p, recs in got.items() if recs}
 
 
-def produce_end(broker, topic: str, partitions: int):
+def produce_end(broker, topic: str, partitions: int, key: bytes = b"end"):
     """One record per partition, in a batch of its own: the log's last batch is never
-    cleaned, so this makes every key's newest record before it cleanable."""
+    cleaned, so this makes every key's newest record before it cleanable (and its own key
+    supersedes nothing yet)."""
     time.sleep(0.3)
-    ends = [Msg(p, b"end", b"end") for p in range(partitions)]
+    ends = [Msg(p, key, b"end") for p in range(partitions)]
     return ends, produce_confluent(broker.bootstrap, topic, ends)
 
 
-def produce_then_end(broker, topic: str, msgs: list[Msg], partitions: int):
+def produce_then_end(broker, topic: str, msgs: list[Msg], partitions: int, end_key: bytes = b"end"):
     acks = produce_confluent(broker.bootstrap, topic, msgs)
-    ends, end_acks = produce_end(broker, topic, partitions)
+    ends, end_acks = produce_end(broker, topic, partitions, end_key)
     return msgs + ends, acks + end_acks
 
 

@@ -11,7 +11,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 
-use crate::conn::Reply;
+use crate::reply::Reply;
 use crate::{admin, configs, fetch, groups, metadata, offsets, produce, txn, Broker};
 
 /// (API, highest version served). The lowest is the protocol crate's.

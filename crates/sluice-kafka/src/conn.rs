@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::future::BoxFuture;
 use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::Encodable;
@@ -16,14 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::reply::Reply;
 use crate::{api, Broker, METRICS};
-
-/// A response still being worked out, or none at all (acks=0 produce).
-pub(crate) enum Reply {
-    Now(Box<ResponseKind>),
-    Later(BoxFuture<'static, ResponseKind>),
-    None,
-}
 
 /// Requests in flight on one connection before reading pauses.
 const MAX_IN_FLIGHT: usize = 64;

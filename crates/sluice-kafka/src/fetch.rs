@@ -14,7 +14,7 @@ use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopi
 use kafka_protocol::messages::*;
 use sluice_log::{LogError, Topic};
 
-use crate::conn::Reply;
+use crate::reply::Reply;
 use crate::{errors, Broker};
 
 /// Longest a fetch may wait, whatever the client asks for.

@@ -22,7 +22,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use sluice_groups::{CommitRequest, GroupError, LeaveMember, OffsetEntry};
 
-use crate::conn::Reply;
+use crate::reply::Reply;
 use crate::{errors, Broker};
 
 pub(crate) fn code(e: GroupError) -> i16 {

@@ -12,6 +12,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod reply;
 mod txn;
 
 use std::sync::{Arc, LazyLock};

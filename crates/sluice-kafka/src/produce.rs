@@ -10,7 +10,7 @@ use kafka_protocol::messages::*;
 use sluice_log::{Appended, LogError};
 use tokio::sync::oneshot;
 
-use crate::conn::Reply;
+use crate::reply::Reply;
 use crate::{errors, Broker};
 
 type Waiting = Result<oneshot::Receiver<Result<Appended, LogError>>, LogError>;

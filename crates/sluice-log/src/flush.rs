@@ -30,18 +30,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use sluice_meta::{AbortedTxnRow, BatchRow, FlushCommit, ProducerStateRow, SeqEntry, WatermarkUpdate};
+use sluice_meta::{AbortedTxnRow, BatchRow, FlushCommit, ProducerStateRow, SeqEntry};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
+use crate::commit::{flush_commit, PartKey, ProducerKey};
 use crate::journal::{self, Journal};
 use crate::object::{self, FooterEntry};
 use crate::producer::{self, ProducerEntry, SeqCheck};
 use crate::{batch, AppendRequest, Appended, Control, FlushMsg, Inner, LogError, Partition, TailBatch, METRICS};
-
-type PartKey = (Uuid, i32);
-type ProducerKey = (Uuid, i32, i64);
 
 /// Global FIFO of cached tail batches, to bound the cache across partitions.
 struct TailBudget {
@@ -370,7 +367,7 @@ impl Flusher {
                 }
             }
             self.producers
-                .insert((s.topic_id, s.partition, s.producer_id), producer_entry(s));
+                .insert((s.topic_id, s.partition, s.producer_id), ProducerEntry::from_row(s));
         }
     }
 
@@ -464,7 +461,7 @@ impl Flusher {
         let flushes: Vec<StagedFlush> = s.flushes.drain(..).collect();
         // The journaled flushes' batches go into one new object; flushes already in the
         // store are only indexed where they are.
-        let key = object_key(self.inner.opts.node_id);
+        let key = object::flush_key(self.inner.opts.node_id);
         let (parts, entries) = object::assemble(
             flushes
                 .iter()
@@ -596,7 +593,7 @@ impl Flusher {
         }
         object::finish(&mut p.body, &p.footer);
         let object = std::mem::take(&mut p.body).freeze();
-        let key = object_key(self.inner.opts.node_id);
+        let key = object::flush_key(self.inner.opts.node_id);
         let (inner, put_key, data) = (self.inner.clone(), key.clone(), object.clone());
         // Journal records follow offset order: each write waits for the one before, and
         // is not made if that one failed (its sender is then dropped unused).
@@ -1041,15 +1038,6 @@ impl Flusher {
     }
 }
 
-pub(crate) fn object_key(node_id: i32) -> String {
-    format!(
-        "data/{:013}-{}-{}.sobj",
-        sluice_meta::now_ms(),
-        node_id,
-        Uuid::new_v4().simple()
-    )
-}
-
 /// The metadata commit of written flushes: their objects, their index rows, and each
 /// flush's offsets and producers in offset order. Returns the partitions in watermark
 /// order, and the commit (each partition's watermark after the last flush).
@@ -1078,51 +1066,6 @@ fn commit_for<'a>(
     let watermarks: Vec<(PartKey, (i64, i32))> = watermarks.into_iter().collect();
     let keys = watermarks.iter().map(|(k, _)| *k).collect();
     (keys, flush_commit(objects, batches, watermarks, producers, aborted))
-}
-
-/// A metadata commit: objects and their index rows, each partition's new high watermark
-/// and leader epoch (in the order given), and the state of each producer touched.
-pub(crate) fn flush_commit<'a>(
-    objects: Vec<(String, i64)>,
-    batches: Vec<BatchRow>,
-    watermarks: impl IntoIterator<Item = (PartKey, (i64, i32))>,
-    producers: impl IntoIterator<Item = (ProducerKey, &'a ProducerEntry)>,
-    aborted: Vec<AbortedTxnRow>,
-) -> FlushCommit {
-    FlushCommit {
-        objects,
-        batches,
-        watermarks: watermarks
-            .into_iter()
-            .map(|(k, (high_watermark, leader_epoch))| WatermarkUpdate {
-                topic_id: k.0,
-                partition: k.1,
-                high_watermark,
-                leader_epoch,
-            })
-            .collect(),
-        producers: producers
-            .into_iter()
-            .map(|(k, e)| ProducerStateRow {
-                topic_id: k.0,
-                partition: k.1,
-                producer_id: k.2,
-                epoch: e.epoch,
-                recent: e.recent.iter().copied().collect(),
-                txn_first_offset: e.txn_first_offset.unwrap_or(-1),
-            })
-            .collect(),
-        aborted,
-    }
-}
-
-/// A producer's state as stored.
-pub(crate) fn producer_entry(s: ProducerStateRow) -> ProducerEntry {
-    ProducerEntry {
-        epoch: s.epoch,
-        recent: s.recent.into(),
-        txn_first_offset: (s.txn_first_offset >= 0).then_some(s.txn_first_offset),
-    }
 }
 
 fn evict(tail: &mut TailBudget, budget: usize) {

@@ -1,6 +1,6 @@
 //! The local journal: on a single node, a flush is acknowledged once it is
 //! appended here and fdatasync'd; the flusher uploads journaled flushes to the
-//! object store and indexes them later, many at a time (`flush::Staged`).
+//! object store and indexes them later, many at a time (the flusher's staged flushes).
 //!
 //! Why: creating one object per flush costs a new file, its data sync and a
 //! directory sync. On this class of disk that is a p99 of 4-10 ms for the
@@ -299,7 +299,7 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
         .map(|s| {
             (
                 (s.topic_id, s.partition, s.producer_id),
-                crate::flush::producer_entry(s),
+                crate::producer::ProducerEntry::from_row(s),
             )
         })
         .collect();
@@ -411,7 +411,7 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
     if uploaded == 0 {
         return Ok(0);
     }
-    let key = crate::flush::object_key(node_id);
+    let key = crate::object::flush_key(node_id);
     let (parts, footer) = object::assemble(batches.iter().map(|(e, payload)| (e, payload)).collect());
     let size: usize = parts.iter().map(|p| p.len()).sum();
     let mut objects = stored;
@@ -422,7 +422,7 @@ pub(crate) async fn recover(meta: &MetaStore, store: &DataStore, node_id: i32, r
     }
     moved.sort();
     moved.dedup();
-    let commit = crate::flush::flush_commit(
+    let commit = crate::commit::flush_commit(
         objects,
         rows,
         moved.iter().map(|k| (*k, offsets[k])),

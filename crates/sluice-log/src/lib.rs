@@ -9,6 +9,7 @@
 
 pub mod batch;
 mod cleaner;
+mod commit;
 mod compaction;
 pub mod config;
 mod counting;

@@ -15,6 +15,17 @@ use uuid::Uuid;
 
 use crate::batch;
 
+/// A new flush object's key: `data/<ms>-<node>-<uuid>.sobj` (its time is what compaction
+/// ages it by).
+pub(crate) fn flush_key(node_id: i32) -> String {
+    format!(
+        "data/{:013}-{}-{}.sobj",
+        sluice_meta::now_ms(),
+        node_id,
+        Uuid::new_v4().simple()
+    )
+}
+
 pub const MAGIC: &[u8; 8] = b"SLUICEO1";
 pub const TRAILER_LEN: usize = 16;
 const VERSION: u8 = 1;

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use sluice_meta::SeqEntry;
+use sluice_meta::{ProducerStateRow, SeqEntry};
 
 use crate::LogError;
 
@@ -18,6 +18,17 @@ pub struct ProducerEntry {
     pub recent: VecDeque<SeqEntry>,
     /// First offset of the producer's open transaction on this partition.
     pub txn_first_offset: Option<i64>,
+}
+
+impl ProducerEntry {
+    /// A producer's state as stored.
+    pub(crate) fn from_row(s: ProducerStateRow) -> Self {
+        ProducerEntry {
+            epoch: s.epoch,
+            recent: s.recent.into(),
+            txn_first_offset: (s.txn_first_offset >= 0).then_some(s.txn_first_offset),
+        }
+    }
 }
 
 /// What a transaction marker (control batch) ended on a partition.

@@ -22,11 +22,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if let Err(e) = pass(&inner).await {
             tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
         }
+        let started = std::time::Instant::now();
         match crate::cleaner::pass(&inner).await {
             Ok(r) if r.partitions > 0 => tracing::info!(
                 partitions = r.partitions,
                 bytes_read = r.bytes_read,
+                bytes_written = r.bytes_written,
                 records_removed = r.records_removed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
                 "cleaned compacted partitions"
             ),
             Ok(_) => {}

@@ -13,23 +13,7 @@ use tokio::sync::mpsc;
 use crate::rules::Rules;
 use crate::uplink::{OutRecord, Uplink};
 
-pub const CLIENT_CONNECTED: &str = "client.connected";
-pub const CLIENT_DISCONNECTED: &str = "client.disconnected";
-pub const SESSION_SUBSCRIBED: &str = "session.subscribed";
-pub const SESSION_UNSUBSCRIBED: &str = "session.unsubscribed";
-pub const MESSAGE_DELIVERED: &str = "message.delivered";
-pub const MESSAGE_ACKED: &str = "message.acked";
-pub const MESSAGE_DROPPED: &str = "message.dropped";
-
-pub const ALL: [&str; 7] = [
-    CLIENT_CONNECTED,
-    CLIENT_DISCONNECTED,
-    SESSION_SUBSCRIBED,
-    SESSION_UNSUBSCRIBED,
-    MESSAGE_DELIVERED,
-    MESSAGE_ACKED,
-    MESSAGE_DROPPED,
-];
+pub use crate::event_names::*;
 
 /// Handle for emitting events. Cheap to clone.
 #[derive(Clone)]

@@ -18,6 +18,7 @@ mod broker;
 pub mod config;
 mod conn;
 mod downlink;
+mod event_names;
 mod events;
 mod forward;
 mod message;

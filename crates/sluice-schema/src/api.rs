@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -17,6 +17,15 @@ use crate::registry::{Registry, SubjectVersion, VersionSpec, LEVELS, MODES};
 use crate::store::{Reference, GLOBAL};
 
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Errors go out as Confluent's body: `{"error_code", "message"}`.
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let body = json!({"error_code": self.code, "message": self.message});
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+    }
+}
 
 type Params = Query<HashMap<String, String>>;
 

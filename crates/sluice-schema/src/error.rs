@@ -1,8 +1,5 @@
 //! Errors as Confluent Schema Registry reports them: an HTTP status plus an
-//! `error_code` and `message` in the body.
-
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+//! `error_code` and `message` (the REST layer, `api`, writes them as the body).
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} (error code {code})")]
@@ -133,19 +130,6 @@ impl RegistryError {
 impl From<sqlx::Error> for RegistryError {
     fn from(e: sqlx::Error) -> Self {
         Self::store(e)
-    }
-}
-
-impl IntoResponse for RegistryError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error_code": self.code, "message": self.message});
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            [(axum::http::header::CONTENT_TYPE, crate::api::CONTENT_TYPE)],
-            body.to_string(),
-        )
-            .into_response()
     }
 }
 

@@ -3,15 +3,14 @@
 //! Values are `serde_json::Value`s. Missing fields are `null`; comparisons
 //! with `null` are false, as in SQL's three-valued logic collapsed to a filter.
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use sqlparser::ast::{
     BinaryOperator, CaseWhen, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, InTarget, UnaryOperator,
     Value as SqlValue,
 };
 
 use super::functions;
-
-pub type EvalResult = Result<Value, String>;
+use super::value::{as_f64, as_text, num, number_from_str, truthy, EvalResult};
 
 /// Checks once, when a rule is created, that every expression is one we can
 /// evaluate and every function is known, so that bad rules are refused with
@@ -218,49 +217,6 @@ fn literal(v: &SqlValue) -> EvalResult {
         SqlValue::Null => Value::Null,
         other => return Err(format!("unsupported literal {other}")),
     })
-}
-
-pub fn number_from_str(s: &str) -> Option<Value> {
-    if let Ok(i) = s.parse::<i64>() {
-        return Some(Value::from(i));
-    }
-    s.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number)
-}
-
-pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => s == "true",
-        _ => false,
-    }
-}
-
-/// A value as a number: numbers, and strings that parse as one.
-pub fn as_f64(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        _ => None,
-    }
-}
-
-/// A value as text: strings as they are, everything else as JSON.
-pub fn as_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-pub fn num(f: f64) -> Value {
-    if f.fract() == 0.0 && f.abs() < 9.0e15 {
-        Value::from(f as i64)
-    } else {
-        Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
-    }
 }
 
 fn binary(op: &BinaryOperator, left: &Expr, right: &Expr, ctx: &Map<String, Value>) -> EvalResult {

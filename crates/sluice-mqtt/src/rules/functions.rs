@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::eval::{as_f64, as_text, num, EvalResult};
+use super::value::{as_f64, as_text, num, EvalResult};
 
 /// (name, min args, max args; `usize::MAX` for variadic).
 const FUNCTIONS: &[(&str, usize, usize)] = &[

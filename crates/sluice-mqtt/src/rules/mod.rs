@@ -12,6 +12,7 @@
 
 mod eval;
 mod functions;
+mod value;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,7 +25,7 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 use sqlx::{AnyPool, Row};
 
-use crate::events;
+use crate::event_names;
 use crate::message::Message;
 use crate::topic::{matches, valid_filter};
 use crate::uplink::OutRecord;
@@ -124,8 +125,8 @@ impl Rule {
                 .collect::<Vec<_>>()
                 .join(".");
             if let Some(ev) = filter.strip_prefix("$events/") {
-                if !events::ALL.contains(&ev) {
-                    return Err(format!("unknown event {ev}; known: {}", events::ALL.join(", ")));
+                if !event_names::ALL.contains(&ev) {
+                    return Err(format!("unknown event {ev}; known: {}", event_names::ALL.join(", ")));
                 }
                 sources.push(Source::Event(ev.to_string()));
             } else if valid_filter(&filter) {
@@ -186,7 +187,7 @@ impl Rule {
 
     fn evaluate(&self, ctx: &Map<String, Value>) -> Result<Option<Map<String, Value>>, String> {
         if let Some(c) = &self.condition {
-            if !eval::truthy(&eval::eval(c, ctx)?) {
+            if !value::truthy(&eval::eval(c, ctx)?) {
                 return Ok(None);
             }
         }
@@ -223,7 +224,7 @@ impl Rule {
         render_template(&self.key, |path| {
             lookup(out, path)
                 .or_else(|| lookup(ctx, path))
-                .map(eval::as_text)
+                .map(value::as_text)
                 .unwrap_or_default()
         })
     }
