@@ -133,7 +133,7 @@ def main() -> None:
             sampler.join()
             if line is None:
                 sys.exit("no cleaning pass in 600 s")
-            fields = dict(re.findall(r"(\w+)=(\d+)", line.group(0)))
+            fields = dict(re.findall(r"(\w+)=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", line.group(0))))
             log_bytes = int(fields["bytes_read"]) / 2
             secs = int(fields["elapsed_ms"]) / 1000
             result = {
