@@ -1,7 +1,7 @@
 """Partition admin calls that tools use: DescribeTopicPartitions (KIP-966, with its
 cursor) through kafka-python's admin client, and ElectLeaders, an honest no-op (each
 partition's one replica leads it already), through confluent-kafka's and
-kafka-python's."""
+kafka-python's; AlterReplicaLogDirs (one log dir: the object store) through kafka-python's."""
 
 from __future__ import annotations
 
@@ -70,3 +70,34 @@ def test_elect_leaders_answers_that_no_election_is_needed(broker):
     # Without a list: every partition of the cluster is answered.
     everything = a.elect_leaders(ElectionType.PREFERRED, None).result(20)
     assert {(tp.topic, tp.partition) for tp in everything} >= {("elect", 0), ("elect", 1)}
+
+
+def test_alter_replica_log_dirs_knows_the_one_log_dir(broker):
+    from kafka import TopicPartitionReplica
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaStorageError, LogDirNotFoundError, NoError, UnknownTopicOrPartitionError
+
+    create_topic(broker, "dirs", partitions=2)
+    a = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        dirs = a.describe_log_dirs()
+        paths = {d["log_dir"] for b in dirs for d in b["log_dirs"]}
+        assert len(paths) == 1, dirs
+        (here,) = paths
+        got = a.alter_replica_log_dirs({
+            TopicPartitionReplica("dirs", 0, 0): here,
+            TopicPartitionReplica("dirs", 1, 0): "/somewhere/else",
+            TopicPartitionReplica("dirs", 7, 0): here,
+            TopicPartitionReplica("no-such-topic", 0, 0): here,
+        })
+        by_tp = {(k.topic, k.partition): v for k, v in got.items()}
+        assert by_tp == {
+            ("dirs", 0): NoError,
+            ("dirs", 1): LogDirNotFoundError,
+            ("dirs", 7): UnknownTopicOrPartitionError,
+            ("no-such-topic", 0): UnknownTopicOrPartitionError,
+        }, by_tp
+        assert KafkaStorageError not in by_tp.values()
+    finally:
+        a.close()
+

@@ -1,10 +1,13 @@
-//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions and
-//! DescribeLogDirs.
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions,
+//! DescribeLogDirs and AlterReplicaLogDirs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_replica_log_dirs_response::{
+    AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
+};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
@@ -219,4 +222,45 @@ pub(crate) async fn describe_log_dirs(broker: &Arc<Broker>, req: DescribeLogDirs
         );
     }
     DescribeLogDirsResponse::default().with_results(vec![result.with_topics(topics)])
+}
+
+/// AlterReplicaLogDirs: a partition has one replica, in the one log dir DescribeLogDirs
+/// reports (the object store). Asking for that dir is answered NONE (it is there already);
+/// any other path is LOG_DIR_NOT_FOUND, as Kafka answers for a dir it does not have.
+pub(crate) fn alter_replica_log_dirs(
+    broker: &Arc<Broker>,
+    req: AlterReplicaLogDirsRequest,
+) -> AlterReplicaLogDirsResponse {
+    let mut results: Vec<AlterReplicaLogDirTopicResult> = Vec::new();
+    for dir in req.dirs {
+        let here = dir.path.as_str() == broker.log.store_url();
+        for t in dir.topics {
+            let topic = broker.log.topic(t.name.as_str());
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let code = match &topic {
+                        Some(topic) if p >= 0 && p < topic.partition_count() => {
+                            if here {
+                                0
+                            } else {
+                                ResponseError::LogDirNotFound.code()
+                            }
+                        }
+                        _ => ResponseError::UnknownTopicOrPartition.code(),
+                    };
+                    AlterReplicaLogDirPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_error_code(code)
+                })
+                .collect();
+            results.push(
+                AlterReplicaLogDirTopicResult::default()
+                    .with_topic_name(t.name)
+                    .with_partitions(partitions),
+            );
+        }
+    }
+    AlterReplicaLogDirsResponse::default().with_results(results)
 }
