@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 5's partition-count targets against a fresh broker: resident memory with
+"""The partition-count targets against a fresh broker: resident memory with
 1,000 idle partitions, then a 10,000-partition topic and how fast Metadata for
 every partition is answered. Prints one JSON object.
 
