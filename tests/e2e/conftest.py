@@ -589,8 +589,10 @@ def run_kcat(*args: str, input: str | bytes | None = None, timeout: float = 60, 
     return r
 
 
-def run_kafkajs(bootstrap: str, steps: list[dict], timeout: float = 90) -> list[dict]:
-    """Run tests/e2e/js/kafkajs_client.js with the given steps; return per-step results."""
+def run_kafkajs(bootstrap: str, steps: list[dict], timeout: float = 90, **security) -> list[dict]:
+    """Run tests/e2e/js/kafkajs_client.js with the given steps; return per-step results.
+
+    ``security`` may hold ``ssl={"caFile": path}`` and ``sasl={"mechanism", "username", "password"}``."""
     node = shutil.which("node")
     if not node:
         pytest.fail("node not installed", pytrace=False)
@@ -598,7 +600,7 @@ def run_kafkajs(bootstrap: str, steps: list[dict], timeout: float = 90) -> list[
         pytest.fail("kafkajs not installed: run `npm ci` in tests/e2e/js (scripts/test.sh does)", pytrace=False)
     r = subprocess.run(
         [node, str(JS_DIR / "kafkajs_client.js")],
-        input=json.dumps({"bootstrap": bootstrap, "steps": steps}),
+        input=json.dumps({"bootstrap": bootstrap, "steps": steps, **security}),
         capture_output=True, text=True, timeout=timeout, cwd=JS_DIR,
     )
     lines = [l for l in r.stdout.splitlines() if l.startswith("{")]

@@ -23,7 +23,7 @@ use anyhow::Result;
 use serde::Serialize;
 use sluice_groups::Coordinator;
 use sluice_log::Log;
-use sluice_meta::{group_shard, BrokerRow, Leadership, MetaStore, Slot};
+use sluice_meta::{group_shard, BrokerRegistration, BrokerRow, Leadership, MetaStore, Slot};
 use tokio::sync::watch;
 
 pub use plan::{plan, Action};
@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub port: i32,
     /// This broker's HTTP address, shown in the cluster status.
     pub http: String,
+    /// Every Kafka listener it advertises (`PROTOCOL://host:port,...`), for Metadata.
+    pub listeners: String,
     /// How long a broker's (and the controller's) lease runs without renewal.
     pub lease: Duration,
     /// How often brokers look for changes, and the controller plans.
@@ -55,10 +57,23 @@ impl Default for ClusterOptions {
             host: "127.0.0.1".into(),
             port: 9092,
             http: String::new(),
+            listeners: String::new(),
             lease: Duration::from_secs(2),
             poll_interval: Duration::from_millis(200),
             handoff_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterOptions {
+    fn registration(&self) -> BrokerRegistration<'_> {
+        BrokerRegistration {
+            node_id: self.node_id,
+            host: &self.host,
+            port: self.port,
+            http: &self.http,
+            listeners: &self.listeners,
         }
     }
 }
@@ -145,8 +160,7 @@ impl Cluster {
     pub async fn start(meta: MetaStore, log: Log, groups: Coordinator, opts: ClusterOptions) -> Result<Self> {
         let lease_ms = opts.lease.as_millis() as i64;
         let sent = Instant::now();
-        meta.register_broker(opts.node_id, &opts.host, opts.port, &opts.http, lease_ms)
-            .await?;
+        meta.register_broker(&opts.registration(), lease_ms).await?;
         groups.use_shards();
         let mine: Vec<(Slot, i32, i32)> = meta
             .list_leadership()
@@ -203,6 +217,7 @@ impl Cluster {
                     host: o.host.clone(),
                     port: o.port,
                     http: o.http.clone(),
+                    listeners: o.listeners.clone(),
                     started_ms: 0,
                     lease_expires_ms: 0,
                     draining: false,
@@ -336,12 +351,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             Ok(Ok(true)) => *inner.renewed.lock().unwrap() = sent,
             Ok(Ok(false)) => {
                 // Deregistered (say, after a drain): come back as a new member.
-                if inner
-                    .meta
-                    .register_broker(o.node_id, &o.host, o.port, &o.http, lease_ms)
-                    .await
-                    .is_ok()
-                {
+                if inner.meta.register_broker(&o.registration(), lease_ms).await.is_ok() {
                     *inner.renewed.lock().unwrap() = sent;
                 }
             }

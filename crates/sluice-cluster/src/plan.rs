@@ -192,6 +192,7 @@ mod tests {
             host: "h".into(),
             port: 9092,
             http: String::new(),
+            listeners: String::new(),
             started_ms: 0,
             lease_expires_ms: 0,
             draining,

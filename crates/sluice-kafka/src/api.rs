@@ -12,7 +12,8 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 
 use crate::reply::Reply;
-use crate::{admin, configs, fetch, groups, metadata, offsets, produce, txn, Broker};
+use crate::session::Session;
+use crate::{admin, configs, fetch, groups, metadata, offsets, produce, txn, users, Broker};
 
 /// (API, highest version served). The lowest is the protocol crate's.
 const APIS: &[(ApiKey, i16)] = &[
@@ -56,6 +57,10 @@ const APIS: &[(ApiKey, i16)] = &[
     (ApiKey::ListTransactions, 1),
     (ApiKey::DescribeTopicPartitions, 0),
     (ApiKey::ElectLeaders, 2),
+    (ApiKey::SaslHandshake, 1),
+    (ApiKey::SaslAuthenticate, 2),
+    (ApiKey::DescribeUserScramCredentials, 0),
+    (ApiKey::AlterUserScramCredentials, 0),
 ];
 
 /// The version range served for `key`, if it is served at all.
@@ -114,6 +119,10 @@ pub(crate) fn name(key: ApiKey) -> &'static str {
         ApiKey::ListTransactions => "ListTransactions",
         ApiKey::DescribeTopicPartitions => "DescribeTopicPartitions",
         ApiKey::ElectLeaders => "ElectLeaders",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
+        ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
         _ => "other",
     }
 }
@@ -159,15 +168,20 @@ pub fn decode_request(mut frame: Bytes) -> Result<(RequestHeader, RequestKind)> 
 }
 
 /// Runs the handler for a decoded request.
-pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body: RequestKind) -> Result<Reply> {
+pub(crate) async fn dispatch(
+    broker: &Arc<Broker>,
+    session: &Session,
+    header: &RequestHeader,
+    body: RequestKind,
+) -> Result<Reply> {
     let v = header.request_api_version;
     let now = |r: ResponseKind| Ok(Reply::Now(Box::new(r)));
     match body {
         RequestKind::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions())),
         RequestKind::Produce(r) => Ok(produce::handle(broker, r, v).await),
         RequestKind::Fetch(r) => Ok(fetch::handle(broker, r, v)),
-        RequestKind::Metadata(r) => now(metadata::metadata(broker, r, v).await.into()),
-        RequestKind::DescribeCluster(r) => now(metadata::describe_cluster(broker, r).into()),
+        RequestKind::Metadata(r) => now(metadata::metadata(broker, session, r, v).await.into()),
+        RequestKind::DescribeCluster(r) => now(metadata::describe_cluster(broker, session, r).into()),
         RequestKind::DescribeTopicPartitions(r) => now(metadata::describe_topic_partitions(broker, r).into()),
         RequestKind::ElectLeaders(r) => now(metadata::elect_leaders(broker, r).into()),
         RequestKind::ListOffsets(r) => now(offsets::list_offsets(broker, r, v).await.into()),
@@ -190,7 +204,7 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body:
         RequestKind::DescribeConfigs(r) => now(configs::describe(broker, r).into()),
         RequestKind::AlterConfigs(r) => now(configs::alter(broker, r).await.into()),
         RequestKind::IncrementalAlterConfigs(r) => now(configs::incremental_alter(broker, r).await.into()),
-        RequestKind::FindCoordinator(r) => now(groups::find_coordinator(broker, r, v).into()),
+        RequestKind::FindCoordinator(r) => now(groups::find_coordinator(broker, session, r, v).into()),
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
             Ok(groups::join_group(broker, r, v, client_id))
@@ -209,6 +223,8 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, body:
             now(groups::consumer_group_heartbeat(broker, r, v, client_id).await.into())
         }
         RequestKind::ConsumerGroupDescribe(r) => now(groups::consumer_group_describe(broker, r).into()),
+        RequestKind::DescribeUserScramCredentials(r) => now(users::describe(broker, r).await.into()),
+        RequestKind::AlterUserScramCredentials(r) => now(users::alter(broker, r).await.into()),
         _ => anyhow::bail!("API {:?} is not served", header.request_api_key),
     }
 }

@@ -3,19 +3,24 @@
 //! requests reach the log in order) while their responses may still be
 //! pending, which lets clients pipeline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::{ApiKey, FetchResponse, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::Encodable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sluice_auth::principal::subject_dn;
+use sluice_auth::tls::HANDSHAKE_TIMEOUT;
+use sluice_auth::{ClientAuth, SecurityProtocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::reply::Reply;
+use crate::session::{ListenerConfig, Session};
 use crate::{api, Broker, METRICS};
 
 /// Requests in flight on one connection before reading pauses.
@@ -30,8 +35,50 @@ struct Pending {
     reply: Reply,
 }
 
-pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
+/// Serves one accepted connection: the TLS handshake first on a TLS listener.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    listener: Arc<ListenerConfig>,
+) -> Result<()> {
+    let Some(tls) = listener.tls.clone() else {
+        let (rd, wr) = stream.into_split();
+        return run(rd, wr, broker, Session::new(listener, peer, None)).await;
+    };
+    let client_auth = match (tls.mutual(), listener.protocol) {
+        (false, _) => ClientAuth::None,
+        (true, SecurityProtocol::Ssl) => ClientAuth::Required,
+        (true, _) => ClientAuth::Optional,
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor(client_auth).accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            METRICS.closed_bad_frames.with_label_values(&["tls_handshake"]).inc();
+            bail!("TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            METRICS.closed_bad_frames.with_label_values(&["tls_handshake"]).inc();
+            bail!("TLS handshake timed out");
+        }
+    };
+    // On SSL the principal is the client certificate's subject, mapped by the rules.
+    let cert_principal = match (listener.protocol, stream.get_ref().1.peer_certificates()) {
+        (SecurityProtocol::Ssl, Some([cert, ..])) => Some(listener.principal_rules.map(&subject_dn(cert)?)),
+        _ => None,
+    };
+    if let Some(p) = &cert_principal {
+        tracing::debug!(principal = %format!("User:{p}"), %peer, "client certificate verified");
+    }
+    let (rd, wr) = tokio::io::split(stream);
+    run(rd, wr, broker, Session::new(listener, peer, cert_principal)).await
+}
+
+async fn run<R, W>(mut rd: R, mut wr: W, broker: Arc<Broker>, mut session: Session) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
         let mut out = BytesMut::new();
@@ -40,6 +87,13 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<()> {
                 Reply::Now(r) => *r,
                 Reply::Later(f) => f.await,
                 Reply::None => continue,
+                Reply::RawToken(token) => {
+                    let mut pieces = [Bytes::copy_from_slice(&(token.len() as u32).to_be_bytes()), token];
+                    if write_pieces(&mut wr, &mut pieces).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
             };
             let encoded = match &body {
                 // Record sets go out as they are, not copied into the encoded response.
@@ -66,15 +120,16 @@ pub(crate) async fn run(stream: TcpStream, broker: Arc<Broker>) -> Result<()> {
         let _ = wr.shutdown().await;
     });
 
-    let result = read_loop(&mut rd, &broker, &tx).await;
+    let result = read_loop(&mut rd, &broker, &mut session, &tx).await;
     drop(tx);
     let _ = writer.await;
     result
 }
 
-async fn read_loop(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    rd: &mut R,
     broker: &Arc<Broker>,
+    session: &mut Session,
     tx: &mpsc::Sender<Pending>,
 ) -> Result<()> {
     loop {
@@ -85,6 +140,12 @@ async fn read_loop(
             Err(e) => return Err(e.into()),
         }
         let size = i32::from_be_bytes(size);
+        if session.expects_raw_token() {
+            if !raw_token(rd, size, broker, session, tx).await? {
+                return Ok(());
+            }
+            continue;
+        }
         if size < 8 || size as usize > broker.config.max_frame_bytes {
             METRICS.closed_bad_frames.with_label_values(&["frame_size"]).inc();
             bail!("frame size {size} outside 8..={}", broker.config.max_frame_bytes);
@@ -98,53 +159,96 @@ async fn read_loop(
                 bail!("truncated frame");
             }
         }
-        let pending = match handle_frame(frame.freeze(), broker).await {
+        let (pending, close) = match handle_frame(frame.freeze(), broker, session).await {
             Ok(p) => p,
             Err(e) => {
                 METRICS.closed_bad_frames.with_label_values(&["bad_request"]).inc();
                 return Err(e);
             }
         };
-        if tx.send(pending).await.is_err() {
+        if tx.send(pending).await.is_err() || close {
             return Ok(());
         }
     }
 }
 
-/// Decodes one request frame and starts handling it.
-async fn handle_frame(frame: Bytes, broker: &Arc<Broker>) -> Result<Pending> {
+/// Handles a SASL token sent without a Kafka header (after SaslHandshake v0). False when
+/// the connection is to close: on failure v0 has no way to say why, and Kafka just closes.
+async fn raw_token<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    size: i32,
+    broker: &Arc<Broker>,
+    session: &mut Session,
+    tx: &mpsc::Sender<Pending>,
+) -> Result<bool> {
+    let read = Instant::now();
+    if size < 0 || size as usize > sluice_auth::sasl::MAX_TOKEN_BYTES {
+        METRICS.closed_bad_frames.with_label_values(&["sasl_token"]).inc();
+        bail!("SASL token of {size} bytes");
+    }
+    let mut token = vec![0; size as usize];
+    rd.read_exact(&mut token).await?;
+    let req = kafka_protocol::messages::SaslAuthenticateRequest::default().with_auth_bytes(token.into());
+    let (resp, close) = session.authenticate(broker, req).await;
+    if close {
+        return Ok(false);
+    }
+    let pending = Pending {
+        read: (read, "SaslAuthenticate"),
+        correlation_id: 0,
+        header_version: 0,
+        api_version: 0,
+        reply: Reply::RawToken(resp.auth_bytes),
+    };
+    Ok(tx.send(pending).await.is_ok())
+}
+
+/// Decodes one request frame and starts handling it. The flag says whether the
+/// connection closes once the response is written.
+async fn handle_frame(frame: Bytes, broker: &Arc<Broker>, session: &mut Session) -> Result<(Pending, bool)> {
     let read = Instant::now();
     let (key, version) = ((&frame[0..2]).get_i16(), (&frame[2..4]).get_i16());
     let correlation_id = (&frame[4..8]).get_i32();
     if let (Ok(ApiKey::ApiVersions), Some((min, max))) = (ApiKey::try_from(key), api::advertised(ApiKey::ApiVersions)) {
         if version < min || version > max {
             // KIP-511: answer in v0 with the supported versions so the client can retry.
-            return Ok(Pending {
+            let pending = Pending {
                 read: (read, "ApiVersions"),
                 correlation_id,
                 header_version: 0,
                 api_version: 0,
                 reply: Reply::Now(Box::new(api::unsupported_version_response())),
-            });
+            };
+            return Ok((pending, false));
         }
     }
     let (header, body) = api::decode_request(frame)?;
     let api_key = ApiKey::try_from(header.request_api_key).map_err(|_| anyhow::anyhow!("unknown API key"))?;
     METRICS.requests.with_label_values(&[api::name(api_key)]).inc();
-    let reply = api::dispatch(broker, &header, body).await?;
-    Ok(Pending {
+    let (reply, close) = match body {
+        RequestKind::SaslHandshake(r) => (Reply::Now(Box::new(session.handshake(r, version).into())), false),
+        RequestKind::SaslAuthenticate(r) => {
+            let (resp, close) = session.authenticate(broker, r).await;
+            (Reply::Now(Box::new(resp.into())), close)
+        }
+        body => {
+            session.check(api_key)?;
+            (api::dispatch(broker, session, &header, body).await?, false)
+        }
+    };
+    let pending = Pending {
         read: (read, api::name(api_key)),
         correlation_id,
         header_version: api_key.response_header_version(version),
         api_version: version,
         reply,
-    })
+    };
+    Ok((pending, close))
 }
 
 /// A Fetch response, size prefix included, as pieces to write in order: the encoded
 /// fields, and between them the record sets themselves. Copying the record sets into the
-/// encoded response was the largest user-space cost of a catch-up read (docs/benchmarks.md,
-/// set J).
+/// encoded response was the largest user-space cost of a catch-up read (docs/benchmarks.md).
 fn encode_pieces(
     correlation_id: i32,
     header_version: i16,
@@ -264,7 +368,7 @@ impl ByteBufMut for Pieces<'_> {
 }
 
 /// Writes `pieces` in order, as few system calls as the socket allows.
-async fn write_pieces(wr: &mut tokio::net::tcp::OwnedWriteHalf, pieces: &mut [Bytes]) -> std::io::Result<()> {
+async fn write_pieces<W: AsyncWrite + Unpin>(wr: &mut W, pieces: &mut [Bytes]) -> std::io::Result<()> {
     let mut first = 0;
     while first < pieces.len() {
         let slices: Vec<std::io::IoSlice> = pieces[first..]

@@ -23,6 +23,7 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_groups::{CommitRequest, GroupError, LeaveMember, OffsetEntry};
 
 use crate::reply::Reply;
+use crate::session::Session;
 use crate::{errors, Broker};
 
 pub(crate) fn code(e: GroupError) -> i16 {
@@ -65,6 +66,7 @@ fn s(v: &str) -> StrBytes {
 /// the key's shard.
 pub(crate) fn find_coordinator(
     broker: &Arc<Broker>,
+    session: &Session,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
@@ -76,8 +78,14 @@ pub(crate) fn find_coordinator(
         broker
             .cluster
             .group_coordinator(key)
-            .map(|b| (BrokerId(b.node_id), s(&b.host), b.port))
             .ok_or("the coordinator is moving; retry")
+            .and_then(|b| {
+                let (host, port) = session
+                    .listener
+                    .endpoint(&b)
+                    .ok_or("the coordinator has no endpoint on this listener")?;
+                Ok((BrokerId(b.node_id), s(&host), port))
+            })
     };
     if version < 4 {
         return match lookup(req.key.as_str()) {

@@ -13,7 +13,9 @@ mod metadata;
 mod offsets;
 mod produce;
 mod reply;
+mod session;
 mod txn;
+mod users;
 
 use std::sync::{Arc, LazyLock};
 
@@ -25,6 +27,7 @@ use sluice_log::Log;
 use tokio::net::TcpListener;
 
 pub use api::{decode_request, supported_apis};
+pub use session::ListenerConfig;
 
 /// What the broker tells clients about itself, and its limits.
 #[derive(Debug, Clone)]
@@ -54,6 +57,7 @@ pub(crate) struct Metrics {
     pub request_seconds: HistogramVec,
     pub connections: IntGauge,
     pub closed_bad_frames: IntCounterVec,
+    pub authentications: IntCounterVec,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -72,18 +76,24 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         &["reason"]
     )
     .unwrap(),
+    authentications: register_int_counter_vec!(
+        "sluice_kafka_sasl_authentications_total",
+        "SASL authentications on Kafka listeners, by mechanism and result (ok, reauthenticated, failed)",
+        &["mechanism", "result"]
+    )
+    .unwrap(),
 });
 
 /// Accepts Kafka connections until the listener fails.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>) -> Result<()> {
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: Arc<ListenerConfig>) -> Result<()> {
     LazyLock::force(&METRICS);
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let broker = broker.clone();
+        let (broker, config) = (broker.clone(), config.clone());
         tokio::spawn(async move {
             METRICS.connections.inc();
-            if let Err(e) = conn::run(stream, broker).await {
+            if let Err(e) = conn::serve(stream, peer, broker, config).await {
                 tracing::debug!(%peer, error = %format!("{e:#}"), "connection closed");
             }
             METRICS.connections.dec();

@@ -17,12 +17,18 @@ use sluice_cluster::View;
 use sluice_log::{LogError, Partition, Topic};
 use sluice_meta::Slot;
 
+use crate::session::Session;
 use crate::{errors, Broker};
 
 /// "Authorized operations not requested" in Metadata and DescribeCluster.
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
-pub(crate) async fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub(crate) async fn metadata(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let view = broker.cluster.view();
     let wanted = match req.topics {
         // v0: an empty list means all topics; v1+: null means all.
@@ -58,11 +64,14 @@ pub(crate) async fn metadata(broker: &Arc<Broker>, req: MetadataRequest, version
         .cluster
         .live_brokers()
         .into_iter()
-        .map(|b| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(b.node_id))
-                .with_host(errors::str(&b.host))
-                .with_port(b.port)
+        .filter_map(|b| {
+            let (host, port) = session.listener.endpoint(&b)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(errors::str(&host))
+                    .with_port(port),
+            )
         })
         .collect();
     MetadataResponse::default()
@@ -293,16 +302,23 @@ pub(crate) fn elect_leaders(broker: &Arc<Broker>, req: ElectLeadersRequest) -> E
     ElectLeadersResponse::default().with_replica_election_results(results)
 }
 
-pub(crate) fn describe_cluster(broker: &Arc<Broker>, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+pub(crate) fn describe_cluster(
+    broker: &Arc<Broker>,
+    session: &Session,
+    _req: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let brokers = broker
         .cluster
         .live_brokers()
         .into_iter()
-        .map(|b| {
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(b.node_id))
-                .with_host(errors::str(&b.host))
-                .with_port(b.port)
+        .filter_map(|b| {
+            let (host, port) = session.listener.endpoint(&b)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.node_id))
+                    .with_host(errors::str(&host))
+                    .with_port(port),
+            )
         })
         .collect();
     DescribeClusterResponse::default()

@@ -9,4 +9,6 @@ pub(crate) enum Reply {
     Now(Box<ResponseKind>),
     Later(BoxFuture<'static, ResponseKind>),
     None,
+    /// A SASL token after SaslHandshake v0: sent with its size prefix only, no header.
+    RawToken(bytes::Bytes),
 }

@@ -19,6 +19,16 @@ pub fn group_shard(group_id: &str) -> i32 {
     (crc32c::crc32c(group_id.as_bytes()) % GROUP_SHARDS as u32) as i32
 }
 
+/// What a broker registers about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerRegistration<'a> {
+    pub node_id: i32,
+    pub host: &'a str,
+    pub port: i32,
+    pub http: &'a str,
+    pub listeners: &'a str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerRow {
     pub node_id: i32,
@@ -26,6 +36,9 @@ pub struct BrokerRow {
     pub port: i32,
     /// The broker's HTTP address, for `sluice cluster` and the console.
     pub http: String,
+    /// Every Kafka listener it advertises, as `PROTOCOL://host:port,...`; empty for one
+    /// PLAINTEXT listener at `host:port`.
+    pub listeners: String,
     pub started_ms: i64,
     pub lease_expires_ms: i64,
     pub draining: bool,
@@ -69,18 +82,20 @@ impl MetaStore {
     }
 
     /// Registers (or re-registers) a broker with a fresh lease.
-    pub async fn register_broker(&self, node_id: i32, host: &str, port: i32, http: &str, lease_ms: i64) -> Result<()> {
+    pub async fn register_broker(&self, b: &BrokerRegistration<'_>, lease_ms: i64) -> Result<()> {
         let now = self.backend.now_ms_sql();
         sqlx::query(&format!(
-            "INSERT INTO brokers (node_id, host, port, http, started_ms, lease_expires_ms, draining)
-             VALUES ($1, $2, $3, $4, {now}, {now} + $5, 0)
+            "INSERT INTO brokers (node_id, host, port, http, listeners, started_ms, lease_expires_ms, draining)
+             VALUES ($1, $2, $3, $4, $5, {now}, {now} + $6, 0)
              ON CONFLICT (node_id) DO UPDATE SET host = excluded.host, port = excluded.port, http = excluded.http,
-               started_ms = excluded.started_ms, lease_expires_ms = excluded.lease_expires_ms, draining = 0"
+               listeners = excluded.listeners, started_ms = excluded.started_ms,
+               lease_expires_ms = excluded.lease_expires_ms, draining = 0"
         ))
-        .bind(node_id)
-        .bind(host)
-        .bind(port)
-        .bind(http)
+        .bind(b.node_id)
+        .bind(b.host)
+        .bind(b.port)
+        .bind(b.http)
+        .bind(b.listeners)
         .bind(lease_ms)
         .execute(&self.writer)
         .await?;
@@ -125,7 +140,7 @@ impl MetaStore {
         let now = self.backend.now_ms_sql();
         let rows = sqlx::query(&format!(
             "SELECT node_id, host, port, http, started_ms, lease_expires_ms, draining,
-               CASE WHEN lease_expires_ms > {now} THEN 1 ELSE 0 END
+               CASE WHEN lease_expires_ms > {now} THEN 1 ELSE 0 END, listeners
              FROM brokers ORDER BY node_id"
         ))
         .fetch_all(&self.readers)
@@ -141,6 +156,7 @@ impl MetaStore {
                     lease_expires_ms: r.try_get(5)?,
                     draining: r.try_get::<i32, _>(6)? != 0,
                     alive: r.try_get::<i32, _>(7)? != 0,
+                    listeners: r.try_get(8)?,
                 })
             })
             .collect()
@@ -344,11 +360,21 @@ mod tests {
     use crate::tests::store;
     use crate::{FlushCommit, WatermarkUpdate};
 
+    fn reg(node_id: i32, host: &'static str) -> BrokerRegistration<'static> {
+        BrokerRegistration {
+            node_id,
+            host,
+            port: 9092,
+            http: "",
+            listeners: "",
+        }
+    }
+
     #[tokio::test]
     async fn broker_leases_live_and_lapse() {
         let (_d, m) = store().await;
-        m.register_broker(1, "h1", 9092, "h1:8080", 60_000).await.unwrap();
-        m.register_broker(2, "h2", 9092, "h2:8080", 1).await.unwrap();
+        m.register_broker(&reg(1, "h1"), 60_000).await.unwrap();
+        m.register_broker(&reg(2, "h2"), 1).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let brokers = m.list_brokers().await.unwrap();
         assert_eq!(

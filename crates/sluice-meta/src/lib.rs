@@ -18,8 +18,10 @@ use uuid::Uuid;
 
 mod cluster;
 mod txn;
-pub use cluster::{group_shard, BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
+mod users;
+pub use cluster::{group_shard, BrokerRegistration, BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
 pub use txn::{new_txn, TxnRow, TxnState};
+pub use users::ScramRow;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -14,6 +14,7 @@ use clap::Args;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use sluice_auth::{parse_kafka_listeners, KafkaListener, TlsFiles};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -75,6 +76,15 @@ pub struct Config {
     /// A transactional.id unused this long is forgotten (transactional.id.expiration.ms).
     #[serde(with = "humantime_serde")]
     pub transactional_id_expiration: Duration,
+    /// Server certificate (a chain is allowed), its key, and the CA client certificates
+    /// must chain to (mutual TLS); PEM files.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// Kafka's ssl.principal.mapping.rules, for client certificates on SSL listeners.
+    pub ssl_principal_mapping_rules: String,
+    /// connections.max.reauth.ms: a SASL session's lifetime (KIP-368); 0 for no limit.
+    pub connections_max_reauth_ms: u64,
     /// The `[mqtt]` table: `mqtt.default-topic`, `mqtt.users`, `[[mqtt.rules]]`, ...
     pub mqtt: sluice_mqtt::MqttConfig,
 }
@@ -131,6 +141,11 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             transaction_max_timeout: Duration::from_secs(15 * 60),
             transactional_id_expiration: Duration::from_secs(7 * 24 * 3600),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            ssl_principal_mapping_rules: "DEFAULT".into(),
+            connections_max_reauth_ms: 0,
             mqtt: sluice_mqtt::MqttConfig::default(),
         }
     }
@@ -142,19 +157,19 @@ impl Default for Config {
 pub struct StorageArgs {
     /// TOML config file; its settings are overridden by SLUICE_* environment
     /// variables, which are overridden by flags.
-    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory for the embedded defaults: the local object store and the SQLite metadata store. [default: ./sluice-data]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// Object store for data: file:///dir, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or memory://. S3 credentials and endpoint come from AWS_* variables. [default: file://<data-dir>/objects]
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
     /// Metadata store. [default: sqlite://<data-dir>/meta.db]
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<String>,
 }
@@ -167,14 +182,34 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub storage: StorageArgs,
-    /// Address for Kafka clients. [default: 0.0.0.0:9092]
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Kafka listeners: a comma-separated list of [PROTOCOL://]HOST:PORT, PROTOCOL being PLAINTEXT (the default), SSL, SASL_PLAINTEXT or SASL_SSL. The first PLAINTEXT one (or else the first) is the one other brokers use. [default: 0.0.0.0:9092]
+    #[arg(long, value_name = "LISTENERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka_listen: Option<String>,
-    /// Address returned to clients in Metadata. [default: the Kafka listen address, with 127.0.0.1 for a wildcard host]
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Addresses returned to clients in Metadata, per listener protocol (PROTOCOL://HOST:PORT,...); a bare HOST:PORT is the first listener's. [default: each listen address, with 127.0.0.1 for a wildcard host]
+    #[arg(long, value_name = "LISTENERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// PEM certificate (chain) for TLS listeners.
+    #[arg(long, value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: turns on mutual TLS. SSL listeners then require client certificates and take the principal from the subject.
+    #[arg(long, value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// ssl.principal.mapping.rules: DEFAULT, or RULE:pattern/replacement/[LU],... applied to client certificate subjects. [default: DEFAULT]
+    #[arg(long, value_name = "RULES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_principal_mapping_rules: Option<String>,
+    /// connections.max.reauth.ms: SASL clients must re-authenticate this often (KIP-368); 0 turns it off. [default: 0]
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_max_reauth_ms: Option<u64>,
     /// Address for HTTP: /health and Prometheus /metrics. [default: 0.0.0.0:8080]
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -373,6 +408,11 @@ const ENV_KEYS: &[&str] = &[
     "drain_timeout",
     "transaction_max_timeout",
     "transactional_id_expiration",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "ssl_principal_mapping_rules",
+    "connections_max_reauth_ms",
 ];
 
 pub fn resolve(args: &ServeArgs) -> Result<Config> {
@@ -440,18 +480,50 @@ impl Config {
         })
     }
 
-    /// (host, port) clients are told to connect to.
-    pub fn advertised(&self) -> Result<(String, i32)> {
-        let addr = self.advertise.as_deref().unwrap_or(&self.kafka_listen);
-        let (host, port) = addr
-            .rsplit_once(':')
-            .with_context(|| format!("address {addr:?} is not HOST:PORT"))?;
-        let port: i32 = port.parse().with_context(|| format!("bad port in {addr:?}"))?;
-        let host = match host.trim_matches(['[', ']']) {
-            "0.0.0.0" | "::" | "" => "127.0.0.1",
-            h => h,
+    /// The Kafka listeners, each with the address advertised for it.
+    pub fn kafka_listeners(&self) -> Result<Vec<(KafkaListener, (String, i32))>> {
+        let listeners = parse_kafka_listeners(&self.kafka_listen).context("--kafka-listen")?;
+        let advertised = match &self.advertise {
+            Some(a) if a.contains("://") => parse_kafka_listeners(a).context("--advertise")?,
+            Some(a) => vec![KafkaListener {
+                protocol: listeners[0].protocol,
+                address: a.clone(),
+            }],
+            None => Vec::new(),
         };
-        Ok((host.to_string(), port))
+        if let Some(extra) = advertised
+            .iter()
+            .find(|a| !listeners.iter().any(|l| l.protocol == a.protocol))
+        {
+            anyhow::bail!(
+                "--advertise names {}, which no --kafka-listen listener has",
+                extra.protocol.name()
+            );
+        }
+        listeners
+            .into_iter()
+            .map(|l| {
+                let addr = advertised
+                    .iter()
+                    .find(|a| a.protocol == l.protocol)
+                    .map_or(&l.address, |a| &a.address);
+                let reachable = sluice_auth::listener::reachable(addr)?;
+                Ok((l, reachable))
+            })
+            .collect()
+    }
+
+    /// The TLS files, if any listener needs them.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_none() => Ok(None),
+            _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+        }
     }
 }
 
@@ -579,12 +651,39 @@ mod tests {
 
     #[test]
     fn advertised_defaults_to_loopback_for_wildcards() {
+        let addrs = |c: &Config| -> Vec<(String, (String, i32))> {
+            c.kafka_listeners()
+                .unwrap()
+                .into_iter()
+                .map(|(l, a)| (l.protocol.name().to_string(), a))
+                .collect()
+        };
         let c = Config::default();
-        assert_eq!(c.advertised().unwrap(), ("127.0.0.1".to_string(), 9092));
+        assert_eq!(addrs(&c), [("PLAINTEXT".into(), ("127.0.0.1".into(), 9092))]);
         let c = Config {
             advertise: Some("broker-1.example:19092".into()),
             ..Config::default()
         };
-        assert_eq!(c.advertised().unwrap(), ("broker-1.example".to_string(), 19092));
+        assert_eq!(addrs(&c), [("PLAINTEXT".into(), ("broker-1.example".into(), 19092))]);
+        let c = Config {
+            kafka_listen: "PLAINTEXT://0.0.0.0:9092,SASL_SSL://0.0.0.0:9093".into(),
+            advertise: Some("SASL_SSL://public.example:443".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            addrs(&c),
+            [
+                ("PLAINTEXT".into(), ("127.0.0.1".into(), 9092)),
+                ("SASL_SSL".into(), ("public.example".into(), 443))
+            ]
+        );
+        let c = Config {
+            advertise: Some("SSL://x:1".into()),
+            ..Config::default()
+        };
+        assert!(
+            c.kafka_listeners().is_err(),
+            "advertising a listener that does not exist"
+        );
     }
 }

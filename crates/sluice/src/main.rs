@@ -4,12 +4,14 @@
 mod cluster_cli;
 mod config;
 mod txn_cli;
+mod user_cli;
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use sluice_kafka::{Broker, BrokerConfig};
+use sluice_auth::{PrincipalRules, SecurityProtocol, Tls};
+use sluice_kafka::{Broker, BrokerConfig, ListenerConfig};
 use sluice_log::{DataStore, Log, LogOptions, TopicDefaults};
 use sluice_meta::MetaStore;
 use tokio::net::TcpListener;
@@ -46,6 +48,8 @@ enum Command {
     Cluster(cluster_cli::ClusterArgs),
     /// List and describe transactions; abort a hanging one.
     Transactions(txn_cli::TxnArgs),
+    /// Create, list and delete SCRAM users (for SASL SCRAM and PLAIN) in the metadata store.
+    User(user_cli::UserArgs),
     /// Register, get, list, check and delete schemas in the schema registry.
     Schema(sluice_schema::cli::SchemaArgs),
     /// Load generator: produce, consume and end-to-end throughput and latency percentiles.
@@ -92,6 +96,7 @@ fn run() -> Result<()> {
             Command::Bench(args) => sluice_bench::run_bench(args).await,
             Command::Cluster(args) => cluster_cli::run(args).await,
             Command::Transactions(args) => txn_cli::run(args).await,
+            Command::User(args) => user_cli::run(args).await,
             Command::Admin {
                 command: AdminCommand::RebuildIndex(storage),
             } => {
@@ -155,7 +160,26 @@ async fn serve(cfg: Config) -> Result<()> {
     // Groups are restored per coordinator shard as the cluster hands shards to this broker.
     let registry = sluice_schema::Registry::new(&meta);
     let log = Log::open(meta.clone(), store, opts).await?;
-    let (host, port) = cfg.advertised()?;
+    let listeners = cfg.kafka_listeners()?;
+    // Other brokers and the MQTT gateway's forwarding reach this broker on its first
+    // PLAINTEXT listener, or else the first.
+    let internal = listeners
+        .iter()
+        .position(|(l, _)| l.protocol == SecurityProtocol::Plaintext)
+        .unwrap_or(0);
+    let (host, port) = listeners[internal].1.clone();
+    let advertised_listeners = listeners
+        .iter()
+        .map(|(l, (h, p))| format!("{}://{h}:{p}", l.protocol.name()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let tls = cfg.tls_files()?.map(Tls::load).transpose()?;
+    if let Some(tls) = &tls {
+        tls.watch(std::time::Duration::from_secs(2));
+    }
+    let principal_rules = PrincipalRules::parse(&cfg.ssl_principal_mapping_rules)?;
+    let reauth =
+        (cfg.connections_max_reauth_ms > 0).then(|| std::time::Duration::from_millis(cfg.connections_max_reauth_ms));
     let cluster = sluice_cluster::Cluster::start(
         meta,
         log.clone(),
@@ -165,6 +189,7 @@ async fn serve(cfg: Config) -> Result<()> {
             host: host.clone(),
             port,
             http: advertised_http(&cfg.http_listen, &host),
+            listeners: advertised_listeners,
             lease: cfg.broker_lease,
             poll_interval: cfg.cluster_poll_interval,
             handoff_timeout: cfg.handoff_timeout,
@@ -205,9 +230,24 @@ async fn serve(cfg: Config) -> Result<()> {
         },
         schemas: Some(sluice_schema::Enforcer::new(registry.clone())),
     });
-    let kafka = TcpListener::bind(&cfg.kafka_listen)
-        .await
-        .with_context(|| format!("binding Kafka listener {}", cfg.kafka_listen))?;
+    let mut kafka = tokio::task::JoinSet::new();
+    for (i, (listener, _)) in listeners.iter().enumerate() {
+        let protocol = listener.protocol;
+        if protocol.tls() && tls.is_none() {
+            anyhow::bail!("listener {} needs --tls-cert and --tls-key", listener.url());
+        }
+        let socket = TcpListener::bind(&listener.address)
+            .await
+            .with_context(|| format!("binding Kafka listener {}", listener.url()))?;
+        let config = Arc::new(ListenerConfig {
+            protocol,
+            tls: if protocol.tls() { tls.clone() } else { None },
+            principal_rules: principal_rules.clone(),
+            reauth,
+            first: i == internal,
+        });
+        kafka.spawn(sluice_kafka::serve(socket, broker.clone(), config));
+    }
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", cfg.http_listen))?;
@@ -241,7 +281,6 @@ async fn serve(cfg: Config) -> Result<()> {
         cluster: cluster.clone(),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let kafka = tokio::spawn(sluice_kafka::serve(kafka, broker.clone()));
     let http = tokio::spawn(sluice_http::serve(
         http,
         sluice_http::router(http_state)
@@ -254,7 +293,7 @@ async fn serve(cfg: Config) -> Result<()> {
         async move { gateway.serve(mqtt).await }
     });
     tokio::select! {
-        r = kafka => return r?.context("Kafka listener failed"),
+        Some(r) = kafka.join_next() => return r?.context("Kafka listener failed"),
         r = http => return r?.context("HTTP listener failed"),
         r = registry_task => return r?.context("schema registry listener failed"),
         r = mqtt_task => return r?.context("MQTT listener failed"),

@@ -2,7 +2,8 @@
 // KafkaJS driver for Sluice's end-to-end tests.
 //
 // Reads one JSON document from stdin:
-//   { "bootstrap": "127.0.0.1:9092", "steps": [ { "op": "...", ... }, ... ] }
+//   { "bootstrap": "127.0.0.1:9092", "steps": [ { "op": "...", ... }, ... ],
+//     "ssl": {"caFile": "ca.pem"} (optional), "sasl": {mechanism, username, password} (optional) }
 // runs the steps in order with one KafkaJS admin client and one producer, and
 // prints one JSON line on stdout:
 //   { "results": [ <result or {"error": {...}} per step> ] }
@@ -83,6 +84,8 @@ async function main() {
     connectionTimeout: 5000,
     requestTimeout: 15000,
     retry: { retries: 5, initialRetryTime: 200 },
+    ...(input.ssl ? { ssl: { ca: [require("fs").readFileSync(input.ssl.caFile, "utf8")] } } : {}),
+    ...(input.sasl ? { sasl: input.sasl } : {}),
   });
   const admin = kafka.admin();
   await admin.connect();
