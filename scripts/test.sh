@@ -67,6 +67,8 @@ setup_system_packages() {
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # The security tests make their certificates with openssl.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -74,7 +76,7 @@ setup_system_packages() {
     compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
     command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        echo "all present: kcat mosquitto mold cc pkg-config curl node npm pip postgresql"
+        echo "all present: kcat mosquitto mold cc pkg-config curl openssl node npm pip postgresql"
         return
     fi
     echo "installing: ${missing[*]}"

@@ -89,7 +89,7 @@ where
                 Reply::None => continue,
                 Reply::RawToken(token) => {
                     let mut pieces = [Bytes::copy_from_slice(&(token.len() as u32).to_be_bytes()), token];
-                    if write_pieces(&mut wr, &mut pieces).await.is_err() {
+                    if write_pieces(&mut wr, &mut pieces).await.is_err() || wr.flush().await.is_err() {
                         break;
                     }
                     continue;
@@ -109,6 +109,11 @@ where
                 }
             };
             if write_pieces(&mut wr, &mut pieces).await.is_err() {
+                break;
+            }
+            // TLS holds what the socket did not take yet until flushed (a no-op on TCP);
+            // flush once no other response is queued behind this one.
+            if rx.is_empty() && wr.flush().await.is_err() {
                 break;
             }
             let (read, api) = p.read;
