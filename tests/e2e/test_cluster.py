@@ -16,6 +16,8 @@ real S3 API server (moto), driven by librdkafka.
   broker, whichever broker leads their partition. Publishes reach subscribers on every
   broker, through mqtt.forward, and only what other brokers subscribed to goes there. A
   share group with members on several brokers gets each message once.
+* Security: every broker advertises its own SASL_SSL address to SASL_SSL clients, and users
+  in PostgreSQL authenticate on every broker.
 * Transactions: a consume-transform-produce worker keeps exactly-once output while the
   broker coordinating its transactional id is SIGKILLed, twice; another broker takes
   the id over from the state in PostgreSQL.
@@ -36,6 +38,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from conftest import Msg, Wire, build_record_batch, create_topic, http_get, wait_until
+from conftest import free_port as conftest_free_port
 from eos import run_exactly_once
 from loadgen import LoadProducer, check_exactly_once
 from mqtt_helpers import Device, events, headers, kafka_records
@@ -737,3 +740,60 @@ def test_compaction_on_postgres_and_s3_survives_a_leader_kill(cluster):
             missing = sorted(set(expected.get(p, [])) - set(got.get(p, [])))
             print(f"partition {p}: extra {extra[:5]} ({len(extra)}), missing {missing[:5]} ({len(missing)})")
         raise
+
+
+def test_users_and_listeners_are_shared_by_every_broker(cluster, tmp_path):
+    """Three brokers, each with a PLAINTEXT and a SASL_SSL listener, sharing users through
+    PostgreSQL: a client of one broker's SASL_SSL listener is sent every broker's SASL_SSL
+    address, and a user made on one broker authenticates on the others at once."""
+    from confluent_kafka.admin import NewTopic, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+    from test_security import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    c = cluster(0)
+    secure_ports = {}
+    for _ in range(3):
+        b = c.add(start=False)
+        port = conftest_free_port()
+        secure_ports[b.node_id] = port
+        listen = f"PLAINTEXT://{b.bootstrap},SASL_SSL://127.0.0.1:{port}"
+        args = list(b.args)
+        args[args.index("--kafka-listen") + 1] = listen
+        args[args.index("--advertise") + 1] = listen
+        b.args = args + ["--tls-cert", certs["cert"], "--tls-key", certs["key"]]
+    meta = c[0].args[c[0].args.index("--meta") + 1]
+    r = c[0].run_cli("user", "create", "app", "--password", "app-pw", "--mechanism", "SCRAM-SHA-512", "--meta", meta)
+    assert r.returncode == 0, r.stderr
+    for b in c:
+        b.start()
+
+    def conf(node: int, user: str = "app", password: str = "app-pw") -> dict:
+        return {"bootstrap.servers": f"127.0.0.1:{secure_ports[node]}", "security.protocol": "SASL_SSL",
+                "ssl.ca.location": certs["ca"], "sasl.mechanisms": "SCRAM-SHA-512",
+                "sasl.username": user, "sasl.password": password}
+
+    admin = AdminClient(conf(1))
+    wait_until(lambda: len(admin.list_topics(timeout=10).brokers) == 3, 20, what="three brokers in Metadata")
+    md = admin.list_topics(timeout=10)
+    assert {b.id: b.port for b in md.brokers.values()} == secure_ports
+    admin.create_topics([NewTopic("secure-spread", 6, 1)])["secure-spread"].result(30)
+    wait_until(lambda: len(set(leaders(c[0], "secure-spread").values())) == 3, 30, what="leaders on all brokers")
+    p = Producer({**conf(1), "enable.idempotence": True})
+    for i in range(60):
+        p.produce("secure-spread", f"v{i}".encode(), partition=i % 6)
+    assert p.flush(30) == 0
+    consumer = Consumer({**conf(1), "group.id": "secure-g", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition("secure-spread", i, 0) for i in range(6)])
+    got = set()
+    deadline = time.monotonic() + 30
+    while len(got) < 60 and time.monotonic() < deadline:
+        m = consumer.poll(0.5)
+        if m is not None and not m.error():
+            got.add(m.value().decode())
+    consumer.close()
+    assert got == {f"v{i}" for i in range(60)}
+    # A user made through broker 2 authenticates on broker 3 right away.
+    admin2 = AdminClient(conf(2))
+    admin2.alter_user_scram_credentials([UserScramCredentialUpsertion(
+        "carol", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"carol-pw")])["carol"].result(20)
+    assert len(AdminClient(conf(3, "carol", "carol-pw")).list_topics(timeout=10).brokers) == 3
