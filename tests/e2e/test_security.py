@@ -379,3 +379,40 @@ def test_sessions_reauthenticate_and_expired_ones_close(make_broker, tmp_path):
         time.sleep(1.7)
         w.send_request(API_METADATA, 1, struct.pack(">i", -1))
         assert closed(w)
+
+
+def mqtt_connack(broker, username: str | None, password: str | None, v5: bool) -> int:
+    from mqtt_helpers import Device
+
+    d = Device(broker, f"dev-{uuid.uuid4().hex[:6]}", v5=v5, username=username, password=password, connect=False)
+    try:
+        d.connect(expect_ok=False)
+        return d.connack.value
+    finally:
+        d.c.loop_stop()
+        d.c.disconnect()
+
+
+def test_mqtt_clients_log_in_as_stored_users(make_broker):
+    # An open gateway: stored users must give their password; others connect as before.
+    b = make_broker()
+    r = b.run_cli("user", "create", "sensor", "--password", "s-pw", "--data-dir", str(b.data_dir))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: mqtt_connack(b, "sensor", "s-pw", v5=False) == 0, 10, what="the new user to take effect")
+    # paho reports 3.1.1's return code 4 (bad user name or password) as MQTT 5's 0x86.
+    assert mqtt_connack(b, "sensor", "wrong", v5=False) == 0x86
+    assert mqtt_connack(b, "sensor", "wrong", v5=True) == 0x86
+    assert mqtt_connack(b, "sensor", "s-pw", v5=True) == 0
+    assert mqtt_connack(b, "someone", "anything", v5=False) == 0
+    # With mqtt.allow-anonymous = false and no mqtt.users, only stored users get in.
+    closed_gw = make_broker(env={"SLUICE_MQTT_ALLOW_ANONYMOUS": "false"}, start=False)
+    r = closed_gw.run_cli("user", "create", "sensor", "--password", "s-pw", "--data-dir", str(closed_gw.data_dir))
+    assert r.returncode == 0, r.stderr
+    closed_gw.start()
+    assert mqtt_connack(closed_gw, "sensor", "s-pw", v5=True) == 0
+    assert mqtt_connack(closed_gw, "someone", "anything", v5=True) == 0x86
+    assert mqtt_connack(closed_gw, None, None, v5=False) == 0x86
+    # A deleted user is refused within the refresh interval.
+    r = closed_gw.run_cli("user", "delete", "sensor", "--data-dir", str(closed_gw.data_dir))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: mqtt_connack(closed_gw, "sensor", "s-pw", v5=True) == 0x86, 10, what="the deletion to take effect")

@@ -1,6 +1,12 @@
-//! Authentication hook: who may connect.
+//! Authentication hook: who may connect. The built-in authenticators are the configured
+//! `mqtt.users` list and the Kafka listeners' SCRAM users in the metadata store.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sluice_auth::ScramMechanism;
+use sluice_meta::{MetaStore, ScramRow};
 
 /// What a CONNECT carries for authentication.
 pub struct Credentials<'a> {
@@ -68,6 +74,75 @@ impl Authenticator for StaticUsers {
 
     fn may_subscribe(&self, _client_id: &str, _username: Option<&str>, filter: &str) -> bool {
         !self.deny_subscribe.iter().any(|d| d == filter)
+    }
+}
+
+/// The Kafka listeners' SCRAM users, checked before the configured authenticator: a
+/// username with a stored credential must give its password (verified as SASL/PLAIN is,
+/// against the salted keys). Other usernames and anonymous clients are the inner
+/// authenticator's to decide, except that a gateway with no `mqtt.users` and
+/// `mqtt.allow-anonymous = false` admits stored users only.
+pub struct StoreUsers {
+    inner: Arc<dyn Authenticator>,
+    users: Arc<RwLock<HashMap<String, Vec<ScramRow>>>>,
+    stored_only: bool,
+}
+
+/// How often the stored users are re-read: a new or deleted user takes effect within it.
+pub const STORE_REFRESH: Duration = Duration::from_secs(1);
+
+impl StoreUsers {
+    /// Wraps `inner`, reading the users from `meta` now and every [`STORE_REFRESH`].
+    pub async fn start(meta: MetaStore, inner: Arc<dyn Authenticator>, stored_only: bool) -> anyhow::Result<Self> {
+        let users = Arc::new(RwLock::new(load(&meta).await?));
+        let weak = Arc::downgrade(&users);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(STORE_REFRESH).await;
+                let Some(users) = weak.upgrade() else { return };
+                match load(&meta).await {
+                    Ok(fresh) => *users.write().unwrap() = fresh,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "reading users for MQTT failed; keeping the last ones")
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            inner,
+            users,
+            stored_only,
+        })
+    }
+}
+
+async fn load(meta: &MetaStore) -> anyhow::Result<HashMap<String, Vec<ScramRow>>> {
+    let mut by_user: HashMap<String, Vec<ScramRow>> = HashMap::new();
+    for row in meta.list_scram().await? {
+        by_user.entry(row.user.clone()).or_default().push(row);
+    }
+    Ok(by_user)
+}
+
+impl Authenticator for StoreUsers {
+    fn authenticate(&self, creds: &Credentials<'_>) -> bool {
+        let stored = creds.username.and_then(|u| self.users.read().unwrap().get(u).cloned());
+        match (stored, creds.password) {
+            (Some(rows), Some(password)) => {
+                let Ok(password) = std::str::from_utf8(password) else {
+                    return false;
+                };
+                rows.iter()
+                    .any(|row| ScramMechanism::parse(&row.mechanism).is_some_and(|m| m.verify_password(row, password)))
+            }
+            (Some(_), None) => false,
+            (None, _) if self.stored_only => false,
+            (None, _) => self.inner.authenticate(creds),
+        }
+    }
+
+    fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        self.inner.may_subscribe(client_id, username, filter)
     }
 }
 

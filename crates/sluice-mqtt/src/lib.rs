@@ -88,7 +88,12 @@ impl Gateway {
     ) -> Result<Arc<Self>> {
         let auth: Arc<dyn Authenticator> = match auth {
             Some(a) => a,
-            None => Arc::new(StaticUsers::new(&cfg.users, cfg.allow_anonymous)?.deny_subscribe(&cfg.deny_subscribe)),
+            None => {
+                let configured =
+                    Arc::new(StaticUsers::new(&cfg.users, cfg.allow_anonymous)?.deny_subscribe(&cfg.deny_subscribe));
+                let stored_only = cfg.users.is_empty() && !cfg.allow_anonymous;
+                Arc::new(auth::StoreUsers::start(log.meta().clone(), configured, stored_only).await?)
+            }
         };
         let pool = log.meta().pool().clone();
         let rules = Arc::new(Rules::load(pool.clone()).await.context("loading MQTT rules")?);
