@@ -168,10 +168,6 @@ def test_a_wrong_password_fails_authentication(secure):
     assert "authentication failed" in secure.broker.log()
 
 
-def sasl_wire(addr: str) -> Wire:
-    return Wire(addr)
-
-
 def handshake(w: Wire, mechanism: str) -> int:
     return w.request(API_SASL_HANDSHAKE, 1, kstring(mechanism)).i16()
 
@@ -197,31 +193,31 @@ def closed(w) -> bool:
 def test_sasl_state_errors_on_the_wire(secure):
     addr = secure.addr("SASL_PLAINTEXT")
     # A request before authentication: the connection closes without an answer.
-    with sasl_wire(addr) as w:
+    with Wire(addr) as w:
         w.send_request(API_METADATA, 1, struct.pack(">i", -1))
         assert closed(w)
     # SaslAuthenticate before SaslHandshake: ILLEGAL_SASL_STATE, then closed.
-    with sasl_wire(addr) as w:
+    with Wire(addr) as w:
         code, _, _ = authenticate(w, b"\0alice\0alice-pw")
         assert code == ILLEGAL_SASL_STATE
         assert closed(w)
     # An unknown mechanism is refused, and the mechanisms offered are listed.
-    with sasl_wire(addr) as w:
+    with Wire(addr) as w:
         assert handshake(w, "GSSAPI") == UNSUPPORTED_SASL_MECHANISM
     # A wrong password: SASL_AUTHENTICATION_FAILED, then closed.
-    with sasl_wire(addr) as w:
+    with Wire(addr) as w:
         assert handshake(w, "PLAIN") == 0
         code, msg, _ = authenticate(w, b"\0alice\0nope")
         assert code == SASL_AUTHENTICATION_FAILED and msg
         assert closed(w)
     # An oversized token closes cleanly too.
-    with sasl_wire(addr) as w:
+    with Wire(addr) as w:
         assert handshake(w, "PLAIN") == 0
         code, _, _ = authenticate(w, b"\0alice\0" + b"x" * 100_000)
         assert code == SASL_AUTHENTICATION_FAILED
         assert closed(w)
     # The right password, then Metadata is served.
-    with sasl_wire(addr) as w:
+    with Wire(addr) as w:
         assert handshake(w, "PLAIN") == 0
         code, _, lifetime = authenticate(w, b"\0alice\0alice-pw")
         assert (code, lifetime) == (0, 0)
@@ -230,14 +226,14 @@ def test_sasl_state_errors_on_the_wire(secure):
         assert n_brokers == 1
         assert (r.i32(), r.string(), r.i32()) == (0, "127.0.0.1", secure.ports["SASL_PLAINTEXT"])
     # A SaslHandshake on a listener without SASL: ILLEGAL_SASL_STATE.
-    with sasl_wire(secure.addr("PLAINTEXT")) as w:
+    with Wire(secure.addr("PLAINTEXT")) as w:
         assert handshake(w, "PLAIN") == ILLEGAL_SASL_STATE
     secure.broker.assert_alive()
 
 
 def test_bad_bytes_on_tls_and_plaintext_listeners_close_cleanly(secure):
     # Plaintext Kafka bytes on a TLS listener: a TLS alert at most, then the close.
-    with sasl_wire(secure.addr("SASL_SSL")) as w:
+    with Wire(secure.addr("SASL_SSL")) as w:
         w.send_request(API_METADATA, 1, struct.pack(">i", -1))
         assert w.wait_closed(5)
     # A TLS handshake on the plaintext listener.

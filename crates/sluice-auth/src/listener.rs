@@ -96,12 +96,7 @@ pub fn parse_url(spec: &str, plain_scheme: &str, tls_scheme: &str) -> Result<(bo
 }
 
 fn check_address(address: &str) -> Result<()> {
-    let (_, port) = address
-        .rsplit_once(':')
-        .with_context(|| format!("address {address:?} is not HOST:PORT"))?;
-    port.parse::<u16>()
-        .with_context(|| format!("bad port in {address:?}"))?;
-    Ok(())
+    reachable(address).map(drop)
 }
 
 /// (host, port) of an address that clients can reach: a wildcard host becomes 127.0.0.1.
@@ -109,12 +104,12 @@ pub fn reachable(address: &str) -> Result<(String, i32)> {
     let (host, port) = address
         .rsplit_once(':')
         .with_context(|| format!("address {address:?} is not HOST:PORT"))?;
-    let port: i32 = port.parse().with_context(|| format!("bad port in {address:?}"))?;
+    let port: u16 = port.parse().with_context(|| format!("bad port in {address:?}"))?;
     let host = match host.trim_matches(['[', ']']) {
         "0.0.0.0" | "::" | "" => "127.0.0.1",
         h => h,
     };
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), i32::from(port)))
 }
 
 /// The endpoint of listener `name` in a broker's listener list (`PROTOCOL://host:port,...`).
