@@ -77,7 +77,11 @@ class Secure:
         return c
 
 
-def start_secure(make_broker, tmp_path, *extra: str, env: dict | None = None) -> Secure:
+USERS = [("alice", "alice-pw", "SCRAM-SHA-256"), ("alice", "alice-pw", "SCRAM-SHA-512"),
+         ("bob", "bob-pw", "SCRAM-SHA-512")]
+
+
+def start_secure(make_broker, tmp_path, *extra: str, env: dict | None = None, users=()) -> Secure:
     certs = make_certs(tmp_path / "certs")
     b = make_broker(start=False, env=env)
     ports = {"PLAINTEXT": b.kafka_port}
@@ -90,8 +94,7 @@ def start_secure(make_broker, tmp_path, *extra: str, env: dict | None = None) ->
     b.args = args + ["--tls-cert", certs["cert"], "--tls-key", certs["key"], "--tls-client-ca", certs["ca"],
                      "--ssl-principal-mapping-rules", "RULE:^CN=([^,]*),OU=([^,]*).*$/$1@$2/L,DEFAULT", *extra]
     # The first users are made offline, before the first serve.
-    for user, pw, mech in [("alice", "alice-pw", "SCRAM-SHA-256"), ("alice", "alice-pw", "SCRAM-SHA-512"),
-                           ("bob", "bob-pw", "SCRAM-SHA-512")]:
+    for user, pw, mech in [*USERS, *users]:
         r = b.run_cli("user", "create", user, "--password", pw, "--mechanism", mech, "--data-dir", str(b.data_dir))
         assert r.returncode == 0, r.stderr
     b.start()

@@ -17,8 +17,10 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use sluice_auth::Operation;
 use sluice_log::LogError;
 
+use crate::session::Session;
 use crate::{errors, Broker};
 
 /// DescribeConfigs/CreateTopics config sources.
@@ -27,9 +29,16 @@ pub(crate) const SOURCE_DEFAULT: i8 = 5;
 
 pub(crate) async fn create_topics(
     broker: &Arc<Broker>,
+    session: &Session,
     req: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
+    // CREATE on the cluster covers every topic; otherwise CREATE on each.
+    let cluster_create = session.sees(
+        Operation::Create,
+        sluice_auth::ResourceType::Cluster,
+        sluice_auth::acl::CLUSTER_NAME,
+    );
     let mut results = Vec::with_capacity(req.topics.len());
     for t in &req.topics {
         let base = CreatableTopicResult::default().with_name(t.name.clone());
@@ -38,6 +47,11 @@ pub(crate) async fn create_topics(
             Err((
                 ResponseError::InvalidRequest.code(),
                 format!("Create topics request contains {} twice", t.name.as_str()),
+            ))
+        } else if !cluster_create && !session.allowed_topic(Operation::Create, &t.name) {
+            Err((
+                ResponseError::TopicAuthorizationFailed.code(),
+                format!("Not authorized to create topic {}", t.name.as_str()),
             ))
         } else {
             create_one(broker, t, req.validate_only, version).await
@@ -121,6 +135,7 @@ async fn create_one(
 
 pub(crate) async fn delete_topics(
     broker: &Arc<Broker>,
+    session: &Session,
     req: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -137,13 +152,20 @@ pub(crate) async fn delete_topics(
             Some(n) => Some(n.to_string()),
             None => broker.log.topic_by_id(id).map(|t| t.name.clone()),
         };
+        let base = DeletableTopicResult::default()
+            .with_name(name.clone())
+            .with_topic_id(id);
+        if resolved
+            .as_ref()
+            .is_some_and(|n| !session.allowed_topic(Operation::Delete, n))
+        {
+            responses.push(base.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+            continue;
+        }
         let result = match &resolved {
             Some(n) => broker.log.delete_topic(n).await,
             None => Err(LogError::UnknownTopicOrPartition),
         };
-        let base = DeletableTopicResult::default()
-            .with_name(name.clone())
-            .with_topic_id(id);
         responses.push(match result {
             Ok(deleted_id) => base
                 .with_topic_id(if version >= 6 { deleted_id } else { uuid::Uuid::nil() })
@@ -162,10 +184,18 @@ pub(crate) async fn delete_topics(
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub(crate) async fn create_partitions(broker: &Arc<Broker>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub(crate) async fn create_partitions(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let base = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        if !session.allowed_topic(Operation::Alter, &t.name) {
+            results.push(base.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+            continue;
+        }
         results.push(
             match broker
                 .log
@@ -182,7 +212,14 @@ pub(crate) async fn create_partitions(broker: &Arc<Broker>, req: CreatePartition
     CreatePartitionsResponse::default().with_results(results)
 }
 
-pub(crate) async fn describe_log_dirs(broker: &Arc<Broker>, req: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
+pub(crate) async fn describe_log_dirs(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: DescribeLogDirsRequest,
+) -> DescribeLogDirsResponse {
+    if !session.allowed_cluster(Operation::Describe) {
+        return DescribeLogDirsResponse::default().with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let wanted: Vec<(String, Option<Vec<i32>>)> = match req.topics {
         None => broker.log.topics().iter().map(|t| (t.name.clone(), None)).collect(),
         Some(list) => list
@@ -229,8 +266,10 @@ pub(crate) async fn describe_log_dirs(broker: &Arc<Broker>, req: DescribeLogDirs
 /// any other path is LOG_DIR_NOT_FOUND, as Kafka answers for a dir it does not have.
 pub(crate) fn alter_replica_log_dirs(
     broker: &Arc<Broker>,
+    session: &Session,
     req: AlterReplicaLogDirsRequest,
 ) -> AlterReplicaLogDirsResponse {
+    let allowed = session.allowed_cluster(Operation::Alter);
     let mut results: Vec<AlterReplicaLogDirTopicResult> = Vec::new();
     for dir in req.dirs {
         let here = dir.path.as_str() == broker.log.store_url();
@@ -241,6 +280,7 @@ pub(crate) fn alter_replica_log_dirs(
                 .into_iter()
                 .map(|p| {
                     let code = match &topic {
+                        _ if !allowed => ResponseError::ClusterAuthorizationFailed.code(),
                         Some(topic) if p >= 0 && p < topic.partition_count() => {
                             if here {
                                 0

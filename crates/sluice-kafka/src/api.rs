@@ -13,7 +13,7 @@ use kafka_protocol::protocol::Decodable;
 
 use crate::reply::Reply;
 use crate::session::Session;
-use crate::{admin, configs, fetch, groups, metadata, offsets, produce, txn, users, Broker};
+use crate::{acls, admin, authz, configs, fetch, groups, metadata, offsets, produce, txn, users, Broker};
 
 /// (API, highest version served). The lowest is the protocol crate's.
 const APIS: &[(ApiKey, i16)] = &[
@@ -61,6 +61,9 @@ const APIS: &[(ApiKey, i16)] = &[
     (ApiKey::SaslAuthenticate, 2),
     (ApiKey::DescribeUserScramCredentials, 0),
     (ApiKey::AlterUserScramCredentials, 0),
+    (ApiKey::DescribeAcls, 3),
+    (ApiKey::CreateAcls, 3),
+    (ApiKey::DeleteAcls, 3),
 ];
 
 /// The version range served for `key`, if it is served at all.
@@ -123,6 +126,9 @@ pub(crate) fn name(key: ApiKey) -> &'static str {
         ApiKey::SaslAuthenticate => "SaslAuthenticate",
         ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
         ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
+        ApiKey::DescribeAcls => "DescribeAcls",
+        ApiKey::CreateAcls => "CreateAcls",
+        ApiKey::DeleteAcls => "DeleteAcls",
         _ => "other",
     }
 }
@@ -176,34 +182,37 @@ pub(crate) async fn dispatch(
 ) -> Result<Reply> {
     let v = header.request_api_version;
     let now = |r: ResponseKind| Ok(Reply::Now(Box::new(r)));
+    if let Some(refused) = authz::refused(session, &body) {
+        return now(refused);
+    }
     match body {
         RequestKind::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions())),
-        RequestKind::Produce(r) => Ok(produce::handle(broker, r, v).await),
-        RequestKind::Fetch(r) => Ok(fetch::handle(broker, r, v)),
+        RequestKind::Produce(r) => Ok(produce::handle(broker, session, r, v).await),
+        RequestKind::Fetch(r) => Ok(fetch::handle(broker, session, r, v)),
         RequestKind::Metadata(r) => now(metadata::metadata(broker, session, r, v).await.into()),
         RequestKind::DescribeCluster(r) => now(metadata::describe_cluster(broker, session, r).into()),
-        RequestKind::DescribeTopicPartitions(r) => now(metadata::describe_topic_partitions(broker, r).into()),
-        RequestKind::ElectLeaders(r) => now(metadata::elect_leaders(broker, r).into()),
-        RequestKind::ListOffsets(r) => now(offsets::list_offsets(broker, r, v).await.into()),
-        RequestKind::OffsetForLeaderEpoch(r) => now(offsets::offset_for_leader_epoch(broker, r).await.into()),
-        RequestKind::DeleteRecords(r) => now(offsets::delete_records(broker, r).await.into()),
-        RequestKind::InitProducerId(r) => now(txn::init_producer_id(broker, r, v).await.into()),
-        RequestKind::AddPartitionsToTxn(r) => now(txn::add_partitions_to_txn(broker, r, v).await.into()),
-        RequestKind::AddOffsetsToTxn(r) => now(txn::add_offsets_to_txn(broker, r, v).await.into()),
-        RequestKind::EndTxn(r) => now(txn::end_txn(broker, r, v).await.into()),
-        RequestKind::WriteTxnMarkers(r) => now(txn::write_txn_markers(broker, r).await.into()),
-        RequestKind::TxnOffsetCommit(r) => now(txn::txn_offset_commit(broker, r, v).await.into()),
-        RequestKind::DescribeProducers(r) => now(txn::describe_producers(broker, r).await.into()),
-        RequestKind::DescribeTransactions(r) => now(txn::describe_transactions(broker, r).await.into()),
-        RequestKind::ListTransactions(r) => now(txn::list_transactions(broker, r).await.into()),
-        RequestKind::CreateTopics(r) => now(admin::create_topics(broker, r, v).await.into()),
-        RequestKind::DeleteTopics(r) => now(admin::delete_topics(broker, r, v).await.into()),
-        RequestKind::CreatePartitions(r) => now(admin::create_partitions(broker, r).await.into()),
-        RequestKind::DescribeLogDirs(r) => now(admin::describe_log_dirs(broker, r).await.into()),
-        RequestKind::AlterReplicaLogDirs(r) => now(admin::alter_replica_log_dirs(broker, r).into()),
-        RequestKind::DescribeConfigs(r) => now(configs::describe(broker, r).into()),
-        RequestKind::AlterConfigs(r) => now(configs::alter(broker, r).await.into()),
-        RequestKind::IncrementalAlterConfigs(r) => now(configs::incremental_alter(broker, r).await.into()),
+        RequestKind::DescribeTopicPartitions(r) => now(metadata::describe_topic_partitions(broker, session, r).into()),
+        RequestKind::ElectLeaders(r) => now(metadata::elect_leaders(broker, session, r).into()),
+        RequestKind::ListOffsets(r) => now(offsets::list_offsets(broker, session, r, v).await.into()),
+        RequestKind::OffsetForLeaderEpoch(r) => now(offsets::offset_for_leader_epoch(broker, session, r).await.into()),
+        RequestKind::DeleteRecords(r) => now(offsets::delete_records(broker, session, r).await.into()),
+        RequestKind::InitProducerId(r) => now(txn::init_producer_id(broker, session, r, v).await.into()),
+        RequestKind::AddPartitionsToTxn(r) => now(txn::add_partitions_to_txn(broker, session, r, v).await.into()),
+        RequestKind::AddOffsetsToTxn(r) => now(txn::add_offsets_to_txn(broker, session, r, v).await.into()),
+        RequestKind::EndTxn(r) => now(txn::end_txn(broker, session, r, v).await.into()),
+        RequestKind::WriteTxnMarkers(r) => now(txn::write_txn_markers(broker, session, r).await.into()),
+        RequestKind::TxnOffsetCommit(r) => now(txn::txn_offset_commit(broker, session, r, v).await.into()),
+        RequestKind::DescribeProducers(r) => now(txn::describe_producers(broker, session, r).await.into()),
+        RequestKind::DescribeTransactions(r) => now(txn::describe_transactions(broker, session, r).await.into()),
+        RequestKind::ListTransactions(r) => now(txn::list_transactions(broker, session, r).await.into()),
+        RequestKind::CreateTopics(r) => now(admin::create_topics(broker, session, r, v).await.into()),
+        RequestKind::DeleteTopics(r) => now(admin::delete_topics(broker, session, r, v).await.into()),
+        RequestKind::CreatePartitions(r) => now(admin::create_partitions(broker, session, r).await.into()),
+        RequestKind::DescribeLogDirs(r) => now(admin::describe_log_dirs(broker, session, r).await.into()),
+        RequestKind::AlterReplicaLogDirs(r) => now(admin::alter_replica_log_dirs(broker, session, r).into()),
+        RequestKind::DescribeConfigs(r) => now(configs::describe(broker, session, r).into()),
+        RequestKind::AlterConfigs(r) => now(configs::alter(broker, session, r).await.into()),
+        RequestKind::IncrementalAlterConfigs(r) => now(configs::incremental_alter(broker, session, r).await.into()),
         RequestKind::FindCoordinator(r) => now(groups::find_coordinator(broker, session, r, v).into()),
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
@@ -212,19 +221,24 @@ pub(crate) async fn dispatch(
         RequestKind::SyncGroup(r) => Ok(groups::sync_group(broker, r, v)),
         RequestKind::Heartbeat(r) => now(groups::heartbeat(broker, r).into()),
         RequestKind::LeaveGroup(r) => now(groups::leave_group(broker, r, v).await.into()),
-        RequestKind::OffsetCommit(r) => now(groups::offset_commit(broker, r).await.into()),
-        RequestKind::OffsetFetch(r) => now(groups::offset_fetch(broker, r, v).await.into()),
-        RequestKind::OffsetDelete(r) => now(groups::offset_delete(broker, r).await.into()),
-        RequestKind::ListGroups(r) => now(groups::list_groups(broker, r, v).await.into()),
-        RequestKind::DescribeGroups(r) => now(groups::describe_groups(broker, r, v).await.into()),
-        RequestKind::DeleteGroups(r) => now(groups::delete_groups(broker, r).await.into()),
+        RequestKind::OffsetCommit(r) => now(groups::offset_commit(broker, session, r).await.into()),
+        RequestKind::OffsetFetch(r) => now(groups::offset_fetch(broker, session, r, v).await.into()),
+        RequestKind::OffsetDelete(r) => now(groups::offset_delete(broker, session, r).await.into()),
+        RequestKind::ListGroups(r) => now(groups::list_groups(broker, session, r, v).await.into()),
+        RequestKind::DescribeGroups(r) => now(groups::describe_groups(broker, session, r, v).await.into()),
+        RequestKind::DeleteGroups(r) => now(groups::delete_groups(broker, session, r).await.into()),
         RequestKind::ConsumerGroupHeartbeat(r) => {
             let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
-            now(groups::consumer_group_heartbeat(broker, r, v, client_id).await.into())
+            now(groups::consumer_group_heartbeat(broker, session, r, v, client_id)
+                .await
+                .into())
         }
-        RequestKind::ConsumerGroupDescribe(r) => now(groups::consumer_group_describe(broker, r).into()),
+        RequestKind::ConsumerGroupDescribe(r) => now(groups::consumer_group_describe(broker, session, r).into()),
         RequestKind::DescribeUserScramCredentials(r) => now(users::describe(broker, r).await.into()),
         RequestKind::AlterUserScramCredentials(r) => now(users::alter(broker, r).await.into()),
+        RequestKind::CreateAcls(r) => now(acls::create(broker, session, r).await.into()),
+        RequestKind::DescribeAcls(r) => now(acls::describe(session, r).into()),
+        RequestKind::DeleteAcls(r) => now(acls::delete(broker, session, r).await.into()),
         _ => anyhow::bail!("API {:?} is not served", header.request_api_key),
     }
 }

@@ -11,7 +11,10 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use sluice_log::LogError;
 
+use sluice_auth::Operation;
+
 use crate::admin::{SOURCE_DEFAULT, SOURCE_TOPIC};
+use crate::session::Session;
 use crate::{errors, Broker};
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -23,7 +26,21 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
-pub(crate) fn describe(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+/// Kafka's check for a config resource: the topic's, or the cluster's for a broker.
+fn denied(session: &Session, op: Operation, resource_type: i8, name: &str) -> Option<(i16, String)> {
+    let (ok, code) = match resource_type {
+        RESOURCE_TOPIC => (session.allowed_topic(op, name), ResponseError::TopicAuthorizationFailed),
+        RESOURCE_BROKER => (session.allowed_cluster(op), ResponseError::ClusterAuthorizationFailed),
+        _ => return None,
+    };
+    (!ok).then(|| (code.code(), format!("Not authorized to {} {name}", op.name())))
+}
+
+pub(crate) fn describe(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let results = req
         .resources
         .into_iter()
@@ -31,6 +48,9 @@ pub(crate) fn describe(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> Des
             let base = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
+            if let Some((code, msg)) = denied(session, Operation::DescribeConfigs, r.resource_type, &r.resource_name) {
+                return base.with_error_code(code).with_error_message(Some(errors::str(&msg)));
+            }
             let entries = match r.resource_type {
                 RESOURCE_TOPIC => match broker.log.topic(r.resource_name.as_str()) {
                     Some(t) => Ok(broker
@@ -105,7 +125,7 @@ fn broker_configs(broker: &Broker) -> Vec<(String, String, i8, bool)> {
 }
 
 /// AlterConfigs: replaces a topic's overrides with exactly the given set.
-pub(crate) async fn alter(broker: &Arc<Broker>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+pub(crate) async fn alter(broker: &Arc<Broker>, session: &Session, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
         let configs: BTreeMap<String, String> = r
@@ -113,9 +133,14 @@ pub(crate) async fn alter(broker: &Arc<Broker>, req: AlterConfigsRequest) -> Alt
             .iter()
             .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
             .collect();
-        let result = apply(broker, r.resource_type, &r.resource_name, req.validate_only, |_| {
-            Ok(configs)
-        })
+        let result = apply(
+            broker,
+            session,
+            r.resource_type,
+            &r.resource_name,
+            req.validate_only,
+            |_| Ok(configs),
+        )
         .await;
         responses.push(
             alter_configs_response::AlterConfigsResourceResponse::default()
@@ -131,6 +156,7 @@ pub(crate) async fn alter(broker: &Arc<Broker>, req: AlterConfigsRequest) -> Alt
 /// IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT per key.
 pub(crate) async fn incremental_alter(
     broker: &Arc<Broker>,
+    session: &Session,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(req.resources.len());
@@ -148,6 +174,7 @@ pub(crate) async fn incremental_alter(
             .collect();
         let result = apply(
             broker,
+            session,
             r.resource_type,
             &r.resource_name,
             req.validate_only,
@@ -186,11 +213,15 @@ pub(crate) async fn incremental_alter(
 
 async fn apply(
     broker: &Broker,
+    session: &Session,
     resource_type: i8,
     name: &StrBytes,
     validate_only: bool,
     change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, LogError>,
 ) -> Result<(), (i16, String)> {
+    if let Some(refused) = denied(session, Operation::AlterConfigs, resource_type, name) {
+        return Err(refused);
+    }
     match resource_type {
         RESOURCE_TOPIC => {}
         RESOURCE_BROKER => {

@@ -44,7 +44,8 @@ pub(crate) async fn serve(
 ) -> Result<()> {
     let Some(tls) = listener.tls.clone() else {
         let (rd, wr) = stream.into_split();
-        return run(rd, wr, broker, Session::new(listener, peer, None)).await;
+        let session = Session::new(listener, peer, None, broker.authorizer.clone());
+        return run(rd, wr, broker, session).await;
     };
     let client_auth = match (tls.mutual(), listener.protocol) {
         (false, _) => ClientAuth::None,
@@ -71,7 +72,8 @@ pub(crate) async fn serve(
         tracing::debug!(principal = %format!("User:{p}"), %peer, "client certificate verified");
     }
     let (rd, wr) = tokio::io::split(stream);
-    run(rd, wr, broker, Session::new(listener, peer, cert_principal)).await
+    let session = Session::new(listener, peer, cert_principal, broker.authorizer.clone());
+    run(rd, wr, broker, session).await
 }
 
 async fn run<R, W>(mut rd: R, mut wr: W, broker: Arc<Broker>, mut session: Session) -> Result<()>

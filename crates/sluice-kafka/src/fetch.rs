@@ -12,9 +12,11 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::*;
+use sluice_auth::Operation;
 use sluice_log::{LogError, Topic};
 
 use crate::reply::Reply;
+use crate::session::Session;
 use crate::{errors, Broker};
 
 /// Longest a fetch may wait, whatever the client asks for.
@@ -30,11 +32,53 @@ const PARTITIONS_READ_AT_ONCE: usize = 8;
 /// queued behind it, and those answers are stale when they arrive.
 const READ_BUDGET: Duration = Duration::from_millis(500);
 
-pub(crate) fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
+pub(crate) fn handle(broker: &Arc<Broker>, session: &Session, mut req: FetchRequest, version: i16) -> Reply {
+    let denied = take_unreadable(broker, session, &mut req, version);
+    if !denied.is_empty() {
+        req.max_wait_ms = 0; // an error ends a long poll
+    }
     let broker = broker.clone();
     Reply::Later(Box::pin(async move {
-        ResponseKind::Fetch(fetch(&broker, &req, version).await)
+        let mut resp = fetch(&broker, &req, version).await;
+        resp.responses.extend(denied);
+        ResponseKind::Fetch(resp)
     }))
+}
+
+/// Takes the topics the principal may not READ out of the request, and answers them with
+/// TOPIC_AUTHORIZATION_FAILED.
+fn take_unreadable(
+    broker: &Broker,
+    session: &Session,
+    req: &mut FetchRequest,
+    version: i16,
+) -> Vec<FetchableTopicResponse> {
+    let (readable, unreadable): (Vec<_>, Vec<_>) = std::mem::take(&mut req.topics).into_iter().partition(|ft| {
+        match find_topic(broker, ft, version).0 {
+            Some(t) => session.allowed_topic(Operation::Read, &t.name),
+            None => true, // unknown: answered as such
+        }
+    });
+    req.topics = readable;
+    unreadable
+        .into_iter()
+        .map(|ft| {
+            let partitions = ft.partitions.iter().map(|fp| {
+                PartitionData::default()
+                    .with_partition_index(fp.partition)
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1)
+                    .with_preferred_read_replica(BrokerId(-1))
+                    .with_records(Some(Bytes::new()))
+            });
+            FetchableTopicResponse::default()
+                .with_topic(ft.topic)
+                .with_topic_id(ft.topic_id)
+                .with_partitions(partitions.collect())
+        })
+        .collect()
 }
 
 async fn fetch(broker: &Broker, req: &FetchRequest, version: i16) -> FetchResponse {

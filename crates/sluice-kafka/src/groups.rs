@@ -20,6 +20,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use sluice_auth::{Operation, ResourceType};
 use sluice_groups::{CommitRequest, GroupError, LeaveMember, OffsetEntry};
 
 use crate::reply::Reply;
@@ -54,7 +55,8 @@ fn err_code<T>(r: &Result<T, GroupError>) -> i16 {
 }
 
 /// Per topic, each partition's committed offset (if any).
-type TopicOffsets = Vec<(TopicName, Vec<(i32, Option<OffsetEntry>)>)>;
+type PartitionOffsets = Vec<(i32, Option<OffsetEntry>)>;
+type TopicOffsets = Vec<(TopicName, PartitionOffsets)>;
 /// Per topic, each partition with the error that refused it before the coordinator saw it.
 type CommitLayout = Vec<(TopicName, Vec<(i32, Option<i16>)>)>;
 
@@ -70,20 +72,34 @@ pub(crate) fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let lookup = |key: &str| -> Result<(BrokerId, StrBytes, i32), &'static str> {
+    let lookup = |key: &str| -> Result<(BrokerId, StrBytes, i32), (ResponseError, &'static str)> {
         // Groups (0) and transactional ids (1) share the coordinator shards.
-        if !matches!(req.key_type, 0 | 1) {
-            return Err("only group and transaction coordinators are served");
+        let unavailable = |m| (ResponseError::CoordinatorNotAvailable, m);
+        match req.key_type {
+            0 if !session.allowed_group(Operation::Describe, key) => {
+                return Err((
+                    ResponseError::GroupAuthorizationFailed,
+                    "not authorized to describe the group",
+                ))
+            }
+            1 if !session.allowed_txn(Operation::Describe, key) => {
+                return Err((
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "not authorized to describe the transactional id",
+                ))
+            }
+            0 | 1 => {}
+            _ => return Err(unavailable("only group and transaction coordinators are served")),
         }
         broker
             .cluster
             .group_coordinator(key)
-            .ok_or("the coordinator is moving; retry")
+            .ok_or(unavailable("the coordinator is moving; retry"))
             .and_then(|b| {
                 let (host, port) = session
                     .listener
                     .endpoint(&b)
-                    .ok_or("the coordinator has no endpoint on this listener")?;
+                    .ok_or(unavailable("the coordinator has no endpoint on this listener"))?;
                 Ok((BrokerId(b.node_id), s(&host), port))
             })
     };
@@ -93,8 +109,8 @@ pub(crate) fn find_coordinator(
                 .with_node_id(node)
                 .with_host(host)
                 .with_port(port),
-            Err(msg) => FindCoordinatorResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            Err((e, msg)) => FindCoordinatorResponse::default()
+                .with_error_code(e.code())
                 .with_error_message((version >= 1).then(|| s(msg)))
                 .with_node_id(BrokerId(-1)),
         };
@@ -106,8 +122,8 @@ pub(crate) fn find_coordinator(
             let c = FoundCoordinator::default().with_key(key.clone());
             match lookup(key.as_str()) {
                 Ok((node, host, port)) => c.with_node_id(node).with_host(host).with_port(port),
-                Err(msg) => c
-                    .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                Err((e, msg)) => c
+                    .with_error_code(e.code())
                     .with_node_id(BrokerId(-1))
                     .with_error_message(Some(s(msg))),
             }
@@ -253,16 +269,31 @@ pub(crate) async fn leave_group(broker: &Arc<Broker>, req: LeaveGroupRequest, ve
     }
 }
 
-pub(crate) async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+pub(crate) async fn offset_commit(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    // Kafka's checks: READ on the group, then READ on each topic.
+    let group_denied = !session.allowed_group(Operation::Read, &req.group_id);
     // Partitions that do not exist are refused one by one; the rest go to the coordinator.
     let mut entries = Vec::new();
     let mut layout: CommitLayout = Vec::new();
     for t in &req.topics {
         let topic = broker.log.topic(t.name.as_str());
+        let refused = if group_denied {
+            Some(ResponseError::GroupAuthorizationFailed.code())
+        } else if !session.allowed_topic(Operation::Read, &t.name) {
+            Some(ResponseError::TopicAuthorizationFailed.code())
+        } else {
+            None
+        };
         let mut parts = Vec::new();
         for p in &t.partitions {
             let exists = topic.as_ref().is_some_and(|t| t.partition(p.partition_index).is_some());
-            if exists {
+            if refused.is_some() {
+                parts.push((p.partition_index, refused));
+            } else if exists {
                 entries.push(OffsetEntry {
                     topic: t.name.to_string(),
                     partition: p.partition_index,
@@ -284,7 +315,11 @@ pub(crate) async fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest
         instance_id: req.group_instance_id.map(|i| i.to_string()),
         offsets: entries,
     };
-    let outcome = broker.groups.commit(commit).await;
+    let outcome = if group_denied {
+        Ok(Vec::new())
+    } else {
+        broker.groups.commit(commit).await
+    };
     let mut results = match &outcome {
         Ok(r) => r.iter().map(err_code).collect::<Vec<_>>().into_iter(),
         Err(_) => Vec::new().into_iter(),
@@ -386,18 +421,48 @@ fn committed_metadata(o: &Option<OffsetEntry>) -> StrBytes {
     s(o.as_ref().and_then(|o| o.metadata.as_deref()).unwrap_or(""))
 }
 
-pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+/// Kafka's OffsetFetch rule for topics the principal may not DESCRIBE: left out of an
+/// all-topics answer, TOPIC_AUTHORIZATION_FAILED (and no offset) when named.
+fn restrict(session: &Session, topics: TopicOffsets, named: bool) -> Vec<(TopicName, PartitionOffsets, i16)> {
+    topics
+        .into_iter()
+        .filter_map(|(name, parts)| {
+            if session.sees(Operation::Describe, ResourceType::Topic, &name) {
+                Some((name, parts, 0))
+            } else if named {
+                session.allowed_topic(Operation::Describe, &name); // audited
+                let parts = parts.into_iter().map(|(p, _)| (p, None)).collect();
+                Some((name, parts, ResponseError::TopicAuthorizationFailed.code()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+pub(crate) async fn offset_fetch(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let group_denied = |g: &str| !session.allowed_group(Operation::Describe, g);
+    let refused = ResponseError::GroupAuthorizationFailed.code();
     if version < 8 {
+        let named = req.topics.is_some();
         let wanted = req
             .topics
             .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
         let unstable = unstable_offsets(broker, req.group_id.as_str(), req.require_stable).await;
+        if group_denied(&req.group_id) {
+            return OffsetFetchResponse::default().with_error_code(refused);
+        }
         return match fetch_group(broker, req.group_id.as_str(), wanted).await {
             Err(e) => OffsetFetchResponse::default().with_error_code(code(e)),
             Ok(topics) => OffsetFetchResponse::default().with_topics(
-                topics
+                restrict(session, topics, named)
                     .into_iter()
-                    .map(|(name, parts)| {
+                    .map(|(name, parts, refused)| {
                         let unstable = &unstable;
                         OffsetFetchResponseTopic::default()
                             .with_name(name.clone())
@@ -406,7 +471,7 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
                                     .into_iter()
                                     .map(|(p, o)| {
                                         OffsetFetchResponsePartition::default()
-                                            .with_error_code(unstable_code(unstable, &name, p))
+                                            .with_error_code(refused.max(unstable_code(unstable, &name, p)))
                                             .with_partition_index(p)
                                             .with_committed_offset(committed_offset(&o))
                                             .with_committed_leader_epoch(committed_epoch(&o, version))
@@ -421,17 +486,22 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
     }
     let mut groups = Vec::with_capacity(req.groups.len());
     for g in req.groups {
+        let named = g.topics.is_some();
         let wanted = g
             .topics
             .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
         let base = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
         let unstable = unstable_offsets(broker, g.group_id.as_str(), req.require_stable).await;
+        if group_denied(&g.group_id) {
+            groups.push(base.with_error_code(refused));
+            continue;
+        }
         groups.push(match fetch_group(broker, g.group_id.as_str(), wanted).await {
             Err(e) => base.with_error_code(code(e)),
             Ok(topics) => base.with_topics(
-                topics
+                restrict(session, topics, named)
                     .into_iter()
-                    .map(|(name, parts)| {
+                    .map(|(name, parts, refused)| {
                         let unstable = &unstable;
                         OffsetFetchResponseTopics::default()
                             .with_name(name.clone())
@@ -440,7 +510,7 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
                                     .into_iter()
                                     .map(|(p, o)| {
                                         OffsetFetchResponsePartitions::default()
-                                            .with_error_code(unstable_code(unstable, &name, p))
+                                            .with_error_code(refused.max(unstable_code(unstable, &name, p)))
                                             .with_partition_index(p)
                                             .with_committed_offset(committed_offset(&o))
                                             .with_committed_leader_epoch(committed_epoch(&o, version))
@@ -456,11 +526,25 @@ pub(crate) async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, 
     OffsetFetchResponse::default().with_groups(groups)
 }
 
-pub(crate) async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub(crate) async fn offset_delete(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    if !session.allowed_group(Operation::Delete, &req.group_id) {
+        return OffsetDeleteResponse::default().with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| session.allowed_topic(Operation::Read, &t.name))
+        .collect();
     let parts: Vec<(String, i32)> = req
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&readable)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|(t, _)| {
             t.partitions
                 .iter()
                 .map(move |p| (t.name.to_string(), p.partition_index))
@@ -473,12 +557,17 @@ pub(crate) async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest
             let topics = req
                 .topics
                 .into_iter()
-                .map(|t| {
+                .zip(readable)
+                .map(|(t, readable)| {
                     let partitions = t
                         .partitions
                         .iter()
                         .map(|p| {
-                            let c = results.next().map_or(0, |r| err_code(&r));
+                            let c = if readable {
+                                results.next().map_or(0, |r| err_code(&r))
+                            } else {
+                                ResponseError::TopicAuthorizationFailed.code()
+                            };
                             OffsetDeleteResponsePartition::default()
                                 .with_partition_index(p.partition_index)
                                 .with_error_code(c)
@@ -494,13 +583,25 @@ pub(crate) async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest
     }
 }
 
-pub(crate) async fn list_groups(broker: &Arc<Broker>, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+pub(crate) async fn list_groups(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
     let groups = match broker.groups.list().await {
         Ok(g) => g,
         Err(e) => return ListGroupsResponse::default().with_error_code(code(e)),
     };
+    // DESCRIBE on the cluster lists every group; otherwise those the principal may DESCRIBE.
+    let all = session.sees(
+        Operation::Describe,
+        ResourceType::Cluster,
+        sluice_auth::acl::CLUSTER_NAME,
+    );
     let listed = groups
         .into_iter()
+        .filter(|(id, _, _)| all || session.sees(Operation::Describe, ResourceType::Group, id))
         .filter(|(_, _, state)| {
             req.states_filter.is_empty() || req.states_filter.iter().any(|f| f.as_str().eq_ignore_ascii_case(state))
         })
@@ -528,6 +629,7 @@ pub(crate) async fn list_groups(broker: &Arc<Broker>, req: ListGroupsRequest, ve
 
 pub(crate) async fn describe_groups(
     broker: &Arc<Broker>,
+    session: &Session,
     req: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
@@ -537,6 +639,9 @@ pub(crate) async fn describe_groups(
         .into_iter()
         .map(|id| {
             let base = DescribedGroup::default().with_group_id(id.clone());
+            if !session.allowed_group(Operation::Describe, &id) {
+                return base.with_error_code(ResponseError::GroupAuthorizationFailed.code());
+            }
             match broker.groups.describe(id.as_str()) {
                 Some(g) => base
                     .with_group_state(s(g.state))
@@ -569,9 +674,21 @@ pub(crate) async fn describe_groups(
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-pub(crate) async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub(crate) async fn delete_groups(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(req.groups_names.len());
     for id in req.groups_names {
+        if !session.allowed_group(Operation::Delete, &id) {
+            results.push(
+                DeletableGroupResult::default()
+                    .with_group_id(id)
+                    .with_error_code(ResponseError::GroupAuthorizationFailed.code()),
+            );
+            continue;
+        }
         let r = broker.groups.delete(id.as_str()).await;
         results.push(
             DeletableGroupResult::default()
@@ -585,6 +702,7 @@ pub(crate) async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest
 /// KIP-848: ConsumerGroupHeartbeat, with server-side assignment.
 pub(crate) async fn consumer_group_heartbeat(
     broker: &Arc<Broker>,
+    session: &Session,
     req: ConsumerGroupHeartbeatRequest,
     version: i16,
     client_id: String,
@@ -599,6 +717,11 @@ pub(crate) async fn consumer_group_heartbeat(
     // v1+: the client makes up its member id; v0 lets the coordinator do it.
     if version >= 1 && req.member_id.is_empty() {
         return fail(ResponseError::InvalidRequest.code(), "member id is required from v1 on");
+    }
+    let names = req.subscribed_topic_names.iter().flatten();
+    if let Some(t) = names.clone().find(|t| !session.allowed_topic(Operation::Describe, t)) {
+        let msg = format!("not authorized to describe subscribed topic {}", t.as_str());
+        return fail(ResponseError::TopicAuthorizationFailed.code(), &msg);
     }
     let topics: TopicInfo = broker
         .log
@@ -677,6 +800,7 @@ pub(crate) async fn consumer_group_heartbeat(
 
 pub(crate) fn consumer_group_describe(
     broker: &Arc<Broker>,
+    session: &Session,
     req: ConsumerGroupDescribeRequest,
 ) -> ConsumerGroupDescribeResponse {
     use kafka_protocol::messages::consumer_group_describe_response::{
@@ -699,6 +823,9 @@ pub(crate) fn consumer_group_describe(
         .group_ids
         .into_iter()
         .map(|id| match broker.groups.describe_consumer_group(id.as_str()) {
+            _ if !session.allowed_group(Operation::Describe, &id) => CgDescribed::default()
+                .with_group_id(id)
+                .with_error_code(ResponseError::GroupAuthorizationFailed.code()),
             None => CgDescribed::default()
                 .with_group_id(id)
                 .with_error_code(ResponseError::GroupIdNotFound.code())

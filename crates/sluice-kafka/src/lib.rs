@@ -2,8 +2,10 @@
 //! and request routing. Each API family has its own module; all of them
 //! work through [`sluice_log::Log`].
 
+mod acls;
 mod admin;
 mod api;
+mod authz;
 mod configs;
 mod conn;
 mod errors;
@@ -50,6 +52,8 @@ pub struct Broker {
     pub config: BrokerConfig,
     /// Schema validation of produced records; `None` turns it off.
     pub schemas: Option<sluice_schema::Enforcer>,
+    /// Kafka ACLs (`--authorization acl`); `None` lets every principal do everything.
+    pub authorizer: Option<Arc<sluice_auth::Authorizer>>,
 }
 
 pub(crate) struct Metrics {

@@ -17,6 +17,8 @@ use sluice_cluster::View;
 use sluice_log::{LogError, Partition, Topic};
 use sluice_meta::Slot;
 
+use sluice_auth::{Operation, ResourceType};
+
 use crate::session::Session;
 use crate::{errors, Broker};
 
@@ -37,18 +39,44 @@ pub(crate) async fn metadata(
         Some(t) => Some(t),
     };
     let topics = match wanted {
+        // All topics: those the principal may not DESCRIBE are left out.
         None => broker
             .log
             .topics()
             .iter()
+            .filter(|t| session.sees(Operation::Describe, ResourceType::Topic, &t.name))
             .map(|t| describe_topic(&view, t, version))
             .collect(),
         Some(list) => {
             let auto_create = broker.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
             let mut out = Vec::with_capacity(list.len());
             for t in list {
+                let name = t.name.clone().or_else(|| {
+                    broker
+                        .log
+                        .topic_by_id(t.topic_id)
+                        .map(|t| TopicName(errors::str(&t.name)))
+                });
+                if let Some(name) = name.as_ref().filter(|n| !session.allowed_topic(Operation::Describe, n)) {
+                    out.push(
+                        MetadataResponseTopic::default()
+                            .with_name(t.name.is_some().then(|| name.clone()))
+                            .with_topic_id(t.topic_id)
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                            .with_topic_authorized_operations(OPERATIONS_OMITTED),
+                    );
+                    continue;
+                }
+                // Auto-creation needs CREATE on the cluster or on the topic.
+                let may_create = |n: &TopicName| {
+                    session.sees(Operation::Create, ResourceType::Cluster, sluice_auth::acl::CLUSTER_NAME)
+                        || session.allowed_topic(Operation::Create, n)
+                };
                 out.push(match t.name {
-                    Some(name) => lookup_or_create(broker, &view, name, auto_create, version).await,
+                    Some(name) => {
+                        let auto_create = auto_create && (broker.log.topic(&name).is_some() || may_create(&name));
+                        lookup_or_create(broker, &view, name, auto_create, version).await
+                    }
                     None => match broker.log.topic_by_id(t.topic_id) {
                         Some(topic) => describe_topic(&view, &topic, version),
                         None => MetadataResponseTopic::default()
@@ -173,11 +201,16 @@ fn known_epoch(view: &View, topic: &Topic, p: &Partition) -> i32 {
 /// ISR; no eligible leader replicas beyond it.
 pub(crate) fn describe_topic_partitions(
     broker: &Arc<Broker>,
+    session: &Session,
     req: DescribeTopicPartitionsRequest,
 ) -> DescribeTopicPartitionsResponse {
     let view = broker.cluster.view();
     let mut names: Vec<String> = if req.topics.is_empty() {
-        broker.log.topics().iter().map(|t| t.name.clone()).collect()
+        let topics = broker.log.topics();
+        let visible = topics
+            .iter()
+            .filter(|t| session.sees(Operation::Describe, ResourceType::Topic, &t.name));
+        visible.map(|t| t.name.clone()).collect()
     } else {
         req.topics.iter().map(|t| t.name.to_string()).collect()
     };
@@ -191,11 +224,17 @@ pub(crate) fn describe_topic_partitions(
     let mut topics = Vec::new();
     let mut next_cursor = None;
     for name in names.into_iter().filter(|n| *n >= from_topic) {
-        let Some(topic) = broker.log.topic(&name) else {
+        let topic = broker.log.topic(&name);
+        let error = if !session.allowed_topic(Operation::Describe, &name) {
+            Some(ResponseError::TopicAuthorizationFailed)
+        } else {
+            topic.is_none().then_some(ResponseError::UnknownTopicOrPartition)
+        };
+        let (Some(topic), None) = (topic, error) else {
             topics.push(
                 DescribeTopicPartitionsResponseTopic::default()
                     .with_name(Some(TopicName(errors::str(&name))))
-                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    .with_error_code(error.map_or(0, |e| e.code()))
                     .with_topic_authorized_operations(OPERATIONS_OMITTED),
             );
             continue;
@@ -259,7 +298,10 @@ pub(crate) fn describe_topic_partitions(
 /// partition with a live leader, ELIGIBLE_LEADERS_NOT_AVAILABLE without one (the
 /// controller moves it), UNKNOWN_TOPIC_OR_PARTITION for what does not exist. Without a
 /// list, every partition is answered.
-pub(crate) fn elect_leaders(broker: &Arc<Broker>, req: ElectLeadersRequest) -> ElectLeadersResponse {
+pub(crate) fn elect_leaders(broker: &Arc<Broker>, session: &Session, req: ElectLeadersRequest) -> ElectLeadersResponse {
+    if !session.allowed_cluster(Operation::Alter) {
+        return ElectLeadersResponse::default().with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let view = broker.cluster.view();
     let wanted: Vec<(String, Vec<i32>)> = match req.topic_partitions {
         Some(list) => list.into_iter().map(|t| (t.topic.to_string(), t.partitions)).collect(),

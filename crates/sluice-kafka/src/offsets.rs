@@ -9,6 +9,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset,
 use kafka_protocol::messages::*;
 use sluice_log::{LogError, Topic};
 
+use sluice_auth::Operation;
+
+use crate::session::Session;
 use crate::{errors, Broker};
 
 const LATEST: i64 = -1;
@@ -19,14 +22,21 @@ const EARLIEST_PENDING_UPLOAD: i64 = -5;
 /// KIP-1023 (ListOffsets v10): the latest tiered offset.
 const LATEST_TIERED: i64 = -6;
 
-pub(crate) async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub(crate) async fn list_offsets(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
+        let allowed = session.allowed_topic(Operation::Describe, &t.name);
         let topic = broker.log.topic(t.name.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let base = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let resp = match &topic {
+                _ if !allowed => Err(ResponseError::TopicAuthorizationFailed),
                 None => Err(ResponseError::UnknownTopicOrPartition),
                 Some(topic) => {
                     let committed = req.isolation_level == 1;
@@ -105,10 +115,12 @@ async fn lookup(
 
 pub(crate) async fn offset_for_leader_epoch(
     broker: &Arc<Broker>,
+    session: &Session,
     req: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
+        let allowed = session.allowed_topic(Operation::Describe, &t.topic);
         let topic = broker.log.topic(t.topic.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
@@ -116,6 +128,10 @@ pub(crate) async fn offset_for_leader_epoch(
                 .with_partition(p.partition)
                 .with_leader_epoch(-1)
                 .with_end_offset(-1);
+            if !allowed {
+                partitions.push(base.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+                continue;
+            }
             let Some(topic) = &topic else {
                 partitions.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;
@@ -153,13 +169,25 @@ pub(crate) async fn offset_for_leader_epoch(
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
-pub(crate) async fn delete_records(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub(crate) async fn delete_records(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
+        let allowed = session.allowed_topic(Operation::Delete, &t.name);
         let topic = broker.log.topic(t.name.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let base = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            if !allowed {
+                partitions.push(
+                    base.with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_low_watermark(-1),
+                );
+                continue;
+            }
             let result = match &topic {
                 None => Err(LogError::UnknownTopicOrPartition),
                 Some(topic) => broker.log.delete_records(topic, p.partition_index, p.offset).await,

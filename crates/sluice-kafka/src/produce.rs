@@ -10,7 +10,10 @@ use kafka_protocol::messages::*;
 use sluice_log::{Appended, LogError};
 use tokio::sync::oneshot;
 
+use sluice_auth::Operation;
+
 use crate::reply::Reply;
+use crate::session::Session;
 use crate::{errors, Broker};
 
 type Waiting = Result<oneshot::Receiver<Result<Appended, LogError>>, LogError>;
@@ -22,15 +25,45 @@ type TopicWaiting = (TopicName, uuid::Uuid, Vec<(i32, Waiting, RecordErrors)>);
 /// Queues every partition's batches in request order, then answers once all
 /// are durable (acks=1 and acks=all alike: nothing is acknowledged before
 /// it is committed to the object and metadata stores).
-pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
+pub(crate) async fn handle(broker: &Arc<Broker>, session: &Session, req: ProduceRequest, version: i16) -> Reply {
     let acks = req.acks;
     let mut waiting: Vec<TopicWaiting> = Vec::new();
+    // Kafka's checks: WRITE on the transactional id for a transactional producer, and
+    // WRITE on each topic.
+    let txn_denied = req
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.is_empty() && !session.allowed_txn(Operation::Write, id));
+    let mut denied = Vec::new();
     for td in req.topic_data {
         let topic = if version >= 13 {
             broker.log.topic_by_id(td.topic_id)
         } else {
             broker.log.topic(td.name.as_str())
         };
+        let name = topic.as_ref().map_or_else(|| td.name.to_string(), |t| t.name.clone());
+        let code = if txn_denied {
+            Some(ResponseError::TransactionalIdAuthorizationFailed)
+        } else {
+            (!session.allowed_topic(Operation::Write, &name)).then_some(ResponseError::TopicAuthorizationFailed)
+        };
+        if let Some(code) = code {
+            let refused = td.partition_data.iter().map(|pd| {
+                PartitionProduceResponse::default()
+                    .with_index(pd.index)
+                    .with_error_code(code.code())
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1)
+            });
+            denied.push(
+                TopicProduceResponse::default()
+                    .with_name(td.name)
+                    .with_topic_id(td.topic_id)
+                    .with_partition_responses(refused.collect()),
+            );
+            continue;
+        }
         let mut parts = Vec::with_capacity(td.partition_data.len());
         for pd in td.partition_data {
             let mut record_errors = Vec::new();
@@ -76,6 +109,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i
                     .with_partition_responses(out),
             );
         }
+        responses.extend(denied);
         ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
     };
     if acks == 0 {

@@ -11,7 +11,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
-use sluice_auth::{PrincipalRules, Sasl, SecurityProtocol, Step, Tls};
+use sluice_auth::{Authorizer, Operation, PrincipalRules, ResourceType, Sasl, SecurityProtocol, Step, Tls};
 use sluice_meta::BrokerRow;
 
 use crate::errors::str as s;
@@ -75,10 +75,19 @@ pub(crate) struct Session {
     auth: Auth,
     /// SaslHandshake v0 was used: the tokens come as bare frames, not SaslAuthenticate.
     raw_tokens: bool,
+    /// The ACL authorizer, with `--authorization acl`.
+    authorizer: Option<Arc<Authorizer>>,
+    /// The client's address as ACL bindings name hosts.
+    host: String,
 }
 
 impl Session {
-    pub fn new(listener: Arc<ListenerConfig>, peer: SocketAddr, cert_principal: Option<String>) -> Self {
+    pub fn new(
+        listener: Arc<ListenerConfig>,
+        peer: SocketAddr,
+        cert_principal: Option<String>,
+        authorizer: Option<Arc<Authorizer>>,
+    ) -> Self {
         let auth = if listener.protocol.sasl() {
             Auth::AwaitHandshake
         } else {
@@ -91,7 +100,51 @@ impl Session {
             principal,
             auth,
             raw_tokens: false,
+            authorizer,
+            host: peer.ip().to_canonical().to_string(),
         }
+    }
+
+    /// Whether this principal may do `op` on the resource: always without an authorizer.
+    /// A refusal is logged and counted.
+    pub fn allowed(&self, op: Operation, kind: ResourceType, name: &str) -> bool {
+        self.authorizer
+            .as_ref()
+            .is_none_or(|a| a.authorize(&self.principal, &self.host, op, kind, name))
+    }
+
+    pub fn allowed_topic(&self, op: Operation, topic: &str) -> bool {
+        self.allowed(op, ResourceType::Topic, topic)
+    }
+
+    pub fn allowed_group(&self, op: Operation, group: &str) -> bool {
+        self.allowed(op, ResourceType::Group, group)
+    }
+
+    pub fn allowed_txn(&self, op: Operation, transactional_id: &str) -> bool {
+        self.allowed(op, ResourceType::TransactionalId, transactional_id)
+    }
+
+    pub fn allowed_cluster(&self, op: Operation) -> bool {
+        self.allowed(op, ResourceType::Cluster, sluice_auth::acl::CLUSTER_NAME)
+    }
+
+    /// As [`Self::allowed`] but silent: for listings that leave out what may not be seen.
+    pub fn sees(&self, op: Operation, kind: ResourceType, name: &str) -> bool {
+        self.authorizer
+            .as_ref()
+            .is_none_or(|a| a.permits(&self.principal, &self.host, op, kind, name))
+    }
+
+    /// Whether this principal may do `op` on some resource of the kind.
+    pub fn allowed_any(&self, op: Operation, kind: ResourceType) -> bool {
+        self.authorizer
+            .as_ref()
+            .is_none_or(|a| a.permits_any(&self.principal, &self.host, op, kind))
+    }
+
+    pub fn authorizer(&self) -> Option<&Arc<Authorizer>> {
+        self.authorizer.as_ref()
     }
 
     /// Whether the next frame is a bare SASL token (after SaslHandshake v0).

@@ -20,9 +20,12 @@ use kafka_protocol::messages::write_txn_markers_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use sluice_auth::acl::CLUSTER_NAME;
+use sluice_auth::{Operation, ResourceType};
 use sluice_groups::{CommitRequest, OffsetEntry};
 use sluice_txn::TxnResult;
 
+use crate::session::Session;
 use crate::{errors, Broker};
 
 fn s(v: &str) -> StrBytes {
@@ -45,6 +48,7 @@ fn code_of(r: TxnResult<()>, version: i16, since: i16) -> i16 {
 /// an idempotent one gets a fresh id, or its epoch bumped (KIP-360).
 pub(crate) async fn init_producer_id(
     broker: &Arc<Broker>,
+    session: &Session,
     req: InitProducerIdRequest,
     version: i16,
 ) -> InitProducerIdResponse {
@@ -55,6 +59,9 @@ pub(crate) async fn init_producer_id(
             .with_producer_epoch(-1)
     };
     if let Some(id) = req.transactional_id.as_ref().filter(|id| !id.is_empty()) {
+        if !session.allowed_txn(Operation::Write, id) {
+            return failed(resp, ResponseError::TransactionalIdAuthorizationFailed.code());
+        }
         let result = broker
             .txn
             .init_producer_id(
@@ -68,6 +75,12 @@ pub(crate) async fn init_producer_id(
             Ok((pid, epoch)) => resp.with_producer_id(ProducerId(pid)).with_producer_epoch(epoch),
             Err(e) => failed(resp, fenced_for(version, 4, e)),
         };
+    }
+    // An idempotent producer needs IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
+    let idempotent = session.sees(Operation::IdempotentWrite, ResourceType::Cluster, CLUSTER_NAME)
+        || session.allowed_any(Operation::Write, ResourceType::Topic);
+    if !idempotent && !session.allowed_cluster(Operation::IdempotentWrite) {
+        return failed(resp, ResponseError::ClusterAuthorizationFailed.code());
     }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
         return resp
@@ -122,6 +135,36 @@ fn topic_results(
 }
 
 /// One transaction's partitions joining it (or, with `verify_only`, checked).
+/// Kafka's checks for partitions joining a transaction: WRITE on the transactional id,
+/// then on every topic; if any fails, nothing is added.
+fn refused_partitions(
+    session: &Session,
+    id: &str,
+    topics: &[AddPartitionsToTxnTopic],
+) -> Option<Vec<AddPartitionsToTxnTopicResult>> {
+    if !session.allowed_txn(Operation::Write, id) {
+        return Some(topic_results(topics, |_, _| {
+            ResponseError::TransactionalIdAuthorizationFailed.code()
+        }));
+    }
+    let unwritable: Vec<&str> = topics
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|t| !session.allowed_topic(Operation::Write, t))
+        .collect();
+    if unwritable.is_empty() {
+        return None;
+    }
+    // The refused ones say why and the rest were not tried.
+    Some(topic_results(topics, |t, _| {
+        if unwritable.contains(&t) {
+            ResponseError::TopicAuthorizationFailed.code()
+        } else {
+            ResponseError::OperationNotAttempted.code()
+        }
+    }))
+}
+
 async fn add_one(
     broker: &Broker,
     id: &str,
@@ -168,10 +211,15 @@ async fn add_one(
 
 pub(crate) async fn add_partitions_to_txn(
     broker: &Arc<Broker>,
+    session: &Session,
     req: AddPartitionsToTxnRequest,
     version: i16,
 ) -> AddPartitionsToTxnResponse {
     if version <= 3 {
+        let id = req.v3_and_below_transactional_id.as_str();
+        if let Some(refused) = refused_partitions(session, id, &req.v3_and_below_topics) {
+            return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(refused);
+        }
         let results = add_one(
             broker,
             req.v3_and_below_transactional_id.as_str(),
@@ -186,16 +234,13 @@ pub(crate) async fn add_partitions_to_txn(
     }
     let mut out = Vec::with_capacity(req.transactions.len());
     for t in &req.transactions {
-        let results = add_one(
-            broker,
-            t.transactional_id.as_str(),
-            t.producer_id.0,
-            t.producer_epoch,
-            &t.topics,
-            t.verify_only,
-            version,
-        )
-        .await;
+        let results = match refused_partitions(session, &t.transactional_id, &t.topics) {
+            Some(refused) => refused,
+            None => {
+                let (id, pid, epoch) = (t.transactional_id.as_str(), t.producer_id.0, t.producer_epoch);
+                add_one(broker, id, pid, epoch, &t.topics, t.verify_only, version).await
+            }
+        };
         out.push(
             AddPartitionsToTxnResult::default()
                 .with_transactional_id(t.transactional_id.clone())
@@ -207,9 +252,20 @@ pub(crate) async fn add_partitions_to_txn(
 
 pub(crate) async fn add_offsets_to_txn(
     broker: &Arc<Broker>,
+    session: &Session,
     req: AddOffsetsToTxnRequest,
     version: i16,
 ) -> AddOffsetsToTxnResponse {
+    let refused = if !session.allowed_txn(Operation::Write, &req.transactional_id) {
+        Some(ResponseError::TransactionalIdAuthorizationFailed)
+    } else if !session.allowed_group(Operation::Read, &req.group_id) {
+        Some(ResponseError::GroupAuthorizationFailed)
+    } else {
+        None
+    };
+    if let Some(e) = refused {
+        return AddOffsetsToTxnResponse::default().with_error_code(e.code());
+    }
     let result = broker
         .txn
         .add_offsets(
@@ -226,11 +282,16 @@ pub(crate) async fn add_offsets_to_txn(
 /// that added the group, and (KIP-447) the member and generation must be current.
 pub(crate) async fn txn_offset_commit(
     broker: &Arc<Broker>,
+    session: &Session,
     req: TxnOffsetCommitRequest,
     version: i16,
 ) -> TxnOffsetCommitResponse {
     let group = req.group_id.to_string();
-    let checked = if broker.groups.owns(&group) {
+    let checked = if !session.allowed_txn(Operation::Write, &req.transactional_id) {
+        Err(ResponseError::TransactionalIdAuthorizationFailed)
+    } else if !session.allowed_group(Operation::Read, &group) {
+        Err(ResponseError::GroupAuthorizationFailed)
+    } else if broker.groups.owns(&group) {
         broker
             .txn
             .check_offset_commit(
@@ -244,12 +305,26 @@ pub(crate) async fn txn_offset_commit(
         Err(ResponseError::NotCoordinator)
     };
     let mut entries = Vec::new();
-    let mut missing = Vec::new();
+    // Partitions refused before the coordinator sees them, with the reason.
+    let mut refused = Vec::new();
     for t in &req.topics {
         let topic = broker.log.topic(t.name.as_str());
+        let readable = checked.is_err() || session.allowed_topic(Operation::Read, &t.name);
         for p in &t.partitions {
+            if !readable {
+                refused.push((
+                    t.name.to_string(),
+                    p.partition_index,
+                    ResponseError::TopicAuthorizationFailed,
+                ));
+                continue;
+            }
             if topic.as_ref().and_then(|tp| tp.partition(p.partition_index)).is_none() {
-                missing.push((t.name.to_string(), p.partition_index));
+                refused.push((
+                    t.name.to_string(),
+                    p.partition_index,
+                    ResponseError::UnknownTopicOrPartition,
+                ));
                 continue;
             }
             entries.push(OffsetEntry {
@@ -299,8 +374,11 @@ pub(crate) async fn txn_offset_commit(
                     t.partitions
                         .iter()
                         .map(|p| {
-                            let code = if missing.contains(&(t.name.to_string(), p.partition_index)) {
-                                ResponseError::UnknownTopicOrPartition.code()
+                            let reason = refused
+                                .iter()
+                                .find(|(n, i, _)| n == t.name.as_str() && *i == p.partition_index);
+                            let code = if let Some((_, _, e)) = reason {
+                                e.code()
                             } else {
                                 match &outcome {
                                     Err(code) => *code,
@@ -318,7 +396,18 @@ pub(crate) async fn txn_offset_commit(
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-pub(crate) async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest, version: i16) -> EndTxnResponse {
+pub(crate) async fn end_txn(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: EndTxnRequest,
+    version: i16,
+) -> EndTxnResponse {
+    if !session.allowed_txn(Operation::Write, &req.transactional_id) {
+        return EndTxnResponse::default()
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
     let result = broker
         .txn
         .end_txn(
@@ -336,7 +425,13 @@ pub(crate) async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest, version: i
 
 /// WriteTxnMarkers, from a coordinator on another broker: markers into partitions
 /// this broker leads.
-pub(crate) async fn write_txn_markers(broker: &Arc<Broker>, req: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
+pub(crate) async fn write_txn_markers(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    // Only brokers write markers: CLUSTER_ACTION on the cluster.
+    let allowed = session.allowed_cluster(Operation::ClusterAction);
     let mut markers = Vec::with_capacity(req.markers.len());
     for m in req.markers {
         let mut topics = Vec::with_capacity(m.topics.len());
@@ -345,6 +440,7 @@ pub(crate) async fn write_txn_markers(broker: &Arc<Broker>, req: WriteTxnMarkers
             let mut parts = Vec::with_capacity(t.partition_indexes.len());
             for p in t.partition_indexes {
                 let code = match &topic {
+                    _ if !allowed => ResponseError::ClusterAuthorizationFailed.code(),
                     None => ResponseError::UnknownTopicOrPartition.code(),
                     Some(topic) => match broker
                         .log
@@ -384,7 +480,11 @@ pub(crate) async fn write_txn_markers(broker: &Arc<Broker>, req: WriteTxnMarkers
 }
 
 /// ListTransactions (KIP-664): the transactional ids this broker coordinates.
-pub(crate) async fn list_transactions(broker: &Arc<Broker>, req: ListTransactionsRequest) -> ListTransactionsResponse {
+pub(crate) async fn list_transactions(
+    broker: &Arc<Broker>,
+    session: &Session,
+    req: ListTransactionsRequest,
+) -> ListTransactionsResponse {
     let known = [
         "Empty",
         "Ongoing",
@@ -410,6 +510,7 @@ pub(crate) async fn list_transactions(broker: &Arc<Broker>, req: ListTransaction
     let states = rows
         .into_iter()
         .filter(|r| broker.txn.owns(&r.transactional_id))
+        .filter(|r| session.sees(Operation::Describe, ResourceType::TransactionalId, &r.transactional_id))
         .filter(|r| req.state_filters.is_empty() || req.state_filters.iter().any(|f| f.as_str() == r.state.as_str()))
         .filter(|r| req.producer_id_filters.is_empty() || req.producer_id_filters.contains(&ProducerId(r.producer_id)))
         // v1: only transactions running longer than the filter.
@@ -431,11 +532,16 @@ pub(crate) async fn list_transactions(broker: &Arc<Broker>, req: ListTransaction
 
 pub(crate) async fn describe_transactions(
     broker: &Arc<Broker>,
+    session: &Session,
     req: DescribeTransactionsRequest,
 ) -> DescribeTransactionsResponse {
     let mut out = Vec::with_capacity(req.transactional_ids.len());
     for id in req.transactional_ids {
         let base = Described::default().with_transactional_id(id.clone());
+        if !session.allowed_txn(Operation::Describe, &id) {
+            out.push(base.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()));
+            continue;
+        }
         if !broker.txn.owns(id.as_str()) {
             out.push(base.with_error_code(ResponseError::NotCoordinator.code()));
             continue;
@@ -474,14 +580,20 @@ pub(crate) async fn describe_transactions(
 /// DescribeProducers (KIP-664): the producers with state on partitions this broker leads.
 pub(crate) async fn describe_producers(
     broker: &Arc<Broker>,
+    session: &Session,
     req: DescribeProducersRequest,
 ) -> DescribeProducersResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let topic = broker.log.topic(t.name.as_str());
+        let readable = session.allowed_topic(Operation::Read, &t.name);
         let mut parts = Vec::with_capacity(t.partition_indexes.len());
         for p in t.partition_indexes {
             let base = PartitionResponse::default().with_partition_index(p);
+            if !readable {
+                parts.push(base.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+                continue;
+            }
             let Some(part) = topic.as_ref().and_then(|t| t.partition(p)) else {
                 parts.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;

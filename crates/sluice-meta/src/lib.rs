@@ -16,9 +16,11 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use uuid::Uuid;
 
+mod acls;
 mod cluster;
 mod txn;
 mod users;
+pub use acls::AclRow;
 pub use cluster::{group_shard, BrokerRegistration, BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
 pub use txn::{new_txn, TxnRow, TxnState};
 pub use users::ScramRow;

@@ -85,6 +85,16 @@ pub struct Config {
     pub ssl_principal_mapping_rules: String,
     /// connections.max.reauth.ms: a SASL session's lifetime (KIP-368); 0 for no limit.
     pub connections_max_reauth_ms: u64,
+    /// `none` or `acl` (Kafka's ACL authorizer).
+    pub authorization: String,
+    /// Principals that bypass ACLs: `User:admin,User:ops`.
+    pub super_users: String,
+    /// allow.everyone.if.no.acl.found: a resource without ACLs is open to everyone.
+    pub allow_everyone_if_no_acl_found: bool,
+    /// `none` or `basic`: HTTP Basic credentials of a stored user on the HTTP and registry listeners.
+    pub http_auth: String,
+    /// With `http-auth = "basic"`, whether /metrics stays open for scrapers without credentials.
+    pub metrics_public: bool,
     /// The `[mqtt]` table: `mqtt.default-topic`, `mqtt.users`, `[[mqtt.rules]]`, ...
     pub mqtt: sluice_mqtt::MqttConfig,
 }
@@ -146,6 +156,11 @@ impl Default for Config {
             tls_client_ca: None,
             ssl_principal_mapping_rules: "DEFAULT".into(),
             connections_max_reauth_ms: 0,
+            authorization: "none".into(),
+            super_users: String::new(),
+            allow_everyone_if_no_acl_found: false,
+            http_auth: "none".into(),
+            metrics_public: false,
             mqtt: sluice_mqtt::MqttConfig::default(),
         }
     }
@@ -210,6 +225,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections_max_reauth_ms: Option<u64>,
+    /// `acl` turns on Kafka's ACL authorizer for Kafka, MQTT and registry requests: principals need ALLOW bindings (CreateAcls) for what they do. [default: none]
+    #[arg(long, value_name = "none|acl")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+    /// Principals that bypass ACLs, comma-separated: User:admin,User:ops.
+    #[arg(long, value_name = "PRINCIPALS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub super_users: Option<String>,
+    /// allow.everyone.if.no.acl.found: a resource that no ACL covers is open to every principal. [default: false]
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// `basic` requires HTTP Basic credentials of a stored user (sluice user create) on the HTTP and schema registry listeners; /health stays open. [default: none]
+    #[arg(long, value_name = "none|basic")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_auth: Option<String>,
+    /// With --http-auth basic, leave /metrics open for scrapers without credentials. [default: false]
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_public: Option<bool>,
     /// Address for HTTP: /health and Prometheus /metrics. [default: 0.0.0.0:8080]
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -413,6 +448,11 @@ const ENV_KEYS: &[&str] = &[
     "tls_client_ca",
     "ssl_principal_mapping_rules",
     "connections_max_reauth_ms",
+    "authorization",
+    "super_users",
+    "allow_everyone_if_no_acl_found",
+    "http_auth",
+    "metrics_public",
 ];
 
 pub fn resolve(args: &ServeArgs) -> Result<Config> {
@@ -511,6 +551,25 @@ impl Config {
                 Ok((l, reachable))
             })
             .collect()
+    }
+
+    /// The ACL authorizer, with `authorization = "acl"`.
+    pub fn authorizer(&self) -> Result<Option<sluice_auth::Authorizer>> {
+        match self.authorization.as_str() {
+            "none" => Ok(None),
+            "acl" => {
+                let supers = self.super_users.split(',').map(str::trim).filter(|p| !p.is_empty());
+                let supers: Vec<String> = supers.map(str::to_string).collect();
+                if let Some(bad) = supers.iter().find(|p| !p.contains(':')) {
+                    anyhow::bail!("--super-users: {bad} is not a principal such as User:{bad}");
+                }
+                Ok(Some(sluice_auth::Authorizer::new(
+                    supers,
+                    self.allow_everyone_if_no_acl_found,
+                )))
+            }
+            other => anyhow::bail!("--authorization must be none or acl, not {other}"),
+        }
     }
 
     /// The TLS files, if any listener needs them.

@@ -173,6 +173,11 @@ async fn serve(cfg: Config) -> Result<()> {
         .map(|(l, (h, p))| format!("{}://{h}:{p}", l.protocol.name()))
         .collect::<Vec<_>>()
         .join(",");
+    let authorizer = cfg.authorizer()?.map(Arc::new);
+    if let Some(a) = &authorizer {
+        a.reload(&meta).await.context("loading ACLs")?;
+        a.spawn_refresh(meta.clone());
+    }
     let tls = cfg.tls_files()?.map(Tls::load).transpose()?;
     if let Some(tls) = &tls {
         tls.watch(std::time::Duration::from_secs(2));
@@ -229,6 +234,7 @@ async fn serve(cfg: Config) -> Result<()> {
             max_frame_bytes: cfg.max_frame_bytes,
         },
         schemas: Some(sluice_schema::Enforcer::new(registry.clone())),
+        authorizer: authorizer.clone(),
     });
     let mut kafka = tokio::task::JoinSet::new();
     for (i, (listener, _)) in listeners.iter().enumerate() {
