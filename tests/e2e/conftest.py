@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -69,10 +70,12 @@ def free_port() -> int:
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str, dict]:
-    """GET url -> (status, body text, headers). Never raises for HTTP errors."""
+    """GET url -> (status, body text, headers). Never raises for HTTP errors. An https://
+    URL is fetched without verifying the certificate (the security tests verify it)."""
     req = urllib.request.Request(url, method="GET")
+    context = ssl._create_unverified_context() if url.startswith("https://") else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, r.read().decode("utf-8", "replace"), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode("utf-8", "replace"), dict(e.headers or {})
@@ -130,7 +133,6 @@ class Broker:
         while self.mqtt_port in (self.kafka_port, self.http_port, self.registry_port):
             self.mqtt_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
-        self.http = f"http://127.0.0.1:{self.http_port}"
         # Schema registry REST API (Confluent-compatible).
         self.registry = f"http://127.0.0.1:{self.registry_port}"
         self.extra_args = [str(a) for a in extra_args]
@@ -154,6 +156,13 @@ class Broker:
         self.unexpected_exit: int | None = None
 
     # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def http(self) -> str:
+        """The REST/metrics base URL, https:// when --http-listen says so."""
+        i = self.args.index("--http-listen") if "--http-listen" in self.args else -1
+        tls = i >= 0 and self.args[i + 1].startswith("https://")
+        return f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def pid(self) -> int | None:

@@ -23,7 +23,7 @@ class Device:
     def __init__(self, broker, client_id: str, v5: bool = False, clean: bool = True,
                  session_expiry: int | None = None, username: str | None = None,
                  password: str | None = None, will: tuple | None = None, keepalive: int = 30,
-                 connect: bool = True):
+                 connect: bool = True, tls: dict | None = None):
         self.broker = broker
         self.v5 = v5
         self.clean = clean
@@ -34,6 +34,7 @@ class Device:
         self.connack = None
         self.session_present = None
         self.acked_mids: set[int] = set()
+        self.ack_reasons: dict[int, int] = {}  # mid -> PUBACK reason code (MQTT 5)
         self.disconnects: list = []  # reason codes of every disconnection
         self.lock = threading.Lock()
         kwargs = dict(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -45,6 +46,8 @@ class Device:
         self.c.max_queued_messages_set(0)
         if username is not None:
             self.c.username_pw_set(username, password)
+        if tls is not None:  # {"ca": ..., and optionally "cert" and "key" of a client certificate}
+            self.c.tls_set(ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key"))
         if will is not None:
             self.c.will_set(*will)
         self.c.on_connect = self._on_connect
@@ -62,6 +65,7 @@ class Device:
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         with self.lock:
             self.acked_mids.add(mid)
+            self.ack_reasons[mid] = reason_code.value if hasattr(reason_code, "value") else reason_code
 
     def connect(self, expect_ok: bool = True):
         self.connected.clear()

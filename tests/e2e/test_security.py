@@ -193,6 +193,24 @@ def closed(w) -> bool:
         return False
 
 
+def test_failed_logins_from_one_address_are_rate_limited(secure):
+    addr = secure.addr("SASL_PLAINTEXT")
+
+    def plain(password: str) -> tuple[int, str | None]:
+        with Wire(addr) as w:
+            assert handshake(w, "PLAIN") == 0
+            code, msg, _ = authenticate(w, b"\0alice\0" + password.encode())
+            return code, msg
+
+    assert plain("alice-pw")[0] == 0
+    for _ in range(10):
+        assert plain("guess")[0] == SASL_AUTHENTICATION_FAILED
+    # The right password is now refused unchecked, until the minute has passed.
+    code, msg = plain("alice-pw")
+    assert code == SASL_AUTHENTICATION_FAILED and "too many failed" in msg
+    assert "too many failed" in secure.broker.log()
+
+
 def test_sasl_state_errors_on_the_wire(secure):
     addr = secure.addr("SASL_PLAINTEXT")
     # A request before authentication: the connection closes without an answer.

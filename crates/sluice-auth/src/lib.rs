@@ -3,6 +3,8 @@
 //! credentials, and the ACL authorizer that the Kafka, MQTT and HTTP front ends share.
 
 pub mod acl;
+pub mod http;
+pub mod limit;
 pub mod listener;
 pub mod principal;
 pub mod sasl;

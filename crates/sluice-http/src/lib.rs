@@ -6,7 +6,6 @@ mod groups;
 
 use std::sync::{Arc, LazyLock};
 
-use anyhow::Result;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -14,7 +13,6 @@ use axum::Router;
 use prometheus::{register_int_gauge_vec, Encoder, IntGaugeVec, TextEncoder};
 use sluice_groups::Coordinator;
 use sluice_log::Log;
-use tokio::net::TcpListener;
 
 /// What the HTTP handlers read from.
 pub struct AppState {
@@ -42,11 +40,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/cluster/brokers/{id}/drain", post(cluster::drain))
         .route("/api/v1/cluster/brokers/{id}/undrain", post(cluster::undrain))
         .with_state(state)
-}
-
-pub async fn serve(listener: TcpListener, router: Router) -> Result<()> {
-    axum::serve(listener, router).await?;
-    Ok(())
 }
 
 /// 200 while the broker serves; 503 once it refuses every write until a restart (a

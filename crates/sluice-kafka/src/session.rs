@@ -55,6 +55,9 @@ impl ListenerConfig {
 /// late, which slows password guessing from one connection.
 const FAILED_AUTH_DELAY: Duration = Duration::from_millis(100);
 
+/// Failed SASL attempts per client address, across connections and listeners.
+static FAILURES: std::sync::LazyLock<sluice_auth::limit::FailureLimiter> = std::sync::LazyLock::new(Default::default);
+
 enum Auth {
     /// A listener without SASL.
     Open,
@@ -211,6 +214,10 @@ impl Session {
                 return (resp, true);
             }
         };
+        if !FAILURES.allows(self.peer.ip()) {
+            let why = "too many failed authentications from this address; retry later";
+            return self.failed(mechanism, "unknown", why).await;
+        }
         match sasl.step(&req.auth_bytes, broker.log.meta()).await {
             Ok(Step::Continue(challenge)) => (
                 SaslAuthenticateResponse::default().with_auth_bytes(challenge.into()),
@@ -225,6 +232,7 @@ impl Session {
                         .await;
                 }
                 let lifetime = self.listener.reauth;
+                FAILURES.succeeded(self.peer.ip());
                 self.principal = principal;
                 self.raw_tokens = false;
                 self.auth = Auth::Authenticated {
@@ -251,6 +259,7 @@ impl Session {
 
     async fn failed(&mut self, mechanism: &str, principal: &str, reason: &str) -> (SaslAuthenticateResponse, bool) {
         METRICS.authentications.with_label_values(&[mechanism, "failed"]).inc();
+        FAILURES.failed(self.peer.ip());
         tracing::warn!(
             target: "sluice::audit",
             principal,

@@ -21,9 +21,8 @@ use rmqtt_codec::v3;
 use rmqtt_codec::v5::{self, DisconnectReasonCode, PublishAckReason, RetainHandling};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use sluice_auth::{Operation, ResourceType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_util::codec::Decoder;
 
@@ -79,9 +78,13 @@ impl End {
     }
 }
 
-pub async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+/// Serves one connection, plain or TLS. `cert_principal`: the mapped subject of a client
+/// certificate verified during the TLS handshake (mqtts with --tls-client-ca).
+pub async fn handle<S>(gw: Arc<Gateway>, stream: S, peer: SocketAddr, cert_principal: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(256);
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&gw, &mut rd, &mut rbuf)).await {
         Ok(Ok(Some(c))) => c,
@@ -94,7 +97,7 @@ pub async fn handle(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
     };
     let (mut codec, info) = connect;
     let mut wbuf = BytesMut::with_capacity(256);
-    let Some(mut conn) = Conn::accept(&gw, &mut codec, *info, peer, &mut wbuf) else {
+    let Some(mut conn) = Conn::accept(&gw, &mut codec, *info, peer, cert_principal, &mut wbuf) else {
         let _ = wr.write_all(&wbuf).await;
         return;
     };
@@ -166,6 +169,10 @@ struct Conn {
     conn_id: u64,
     client_id: Arc<str>,
     username: Option<String>,
+    /// `User:name` for ACL checks: the client certificate's subject, the username, or ANONYMOUS.
+    principal: String,
+    /// The client's address as ACL bindings name hosts.
+    host: String,
     v5: bool,
     keep_alive: Option<Duration>,
     will: Option<Will>,
@@ -188,6 +195,7 @@ impl Conn {
         codec: &mut Codec,
         c: ConnectInfo,
         peer: SocketAddr,
+        cert_principal: Option<String>,
         wbuf: &mut BytesMut,
     ) -> Option<Conn> {
         let v5 = codec.is_v5();
@@ -206,7 +214,13 @@ impl Conn {
             username: c.username.as_deref(),
             password: c.password.as_deref(),
         };
-        if !gw.auth.authenticate(&creds) {
+        // A verified client certificate is the credential, unless a password is given too.
+        let by_certificate = cert_principal.is_some() && c.password.is_none();
+        if !by_certificate && !gw.auth.authenticate(&creds) {
+            tracing::warn!(
+                target: "sluice::audit",
+                client = %client_id, peer = %peer, username = ?c.username, "MQTT authentication failed"
+            );
             if v5 {
                 let ack = v5::ConnectAck {
                     reason_code: v5::ConnectAckReason::BadUserNameOrPassword,
@@ -287,6 +301,12 @@ impl Conn {
             client_id: attached.session.client_id.clone(),
             session: attached.session,
             conn_id: attached.conn_id,
+            principal: match (&cert_principal, &c.username) {
+                (Some(p), _) if by_certificate => format!("User:{p}"),
+                (_, Some(u)) => format!("User:{u}"),
+                _ => "User:ANONYMOUS".into(),
+            },
+            host: peer.ip().to_canonical().to_string(),
             username: c.username,
             v5,
             keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
@@ -302,8 +322,8 @@ impl Conn {
     async fn run(
         &mut self,
         mut codec: Codec,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        mut rd: impl AsyncRead + Unpin,
+        wr: &mut (impl AsyncWrite + Unpin),
         mut rbuf: BytesMut,
         mut wbuf: BytesMut,
     ) -> End {
@@ -487,6 +507,23 @@ impl Conn {
                 ))
             }
         };
+        if !self.may(Operation::Write, &topic) {
+            // Dropped; MQTT 5 is told NOT_AUTHORIZED, 3.1.1 (which has no such code) is acknowledged.
+            if let Some(pid) = pid {
+                let qos2 = p.qos == QoS::ExactlyOnce;
+                if !qos2 {
+                    self.pending_qos1 += 1;
+                }
+                self.pending.push_back(Box::pin(async move {
+                    PendingAck {
+                        pid,
+                        qos2,
+                        result: Err(AckError::NotAuthorized),
+                    }
+                }));
+            }
+            return None;
+        }
         if let (true, Some(id)) = (self.v5, pid) {
             let (in_use, resend) = {
                 let st = self.session.state.lock().unwrap();
@@ -539,6 +576,14 @@ impl Conn {
         None
     }
 
+    /// Whether the client may publish to (WRITE) or subscribe to (READ) an MQTT topic or
+    /// filter: ACLs on the Kafka topic its publishes land in (`mqtt.default-topic`) cover
+    /// every MQTT topic; TOPIC bindings named by MQTT topics (`sensors/` PREFIXED) cover
+    /// those. Always, without --authorization acl.
+    fn may(&self, op: Operation, mqtt_topic: &str) -> bool {
+        may(&self.gw, &self.principal, &self.host, op, mqtt_topic)
+    }
+
     /// Applies an MQTT 5 topic alias: registers it, or fills in the topic.
     fn resolve_alias(&mut self, p: &mut Publish) -> Result<ByteString, End> {
         let alias = p.properties.as_ref().and_then(|pp| pp.topic_alias).map(|a| a.get());
@@ -572,6 +617,8 @@ impl Conn {
         }
         let reason = match &ack.result {
             Ok(()) => PublishAckReason::Success,
+            Err(AckError::NotAuthorized) if self.v5 => PublishAckReason::NotAuthorized,
+            Err(AckError::NotAuthorized) => PublishAckReason::Success,
             Err(AckError::TooLarge(why)) => {
                 // PUBACK has no code for it; MQTT 5 ends the connection with 0x95, 3.1.1 closes it.
                 tracing::warn!(client = %self.client_id, error = %why, "MQTT publish too large for its Kafka topic");
@@ -649,6 +696,10 @@ impl Conn {
                 .may_subscribe(&self.client_id, self.username.as_deref(), &raw)
             {
                 results.push(Err(v5::SubscribeAckReason::UnspecifiedError));
+                continue;
+            }
+            if !self.may(Operation::Read, &f.filter) {
+                results.push(Err(v5::SubscribeAckReason::NotAuthorized));
                 continue;
             }
             let opts = SubOpts {
@@ -739,8 +790,12 @@ impl Conn {
             client_id,
             username,
             will,
+            principal,
+            host,
             ..
         } = self;
+        let allowed = |w: &Will| may(&gw, &principal, &host, Operation::Write, &w.topic);
+        let will = will.filter(allowed);
         let publish_will = !matches!(end, End::Client { will: false });
         if let (true, Some(w)) = (publish_will, will) {
             let owner = WillOwner {
@@ -761,6 +816,15 @@ impl Conn {
             json!({"reason": end.label(), "username": username}),
         );
     }
+}
+
+fn may(gw: &Gateway, principal: &str, host: &str, op: Operation, mqtt_topic: &str) -> bool {
+    let Some(a) = &gw.authorizer else {
+        return true;
+    };
+    let kafka = &gw.cfg.default_topic;
+    (!kafka.is_empty() && a.permits(principal, host, op, ResourceType::Topic, kafka))
+        || a.authorize(principal, host, op, ResourceType::Topic, mqtt_topic)
 }
 
 /// What publishing a will needs, apart from the connection.

@@ -62,12 +62,22 @@ pub struct Membership {
     pub refresh: std::time::Duration,
 }
 
+/// Certificates of an mqtts:// listener, and how client certificate subjects become
+/// principals (ssl.principal.mapping.rules).
+#[derive(Clone)]
+pub struct MqttTls {
+    pub tls: Arc<sluice_auth::Tls>,
+    pub principal_rules: sluice_auth::PrincipalRules,
+}
+
 /// Everything a connection needs. One per process.
 pub struct Gateway {
     broker: Arc<Broker>,
     uplink: Uplink,
     rules: Arc<Rules>,
     auth: Arc<dyn Authenticator>,
+    /// Kafka ACLs on what clients publish and subscribe to (`--authorization acl`).
+    authorizer: Option<Arc<sluice_auth::Authorizer>>,
     cfg: MqttConfig,
     routes: Arc<Routes>,
     /// None when `forward-topic` is empty (no routing between brokers).
@@ -84,6 +94,7 @@ impl Gateway {
         log: Log,
         cfg: MqttConfig,
         auth: Option<Arc<dyn Authenticator>>,
+        authorizer: Option<Arc<sluice_auth::Authorizer>>,
         member: Membership,
     ) -> Result<Arc<Self>> {
         let auth: Arc<dyn Authenticator> = match auth {
@@ -121,6 +132,7 @@ impl Gateway {
             uplink,
             rules,
             auth,
+            authorizer,
             cfg,
             routes: routes.clone(),
             forward,
@@ -132,11 +144,38 @@ impl Gateway {
         Ok(gw)
     }
 
-    /// Accepts MQTT connections until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+    /// Accepts MQTT connections until the listener fails: TLS ones (mqtts) when `tls` is
+    /// given, with client certificates verified if it has a client CA.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<MqttTls>) -> Result<()> {
         loop {
             let (stream, peer) = listener.accept().await.context("accepting MQTT connection")?;
-            tokio::spawn(conn::handle(self.clone(), stream, peer));
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &tls else {
+                tokio::spawn(conn::handle(self.clone(), stream, peer, None));
+                continue;
+            };
+            let (gw, tls) = (self.clone(), tls.clone());
+            tokio::spawn(async move {
+                let client_auth = if tls.tls.mutual() {
+                    sluice_auth::ClientAuth::Optional
+                } else {
+                    sluice_auth::ClientAuth::None
+                };
+                let accept = tls.tls.acceptor(client_auth).accept(stream);
+                let stream = match tokio::time::timeout(sluice_auth::tls::HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "MQTT TLS handshake timed out"),
+                };
+                let principal = match stream.get_ref().1.peer_certificates() {
+                    Some([cert, ..]) => match sluice_auth::principal::subject_dn(cert) {
+                        Ok(dn) => Some(tls.principal_rules.map(&dn)),
+                        Err(e) => return tracing::debug!(%peer, error = %e, "unreadable MQTT client certificate"),
+                    },
+                    _ => None,
+                };
+                conn::handle(gw, stream, peer, principal).await;
+            });
         }
     }
 

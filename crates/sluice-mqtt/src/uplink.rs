@@ -46,12 +46,15 @@ pub enum AckError {
     TooLarge(String),
     /// Anything else: the log's or the forwarder's reason.
     Failed(String),
+    /// The client may not publish to the topic (ACLs).
+    NotAuthorized,
 }
 
 impl std::fmt::Display for AckError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AckError::TooLarge(why) | AckError::Failed(why) => f.write_str(why),
+            AckError::NotAuthorized => f.write_str("not authorized"),
         }
     }
 }

@@ -119,6 +119,10 @@ impl RegistryError {
     pub fn not_found() -> Self {
         Self::new(404, 404, "HTTP 404 Not Found")
     }
+    /// Confluent's authorization error (RBAC and ACL authorizers answer 403, 40301).
+    pub fn forbidden(why: impl Into<String>) -> Self {
+        Self::new(403, 40301, why)
+    }
     pub fn bad_request(why: impl Into<String>) -> Self {
         Self::new(422, 42200, why)
     }

@@ -3,6 +3,7 @@
 //! store, and the validation the broker applies to records of topics that ask
 //! for it.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod enforce;
@@ -18,8 +19,11 @@ pub use enforce::{Enforcer, Policy, Rejection};
 pub use error::RegistryError;
 pub use registry::Registry;
 
-/// Serves the registry's REST API until the listener fails.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) -> anyhow::Result<()> {
-    axum::serve(listener, api::router(registry)).await?;
-    Ok(())
+/// The registry's REST API; with an authorizer, writes need ALTER ([`access`]).
+pub fn router(registry: Registry, authorizer: Option<std::sync::Arc<sluice_auth::Authorizer>>) -> axum::Router {
+    let router = api::router(registry);
+    match authorizer {
+        Some(a) => access::protect(router, a),
+        None => router,
+    }
 }

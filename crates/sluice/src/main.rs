@@ -193,7 +193,7 @@ async fn serve(cfg: Config) -> Result<()> {
             node_id: cfg.node_id,
             host: host.clone(),
             port,
-            http: advertised_http(&cfg.http_listen, &host),
+            http: advertised_http(&cfg.http_listen, &host)?,
             listeners: advertised_listeners,
             lease: cfg.broker_lease,
             poll_interval: cfg.cluster_poll_interval,
@@ -254,15 +254,47 @@ async fn serve(cfg: Config) -> Result<()> {
         });
         kafka.spawn(sluice_kafka::serve(socket, broker.clone(), config));
     }
-    let http = TcpListener::bind(&cfg.http_listen)
+    let (https, http_address) = sluice_auth::parse_url(&cfg.http_listen, "http", "https").context("--http-listen")?;
+    let http = TcpListener::bind(&http_address)
         .await
         .with_context(|| format!("binding HTTP listener {}", cfg.http_listen))?;
-    let registry_listener = TcpListener::bind(&cfg.registry_listen)
+    let (registry_https, registry_address) =
+        sluice_auth::parse_url(&cfg.registry_listen, "http", "https").context("--registry-listen")?;
+    let registry_listener = TcpListener::bind(&registry_address)
         .await
         .with_context(|| format!("binding schema registry listener {}", cfg.registry_listen))?;
-    let mqtt = TcpListener::bind(&cfg.mqtt_listen)
+    let tls_for = |on: bool, flag: &str| match (on, &tls) {
+        (false, _) => Ok(None),
+        (true, Some(tls)) => Ok(Some(tls.clone())),
+        (true, None) => Err(anyhow::anyhow!("{flag} https:// needs --tls-cert and --tls-key")),
+    };
+    let (http_tls, registry_tls) = (
+        tls_for(https, "--http-listen")?,
+        tls_for(registry_https, "--registry-listen")?,
+    );
+    let basic = match cfg.http_auth.as_str() {
+        "none" => None,
+        "basic" => {
+            let mut open = vec!["/health".to_string()];
+            if cfg.metrics_public {
+                open.push("/metrics".into());
+            }
+            Some(sluice_auth::http::BasicAuth::new(broker.log.meta().clone(), open))
+        }
+        other => anyhow::bail!("--http-auth must be none or basic, not {other}"),
+    };
+    let (mqtts, mqtt_address) = sluice_auth::parse_url(&cfg.mqtt_listen, "mqtt", "mqtts").context("--mqtt-listen")?;
+    let mqtt = TcpListener::bind(&mqtt_address)
         .await
         .with_context(|| format!("binding MQTT listener {}", cfg.mqtt_listen))?;
+    let mqtt_tls = match (&tls, mqtts) {
+        (Some(tls), true) => Some(sluice_mqtt::MqttTls {
+            tls: tls.clone(),
+            principal_rules: principal_rules.clone(),
+        }),
+        (None, true) => anyhow::bail!("--mqtt-listen mqtts:// needs --tls-cert and --tls-key"),
+        (_, false) => None,
+    };
     let own_kafka = format!("{}:{}", broker.config.advertised_host, broker.config.advertised_port);
     let member = sluice_mqtt::Membership {
         node_id: cfg.node_id,
@@ -271,7 +303,8 @@ async fn serve(cfg: Config) -> Result<()> {
         // cluster-poll-interval if that is longer.
         refresh: cfg.cluster_poll_interval.max(std::time::Duration::from_secs(1)),
     };
-    let gateway = sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None, member).await?;
+    let gateway =
+        sluice_mqtt::Gateway::start(broker.log.clone(), cfg.mqtt.clone(), None, authorizer.clone(), member).await?;
     tracing::info!(
         kafka = %cfg.kafka_listen,
         http = %cfg.http_listen,
@@ -287,16 +320,24 @@ async fn serve(cfg: Config) -> Result<()> {
         cluster: cluster.clone(),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let http = tokio::spawn(sluice_http::serve(
+    let http_router = sluice_http::router(http_state)
+        .merge(gateway.router())
+        .merge(sluice_txn::rest::router(txn));
+    let http = tokio::spawn(sluice_auth::http::serve(
         http,
-        sluice_http::router(http_state)
-            .merge(gateway.router())
-            .merge(sluice_txn::rest::router(txn)),
+        sluice_auth::http::protect(http_router, basic.as_ref()),
+        http_tls,
     ));
-    let registry_task = tokio::spawn(sluice_schema::serve(registry_listener, registry));
+    let registry_router =
+        sluice_auth::http::protect(sluice_schema::router(registry, authorizer.clone()), basic.as_ref());
+    let registry_task = tokio::spawn(sluice_auth::http::serve(
+        registry_listener,
+        registry_router,
+        registry_tls,
+    ));
     let mqtt_task = tokio::spawn({
         let gateway = gateway.clone();
-        async move { gateway.serve(mqtt).await }
+        async move { gateway.serve(mqtt, mqtt_tls).await }
     });
     tokio::select! {
         Some(r) = kafka.join_next() => return r?.context("Kafka listener failed"),
@@ -311,11 +352,14 @@ async fn serve(cfg: Config) -> Result<()> {
 }
 
 /// The HTTP address other brokers and tools can reach, from the listen address.
-fn advertised_http(listen: &str, host: &str) -> String {
-    match listen.rsplit_once(':') {
+/// The HTTP address other brokers list for this one: `https://` when it serves TLS.
+fn advertised_http(listen: &str, host: &str) -> Result<String> {
+    let (https, address) = sluice_auth::parse_url(listen, "http", "https").context("--http-listen")?;
+    let address = match address.rsplit_once(':') {
         Some((h, port)) if matches!(h.trim_matches(['[', ']']), "0.0.0.0" | "::" | "") => format!("{host}:{port}"),
-        _ => listen.to_string(),
-    }
+        _ => address,
+    };
+    Ok(if https { format!("https://{address}") } else { address })
 }
 
 async fn rebuild_index(cfg: &Config) -> Result<()> {
