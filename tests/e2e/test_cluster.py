@@ -743,9 +743,11 @@ def test_compaction_on_postgres_and_s3_survives_a_leader_kill(cluster):
 
 
 def test_users_and_listeners_are_shared_by_every_broker(cluster, tmp_path):
-    """Three brokers, each with a PLAINTEXT and a SASL_SSL listener, sharing users through
-    PostgreSQL: a client of one broker's SASL_SSL listener is sent every broker's SASL_SSL
-    address, and a user made on one broker authenticates on the others at once."""
+    """Three brokers, each with a PLAINTEXT and a SASL_SSL listener, sharing users and ACLs
+    through PostgreSQL: a client of one broker's SASL_SSL listener is sent every broker's
+    SASL_SSL address, a user made on one broker authenticates on the others at once, and
+    an ACL made on one takes effect on every broker within 2 s. The internal PLAINTEXT
+    listener's principal (ANONYMOUS) is a super user, as Kafka requires of inter-broker ones."""
     from confluent_kafka.admin import NewTopic, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
     from test_security import make_certs
 
@@ -760,7 +762,8 @@ def test_users_and_listeners_are_shared_by_every_broker(cluster, tmp_path):
         args = list(b.args)
         args[args.index("--kafka-listen") + 1] = listen
         args[args.index("--advertise") + 1] = listen
-        b.args = args + ["--tls-cert", certs["cert"], "--tls-key", certs["key"]]
+        b.args = args + ["--tls-cert", certs["cert"], "--tls-key", certs["key"],
+                         "--authorization", "acl", "--super-users", "User:app,User:ANONYMOUS"]
     meta = c[0].args[c[0].args.index("--meta") + 1]
     r = c[0].run_cli("user", "create", "app", "--password", "app-pw", "--mechanism", "SCRAM-SHA-512", "--meta", meta)
     assert r.returncode == 0, r.stderr
@@ -796,4 +799,27 @@ def test_users_and_listeners_are_shared_by_every_broker(cluster, tmp_path):
     admin2 = AdminClient(conf(2))
     admin2.alter_user_scram_credentials([UserScramCredentialUpsertion(
         "carol", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"carol-pw")])["carol"].result(20)
-    assert len(AdminClient(conf(3, "carol", "carol-pw")).list_topics(timeout=10).brokers) == 3
+    carol_admin = AdminClient(conf(3, "carol", "carol-pw"))
+    carol_md = carol_admin.list_topics(timeout=10)
+    assert len(carol_md.brokers) == 3 and "secure-spread" not in carol_md.topics  # no ACLs: hidden
+
+    # An ACL created through broker 1 opens every partition, whichever broker leads it.
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType)
+    carol = Producer({**conf(3, "carol", "carol-pw"), "message.timeout.ms": 2000, "retries": 0})
+
+    def refused_partitions() -> set[int]:
+        failed = set()
+        for i in range(6):
+            carol.produce("secure-spread", b"carol", partition=i,
+                          on_delivery=lambda e, m, i=i: e and failed.add(i))
+        carol.flush(5)
+        return failed
+    assert refused_partitions() == set(range(6))
+    binding = AclBinding(ResourceType.TOPIC, "secure-", ResourcePatternType.PREFIXED, "User:carol", "*",
+                         AclOperation.WRITE, AclPermissionType.ALLOW)
+    admin.create_acls([binding])[binding].result(20)
+    created = time.monotonic()
+    wait_until(lambda: not refused_partitions(), 10, interval=0.05, what="carol's grant on every broker")
+    took = time.monotonic() - created
+    assert took < 2.5, f"the ACL took {took:.2f} s to reach every broker"
