@@ -3,8 +3,11 @@
 the same run on one broker, and the TLS handshake rate (new connections per second).
 
 Starts `sluice serve` ($SLUICE_BIN) with a PLAINTEXT and a SASL_SSL listener and
-certificates made by openssl, then for each listener: produces --mb MiB of 1 KiB records
-with librdkafka (acks=all, idempotent, lz4 off), and consumes them back. Also reports the
+certificates made by openssl, then for each listener, in the order PLAINTEXT, SASL_SSL,
+SASL_SSL, PLAINTEXT (so that neither gains from going second): produces --mb MiB of 1 KiB
+records with librdkafka (acks=all, idempotent, lz4 off) into a fresh topic, and consumes
+them back. Reports throughput, and the broker's own CPU seconds per GiB (from /proc), which
+separates its TLS cost from the client's on a machine they share. Also reports the
 machine's fdatasync'd sequential write speed measured in the same run (dd), as the
 reference every broker figure is compared with.
 
@@ -45,6 +48,11 @@ def dd_reference(d: Path, mb: int = 512) -> float:
     secs = time.monotonic() - t
     (d / "dd.bin").unlink()
     return mb / secs
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def produce(conf: dict, topic: str, mb: int) -> float:
@@ -117,12 +125,22 @@ def main() -> None:
         }
         time.sleep(1.5)
         result = {"mb": args.mb, "dd_fdatasync_mb_s": round(dd_reference(work), 1)}
-        for name, conf in confs.items():
-            topic = f"bench-{name.lower()}"
+        runs: dict[str, list[dict]] = {name: [] for name in confs}
+        for i, name in enumerate(["PLAINTEXT", "SASL_SSL", "SASL_SSL", "PLAINTEXT"]):
+            conf, topic = confs[name], f"bench-{name.lower()}-{i}"
             admin = AdminClient(conf)
             admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
-            result[name] = {"produce_mb_s": round(produce(conf, topic, args.mb), 1),
-                            "consume_mb_s": round(consume(conf, topic, args.mb), 1)}
+            cpu = cpu_seconds(broker.pid)
+            produced = produce(conf, topic, args.mb)
+            produce_cpu = cpu_seconds(broker.pid) - cpu
+            cpu = cpu_seconds(broker.pid)
+            consumed = consume(conf, topic, args.mb)
+            consume_cpu = cpu_seconds(broker.pid) - cpu
+            runs[name].append({"produce_mb_s": produced, "consume_mb_s": consumed,
+                               "produce_broker_cpu_s_per_gib": produce_cpu * 1024 / args.mb,
+                               "consume_broker_cpu_s_per_gib": consume_cpu * 1024 / args.mb})
+        for name, rs in runs.items():
+            result[name] = {k: round(sum(r[k] for r in rs) / len(rs), 2) for k in rs[0]}
         for k in ("produce_mb_s", "consume_mb_s"):
             result[f"{k.split('_')[0]}_ratio"] = round(result["SASL_SSL"][k] / result["PLAINTEXT"][k], 2)
         result["tls_handshakes_per_s"] = round(handshakes_per_second(secure, certs["ca"]), 1)

@@ -167,6 +167,8 @@ def test_every_authorization_error_and_what_a_grant_opens(acl_broker):
         allow("User:alice", ResourceType.TRANSACTIONAL_ID, txn_id, AclOperation.WRITE),
     ])
     assert produce_errors(alice, topic, 5) == [0] * 5
+    # WRITE implies DESCRIBE, not CREATE: an unknown topic is not auto-created for her.
+    assert set(produce_errors(alice, "orders-new", 1)) == {KafkaError.TOPIC_AUTHORIZATION_FAILED}
     assert list(alice_admin.list_topics(timeout=10).topics) == [topic]  # READ and WRITE imply DESCRIBE
     got, errors = consume(alice, topic, group, 5)
     assert errors == [] and sorted(got) == [f"v{i}".encode() for i in range(5)]

@@ -13,11 +13,10 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::*;
+use sluice_auth::{Operation, ResourceType};
 use sluice_cluster::View;
 use sluice_log::{LogError, Partition, Topic};
 use sluice_meta::Slot;
-
-use sluice_auth::{Operation, ResourceType};
 
 use crate::session::Session;
 use crate::{errors, Broker};
@@ -67,16 +66,8 @@ pub(crate) async fn metadata(
                     );
                     continue;
                 }
-                // Auto-creation needs CREATE on the cluster or on the topic.
-                let may_create = |n: &TopicName| {
-                    session.sees(Operation::Create, ResourceType::Cluster, sluice_auth::acl::CLUSTER_NAME)
-                        || session.allowed_topic(Operation::Create, n)
-                };
                 out.push(match t.name {
-                    Some(name) => {
-                        let auto_create = auto_create && (broker.log.topic(&name).is_some() || may_create(&name));
-                        lookup_or_create(broker, &view, name, auto_create, version).await
-                    }
+                    Some(name) => lookup_or_create(broker, session, &view, name, auto_create, version).await,
                     None => match broker.log.topic_by_id(t.topic_id) {
                         Some(topic) => describe_topic(&view, &topic, version),
                         None => MetadataResponseTopic::default()
@@ -112,6 +103,7 @@ pub(crate) async fn metadata(
 
 async fn lookup_or_create(
     broker: &Broker,
+    session: &Session,
     view: &View,
     name: TopicName,
     auto_create: bool,
@@ -132,6 +124,11 @@ async fn lookup_or_create(
         .with_topic_authorized_operations(OPERATIONS_OMITTED);
     if !auto_create {
         return missing.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+    }
+    // Auto-creation needs CREATE on the cluster or on the topic.
+    let cluster_create = session.sees(Operation::Create, ResourceType::Cluster, sluice_auth::acl::CLUSTER_NAME);
+    if !cluster_create && !session.allowed_topic(Operation::Create, &name) {
+        return missing.with_error_code(ResponseError::TopicAuthorizationFailed.code());
     }
     match broker
         .log

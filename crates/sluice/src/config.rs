@@ -634,6 +634,53 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn authorization_from_file_env_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "authorization = \"acl\"\nsuper-users = \"User:admin, User:ops\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_HTTP_AUTH", "basic");
+            let args = ServeArgs {
+                storage: StorageArgs {
+                    config: Some(file.clone()),
+                    ..Default::default()
+                },
+                allow_everyone_if_no_acl_found: Some(true),
+                ..Default::default()
+            };
+            let c = resolve(&args).unwrap();
+            assert_eq!(
+                (c.http_auth.as_str(), c.allow_everyone_if_no_acl_found),
+                ("basic", true)
+            );
+            let a = c.authorizer().unwrap().expect("acl mode");
+            assert!(a.is_super_user("User:ops") && !a.is_super_user("User:alice"));
+            // A resource no ACL covers is open, as the flag asked.
+            assert!(a.authorize(
+                "User:alice",
+                "h",
+                sluice_auth::Operation::Read,
+                sluice_auth::ResourceType::Topic,
+                "t"
+            ));
+            let mut bad = c.clone();
+            bad.authorization = "rbac".into();
+            assert!(bad.authorizer().is_err());
+            bad.authorization = "acl".into();
+            bad.super_users = "admin".into();
+            assert!(bad.authorizer().is_err(), "a super user needs a principal type");
+            bad.authorization = "none".into();
+            assert!(bad.authorizer().unwrap().is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn mqtt_settings_from_file_and_env() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sluice.toml");
