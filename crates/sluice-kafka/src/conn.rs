@@ -42,10 +42,11 @@ pub(crate) async fn serve(
     broker: Arc<Broker>,
     listener: Arc<ListenerConfig>,
 ) -> Result<()> {
+    let wake = WakeThreshold(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let Some(tls) = listener.tls.clone() else {
         let (rd, wr) = stream.into_split();
         let session = Session::new(listener, peer, None, broker.authorizer.clone());
-        return run(rd, wr, broker, session).await;
+        return run(rd, wr, broker, session, wake).await;
     };
     let client_auth = match (tls.mutual(), listener.protocol) {
         (false, _) => ClientAuth::None,
@@ -73,10 +74,41 @@ pub(crate) async fn serve(
     }
     let (rd, wr) = tokio::io::split(stream);
     let session = Session::new(listener, peer, cert_principal, broker.authorizer.clone());
-    run(rd, wr, broker, session).await
+    run(rd, wr, broker, session, wake).await
 }
 
-async fn run<R, W>(mut rd: R, mut wr: W, broker: Arc<Broker>, mut session: Session) -> Result<()>
+/// The socket's SO_RCVLOWAT while a large frame is read: raised towards what is still to
+/// come, so that the reader wakes a few times per frame rather than once per TCP segment
+/// or TLS record (a TLS client's records arrive 16 KiB at a time, and each wake-up is a
+/// context switch). It never exceeds the bytes the frame still needs less [`WAKE_SLACK`]
+/// (a partial TLS record may be buffered already), so a frame's tail is never waited for.
+struct WakeThreshold(std::os::fd::RawFd);
+
+/// Frames smaller than this are read without touching the threshold.
+const WAKE_MIN_FRAME: usize = 256 << 10;
+const WAKE_SLACK: usize = 64 << 10;
+const WAKE_MAX: usize = 256 << 10;
+
+impl WakeThreshold {
+    fn set(&self, bytes: usize) -> usize {
+        let bytes = bytes.clamp(1, WAKE_MAX);
+        let v = bytes as libc::c_int;
+        // SAFETY: the descriptor belongs to the connection's stream, alive while it reads;
+        // the option value is a c_int, as SO_RCVLOWAT takes.
+        unsafe {
+            libc::setsockopt(
+                self.0,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        bytes
+    }
+}
+
+async fn run<R, W>(mut rd: R, mut wr: W, broker: Arc<Broker>, mut session: Session, wake: WakeThreshold) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -127,7 +159,7 @@ where
         let _ = wr.shutdown().await;
     });
 
-    let result = read_loop(&mut rd, &broker, &mut session, &tx).await;
+    let result = read_loop(&mut rd, &broker, &mut session, &tx, &wake).await;
     drop(tx);
     let _ = writer.await;
     result
@@ -138,6 +170,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     broker: &Arc<Broker>,
     session: &mut Session,
     tx: &mpsc::Sender<Pending>,
+    wake: &WakeThreshold,
 ) -> Result<()> {
     loop {
         let mut size = [0u8; 4];
@@ -161,11 +194,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // the broker's CPU at full produce speed. `take` stops at the frame's end.
         let mut frame = BytesMut::with_capacity(size as usize);
         let mut body = (&mut *rd).take(size as u64);
+        let large = size as usize >= WAKE_MIN_FRAME;
+        let mut threshold = 1;
         while frame.len() < size as usize {
+            if large {
+                let safe = (size as usize - frame.len()).saturating_sub(WAKE_SLACK).max(1);
+                let target = (safe / 2).clamp(1, WAKE_MAX);
+                // Lower it at once past the safe bound; raise it only when well below target.
+                if threshold > safe || threshold * 2 < target {
+                    threshold = wake.set(target);
+                }
+            }
             if body.read_buf(&mut frame).await? == 0 {
                 bail!("truncated frame");
             }
         }
+        if threshold > 1 {
+            threshold = wake.set(1);
+        }
+        debug_assert_eq!(threshold, 1);
         let (pending, close) = match handle_frame(frame.freeze(), broker, session).await {
             Ok(p) => p,
             Err(e) => {
