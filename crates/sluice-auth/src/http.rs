@@ -158,9 +158,7 @@ impl BasicAuth {
                 return false;
             }
         };
-        let ok = rows
-            .iter()
-            .any(|r| ScramMechanism::parse(&r.mechanism).is_some_and(|m| m.verify_password(r, password)));
+        let ok = ScramMechanism::verify_any(&rows, password);
         let mut verified = self.verified.lock().unwrap();
         verified.retain(|_, at| at.elapsed() < VERIFIED_FOR);
         if ok {

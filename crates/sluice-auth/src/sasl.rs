@@ -102,12 +102,7 @@ async fn plain(token: &[u8], users: &MetaStore) -> Result<String, AuthFailure> {
         ));
     }
     let creds = lookup(users, user).await?;
-    let ok = creds.iter().any(|c| {
-        ScramMechanism::parse(&c.mechanism)
-            .map(|m| m.verify_password(c, password))
-            .unwrap_or(false)
-    });
-    if !ok {
+    if !ScramMechanism::verify_any(&creds, password) {
         return Err(AuthFailure(
             "Authentication failed: Invalid username or password".into(),
         ));

@@ -115,6 +115,13 @@ impl ScramMechanism {
         self.credential_from_salted(user, &salt, &salted, iterations)
     }
 
+    /// Whether `password` is the one any of a user's credentials was made from (PLAIN,
+    /// MQTT and HTTP Basic logins).
+    pub fn verify_any(rows: &[ScramRow], password: &str) -> bool {
+        rows.iter()
+            .any(|r| Self::parse(&r.mechanism).is_some_and(|m| m.verify_password(r, password)))
+    }
+
     /// Whether `password` is the one `row` was made from (for PLAIN).
     pub fn verify_password(self, row: &ScramRow, password: &str) -> bool {
         let (Ok(salt), Ok(stored)) = (B64.decode(&row.salt), B64.decode(&row.stored_key)) else {

@@ -132,8 +132,7 @@ impl Authenticator for StoreUsers {
                 let Ok(password) = std::str::from_utf8(password) else {
                     return false;
                 };
-                rows.iter()
-                    .any(|row| ScramMechanism::parse(&row.mechanism).is_some_and(|m| m.verify_password(row, password)))
+                ScramMechanism::verify_any(&rows, password)
             }
             (Some(_), None) => false,
             (None, _) if self.stored_only => false,
