@@ -8,7 +8,7 @@ For the step alone (the difference of the two scrapes) it reports how many Produ
 requests the broker answered, and how many took over 5 ms, and the same for the
 journal's write and sync (`sluice_log_flush_stage_seconds{stage="journal_sync"}`,
 the disk's part alone). Beside a client's p99 this tells whether the disk's syncs
-or the rest of the broker made the slow answers (docs/benchmarks.md, set O).
+or the rest of the broker made the slow answers.
 """
 
 import json

@@ -7,7 +7,7 @@ Prints JSON.
     python3 benches/cpu_stalls.py [--seconds S]
 
 On the 2-core VMs these benchmarks run on, the CPU runs at a fifth of its speed
-for about 100 ms every 1.3-1.8 s, idle or not (docs/benchmarks.md, set F). Every
+for about 100 ms every 1.3-1.8 s, idle or not. Every
 flush in such a window takes five times as long, so this is the floor under the
 produce path's p99, as fsync_latency.py is for the disk.
 """

@@ -41,8 +41,6 @@
 # Environment:
 #   SLUICE_BIN        broker binary (default $CARGO_TARGET_DIR/release/sluice)
 #   CARGO_TARGET_DIR  default $HOME/.cache/sluice/target
-#   SLUICE_BENCH_BIN  bench binary if `sluice bench` is missing (default: the
-#                     sluice-bench crate's example, built if absent)
 #   TMPDIR            where the temp dir (dd files, broker data) goes
 set -euo pipefail
 
@@ -70,7 +68,7 @@ if [[ $QUICK -eq 1 ]]; then
     FSYNC_COUNT=200    # flush-like file writes (benches/fsync_latency.py)
     JOURNAL_N=2000     # appends in the journal's write model (benches/group_commit_model.c)
     CPU_S=3            # seconds of CPU steadiness probe (benches/cpu_stalls.py)
-    THROUGHPUT_S=3     # seconds per throughput step
+    THROUGHPUT_S=2     # seconds per throughput step (unthrottled: up to 1.5 GB/s kept on disk)
     LATENCY_S=3        # seconds per latency step
     E2E_S=3
     RDPERF_N=50000     # records per rdkafka_performance step
@@ -96,6 +94,7 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 SLUICE_BIN="${SLUICE_BIN:-$CARGO_TARGET_DIR/release/sluice}"
 die() { echo "run.sh: error: $*" >&2; exit 1; }
+free_gb() { df -Pk "${TMP:-/tmp}" | awk 'NR == 2 { printf "%.1f", $4 / 1e6 }'; }
 log() { printf '\n== %s\n' "$*" >&2; }
 [[ -x "$SLUICE_BIN" ]] || die "no broker binary at $SLUICE_BIN (cargo build --release -p sluice, or set SLUICE_BIN)"
 command -v python3 >/dev/null || die "python3 is needed"
@@ -121,7 +120,9 @@ cleanup() {
     local rc=$?
     stop_broker
     if [[ $rc -ne 0 && -f "$TMP/broker.log" ]]; then
-        echo "---- broker log (tail) ----" >&2
+        echo "---- $(free_gb) GB free in $TMP; broker log (tail) ----" >&2
+        grep -a "ERROR\|WARN\|panicked" "$TMP/broker.log" | head -n 20 >&2 || true
+        echo "----" >&2
         tail -n 30 "$TMP/broker.log" >&2 || true
     fi
     if [[ $KEEP -eq 1 ]]; then
@@ -136,17 +137,7 @@ trap 'exit 130' INT TERM
 
 # Private copies, so a concurrent rebuild cannot swap a binary mid-run.
 cp "$SLUICE_BIN" "$TMP/sluice"
-if "$TMP/sluice" bench --help >/dev/null 2>&1; then
-    BENCH=("$TMP/sluice" bench)
-else
-    BENCH_BIN="${SLUICE_BENCH_BIN:-$CARGO_TARGET_DIR/release/examples/bench}"
-    if [[ ! -x "$BENCH_BIN" ]]; then
-        log "building the bench example (sluice has no bench subcommand yet)"
-        (cd "$ROOT" && cargo build --release -p sluice-bench --example bench >&2)
-    fi
-    cp "$BENCH_BIN" "$TMP/bench"
-    BENCH=("$TMP/bench")
-fi
+BENCH=("$TMP/sluice" bench)
 HAVE_RDKAFKA=1
 python3 -c 'import confluent_kafka' 2>/dev/null || HAVE_RDKAFKA=0
 # librdkafka's own C benchmark tool, built once into a cache (needs npm, cc, make).
@@ -242,7 +233,7 @@ EOF
 one_run() {
     RES="$TMP/results/run$1"
     mkdir -p "$RES"
-    echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(free_gb) GB free in $TMP" >&2
     echo "{\"loadavg_before\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >"$RES/machine.json"
 
     # (a) the machine's durable sequential write rate, and the latency of one

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A model of the journal beside uploads, without a broker (docs/benchmarks.md, set K).
+"""A model of the journal beside uploads, without a broker.
 
 Thread J overwrites 1 MiB and fdatasyncs it in a zero-filled file, with 1 ms between writes
 (the client's share of a round trip with one request in flight); thread U writes 8 MiB

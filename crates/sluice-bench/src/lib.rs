@@ -7,12 +7,14 @@
 //! * `consume`: fetch throughput.
 //! * `e2e`: produce timestamped records and consume them concurrently;
 //!   end-to-end latency percentiles.
+//! * `mqtt`: many MQTT clients publishing at QoS 1 to any MQTT broker (`mqtt`).
 //!
 //! The `sluice` binary wires it in as
 //! `Commands::Bench(sluice_bench::BenchArgs) => sluice_bench::run_bench(args).await`.
 //! MB are 10^6 bytes, as `dd` counts them; bytes are record keys and values.
 
 pub mod consumer;
+pub mod mqtt;
 pub mod producer;
 pub mod report;
 pub mod txn;
@@ -79,7 +81,7 @@ pub enum BenchCommand {
     E2e(E2eArgs),
     /// MQTT gateway load: many clients publishing at QoS 1 (msgs/s acknowledged),
     /// or holding idle connections (--idle); reports the server's RSS given --server-pid.
-    Mqtt(sluice_mqtt::bench::MqttBenchArgs),
+    Mqtt(mqtt::MqttBenchArgs),
 }
 
 /// Producer tuning shared by `produce` and `e2e`.
@@ -223,7 +225,7 @@ pub struct E2eArgs {
 /// (after printing) if any record failed.
 pub async fn run_bench(args: BenchArgs) -> Result<()> {
     let report = match &args.command {
-        BenchCommand::Mqtt(a) => return sluice_mqtt::bench::run(a.clone(), args.common.json).await,
+        BenchCommand::Mqtt(a) => return mqtt::run(a.clone(), args.common.json).await,
         BenchCommand::Produce(a) => bench_produce(&args.common, a).await?,
         BenchCommand::Consume(a) => bench_consume(&args.common, a).await?,
         BenchCommand::E2e(a) => bench_e2e(&args.common, a).await?,

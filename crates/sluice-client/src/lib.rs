@@ -1,5 +1,6 @@
 //! A small async Kafka client built on the `kafka-protocol` crate, used by the
-//! `sluice topic|produce|consume|group` commands and by `sluice bench`.
+//! `sluice topic|produce|consume|group` commands, `sluice bench` and the MQTT
+//! gateway's forwarding.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -17,7 +18,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod cli;
 mod client;
 mod conn;
 pub mod error;

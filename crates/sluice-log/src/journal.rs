@@ -4,8 +4,8 @@
 //!
 //! Why: creating one object per flush costs a new file, its data sync and a
 //! directory sync. On this class of disk that is a p99 of 4-10 ms for the
-//! write alone, where appending to a file that is already allocated is 1-2 ms
-//! (docs/benchmarks.md, set H). The journal is a few segment files, each
+//! write alone, where appending to a file that is already allocated is 1-2 ms.
+//! The journal is a few segment files, each
 //! `SEGMENT_BYTES` long; a segment whose records are all uploaded is reused
 //! (renamed) for the next one, so writes overwrite allocated blocks and the
 //! data sync does not have to commit new extents.

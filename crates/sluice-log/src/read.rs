@@ -1,5 +1,23 @@
 //! The read path: the tail cache for recent batches, the offset index and
 //! ranged object reads for older ones, and offset lookups by timestamp.
+//!
+//! - Offsets at or above the oldest cached batch come from the tail cache (bounded by
+//!   `tail-cache-bytes` across partitions, evicted oldest first).
+//! - Older offsets are looked up in the index (`cold_read`): the read's rows first, then one
+//!   ranged GET per run of adjacent batches in an object (`get_runs`), however many index
+//!   pages the run spans, `READ_CONCURRENCY` GETs in flight. A cold read stops after
+//!   `COLD_READ_BUDGET` once it has data, so a reader catching up through many small
+//!   objects is answered well inside its request timeout. It never returns tail-cache
+//!   batches past a gap it did not read.
+//! - After a cold read that leaves more cold data, the next `READ_AHEAD_BYTES` of the
+//!   partition are read in a task (`ReadAheads`, bounded across partitions, dropped
+//!   unasked): a reader going in order is answered from it, one Fetch's worth at a time.
+//!   A read elsewhere drops them; one that fails (compaction moved the batches) is
+//!   ignored and the read made afresh.
+//! - A reader whose rows were swapped by compaction finds their object gone, re-reads the
+//!   index once and gets the new rows; a read inside an offset gap gets the next batch.
+//! - Offsets by timestamp use the index's max timestamp per batch, then decode that one
+//!   batch to find the record.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

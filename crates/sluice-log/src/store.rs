@@ -247,7 +247,7 @@ fn write_durably(
 /// With `direct_io`, objects at least this large are written with O_DIRECT, past the page
 /// cache: copying written data into the page cache and writing it back was the broker's
 /// largest cost at full speed (a quarter of its CPU), and dd writes 2 GiB with a seventh of
-/// the system time that way (docs/benchmarks.md, set I). The price: reading them back
+/// the system time that way. The price: reading them back
 /// comes from the disk.
 const DIRECT_IO_BYTES: usize = 1 << 20;
 /// O_DIRECT needs the buffer address, the length and the file offset aligned to this.
@@ -267,7 +267,7 @@ pub(crate) fn not_found(e: &anyhow::Error) -> bool {
 
 /// Writes that acknowledge appends (journal records, objects of large flushes), which
 /// background object writes give way to: beside an upload's writes, a journal append of
-/// 1 MiB took twice as long as alone (docs/benchmarks.md, set K), and a producer waits
+/// 1 MiB took twice as long as alone, and a producer waits
 /// for it.
 #[derive(Default)]
 pub(crate) struct Foreground {

@@ -13,7 +13,6 @@
 //! - `tail`: reads a topic on every broker (for `downlink` and `forward`).
 
 pub mod auth;
-pub mod bench;
 mod broker;
 pub mod config;
 mod conn;

@@ -5,7 +5,7 @@
 
 pub mod access;
 pub mod api;
-pub mod cli;
+pub mod bench;
 pub mod enforce;
 pub mod error;
 pub mod formats;

@@ -513,8 +513,8 @@ fn avro_validation_walks_the_encoding() {
     assert!(s.validate(&trailing).is_err(), "trailing bytes");
     assert!(s.validate(b"{\"n\": 1}").is_err(), "JSON is not Avro");
 
-    let r = crate::cli::bench_record(7, 1024);
-    let b = formats::parse(SchemaType::Avro, crate::cli::BENCH_SCHEMA, &[]).unwrap();
+    let r = crate::bench::bench_record(7, 1024);
+    let b = formats::parse(SchemaType::Avro, crate::bench::BENCH_SCHEMA, &[]).unwrap();
     assert!(b.validate(&r).is_ok());
     assert!((1000..=1100).contains(&r.len()), "{}", r.len());
 }
@@ -571,7 +571,7 @@ fn policy_from_topic_configs() {
 #[test]
 #[ignore]
 fn bench_avro_validation() {
-    let r = crate::cli::bench_avro_validation(std::time::Duration::from_secs(3), 1024).unwrap();
+    let r = crate::bench::bench_avro_validation(std::time::Duration::from_secs(3), 1024).unwrap();
     println!(
         "full Avro validation: {:.0} records/s of {} bytes",
         r.records_per_sec(),
@@ -582,7 +582,7 @@ fn bench_avro_validation() {
 #[tokio::test]
 async fn enforcer_accepts_valid_batches() {
     // A short run of the produce-path benchmark doubles as a check that valid records pass.
-    let r = crate::cli::bench_enforcer(std::time::Duration::from_millis(50), 1024)
+    let r = crate::bench::bench_enforcer(std::time::Duration::from_millis(50), 1024)
         .await
         .unwrap();
     assert!(r.records >= 100);

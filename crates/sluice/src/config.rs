@@ -353,7 +353,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_interval: Option<String>,
-    /// On a local (file://) store, write objects of 1 MiB or more with O_DIRECT, past the page cache, and read large ranges of them the same way: about 40 % more produce throughput at full speed and a quarter less broker CPU; data older than the tail cache is read from disk (read ahead for readers going in order) instead of the page cache (docs/benchmarks.md, set J). [default: true]
+    /// On a local (file://) store, write objects of 1 MiB or more with O_DIRECT, past the page cache, and read large ranges of them the same way: about 40 % more produce throughput at full speed and a quarter less broker CPU; data older than the tail cache is read from disk (read ahead for readers going in order) instead of the page cache. [default: true]
     #[arg(long, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_io: Option<bool>,

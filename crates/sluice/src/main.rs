@@ -1,8 +1,10 @@
 //! `sluice`: the one binary. `serve` runs the broker; the other commands are
 //! clients and offline tools.
 
+mod client_cli;
 mod cluster_cli;
 mod config;
+mod schema_cli;
 mod txn_cli;
 mod user_cli;
 
@@ -37,13 +39,13 @@ enum Command {
     /// Run the broker: the Kafka listener, the MQTT gateway and HTTP (/health, /metrics, /api/v1).
     Serve(Box<ServeArgs>),
     /// Create, list, describe, alter and delete topics.
-    Topic(sluice_client::cli::TopicArgs),
+    Topic(client_cli::TopicArgs),
     /// Produce lines from stdin as records.
-    Produce(sluice_client::cli::ProduceArgs),
+    Produce(client_cli::ProduceArgs),
     /// Print records of a topic as lines on stdout.
-    Consume(sluice_client::cli::ConsumeArgs),
+    Consume(client_cli::ConsumeArgs),
     /// List, describe and delete consumer groups; show lag; reset committed offsets.
-    Group(sluice_client::cli::GroupArgs),
+    Group(client_cli::GroupArgs),
     /// Cluster status, and draining brokers before maintenance.
     Cluster(cluster_cli::ClusterArgs),
     /// List and describe transactions; abort a hanging one.
@@ -51,7 +53,7 @@ enum Command {
     /// Create, list and delete SCRAM users (for SASL SCRAM and PLAIN) in the metadata store.
     User(user_cli::UserArgs),
     /// Register, get, list, check and delete schemas in the schema registry.
-    Schema(sluice_schema::cli::SchemaArgs),
+    Schema(schema_cli::SchemaArgs),
     /// Load generator: produce, consume and end-to-end throughput and latency percentiles.
     Bench(sluice_bench::BenchArgs),
     /// Offline maintenance of the stores (run with the broker stopped).
@@ -84,15 +86,22 @@ fn run() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panicking task is otherwise only a line on stderr between the log's lines; this
+    // puts it in the log, with where it happened.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "a task panicked");
+        default_hook(info);
+    }));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(config::resolve(&args)?).await,
-            Command::Topic(args) => sluice_client::cli::run_topic(args).await,
-            Command::Produce(args) => sluice_client::cli::run_produce(args).await,
-            Command::Consume(args) => sluice_client::cli::run_consume(args).await,
-            Command::Group(args) => sluice_client::cli::run_group(args).await,
-            Command::Schema(args) => sluice_schema::cli::run(args).await,
+            Command::Topic(args) => client_cli::run_topic(args).await,
+            Command::Produce(args) => client_cli::run_produce(args).await,
+            Command::Consume(args) => client_cli::run_consume(args).await,
+            Command::Group(args) => client_cli::run_group(args).await,
+            Command::Schema(args) => schema_cli::run(args).await,
             Command::Bench(args) => sluice_bench::run_bench(args).await,
             Command::Cluster(args) => cluster_cli::run(args).await,
             Command::Transactions(args) => txn_cli::run(args).await,

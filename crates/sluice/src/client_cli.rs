@@ -1,6 +1,5 @@
 //! `sluice topic`, `sluice produce`, `sluice consume` and `sluice group`: clap
-//! definitions and runners. The `sluice` binary wires them in as
-//! `Commands::Topic(TopicArgs) => run_topic(args).await`, and so on.
+//! definitions and runners, on `sluice_client`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,16 +11,13 @@ use clap::{Args, Subcommand, ValueEnum};
 use kafka_protocol::error::ResponseError;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::error::response_error;
+use sluice_client::error::response_error;
 
 mod group;
 
-pub use group::{
-    lag, parse_datetime_ms, parse_group_state, parse_topic_spec, reset_offset, run_group, GroupArgs, GroupCommand,
-    ResetOffsetsArgs, ResetTarget, TopicSpec,
-};
+pub use group::{run_group, GroupArgs};
 
-use crate::{
+use sluice_client::{
     partition_for_key, Acks, AlterConfigOp, Client, ClientConfig, Compression, ConsumedRecord, IsolationLevel,
     ProduceRecord, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
@@ -685,7 +681,7 @@ const TOPIC_WAIT: Duration = Duration::from_secs(5);
 /// Metadata for `name`, retrying briefly while it is unknown or has
 /// partitions without a leader (as right after creation, until the metadata
 /// has propagated).
-async fn wait_for_topic(client: &mut Client, name: &str) -> Result<crate::TopicInfo> {
+async fn wait_for_topic(client: &mut Client, name: &str) -> Result<sluice_client::TopicInfo> {
     let deadline = Instant::now() + TOPIC_WAIT;
     loop {
         let res = client.topic(name).await;
@@ -780,6 +776,7 @@ pub fn parse_acks(s: &str) -> Result<Acks, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::group::{GroupCommand, ResetOffsetsArgs, ResetTarget, TopicSpec};
     use super::*;
     use clap::{CommandFactory, Parser};
     use kafka_protocol::records::TimestampType;

@@ -61,7 +61,12 @@ struct Stats {
 
 /// Runs the benchmark; `json` prints one JSON object instead of text.
 pub async fn run(args: MqttBenchArgs, json: bool) -> Result<()> {
-    let qos = crate::message::qos_from_u8(args.qos).context("--qos must be 0, 1 or 2")?;
+    let qos = match args.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => bail!("--qos must be 0, 1 or 2"),
+    };
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }

@@ -9,8 +9,8 @@ use clap::{ArgGroup, Args, Subcommand};
 use kafka_protocol::error::ResponseError;
 
 use super::ConnArgs;
-use crate::error::response_error;
-use crate::{Client, GroupDescription, IsolationLevel, EARLIEST_TIMESTAMP, GROUP_NOT_EMPTY, LATEST_TIMESTAMP};
+use sluice_client::error::response_error;
+use sluice_client::{Client, GroupDescription, IsolationLevel, EARLIEST_TIMESTAMP, GROUP_NOT_EMPTY, LATEST_TIMESTAMP};
 
 /// List, describe and delete consumer groups, and reset their offsets.
 #[derive(Args, Debug, Clone)]
