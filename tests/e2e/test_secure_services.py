@@ -130,6 +130,20 @@ def test_https_with_basic_auth_and_the_registry_behind_acls(make_broker, tmp_pat
         return r.stdout
     assert curl(f"{http}/api/v1/cluster") == "401"
     assert curl("-u", "admin:admin-pw", f"{http}/api/v1/cluster") == "200"
+    # The REST API is the cluster's: reads need DESCRIBE on it, changes ALTER.
+    assert curl("-u", "sensor:sensor-pw", f"{http}/api/v1/cluster") == "403"
+    rule = ["-X", "POST", "-H", "Content-Type: application/json", "-d",
+            json.dumps({"name": "r1", "sql": 'SELECT * FROM "a/#"', "kafka_topic": "out"})]
+    assert curl("-u", "sensor:sensor-pw", *rule, f"{http}/api/v1/mqtt/rules") == "403"
+    grant(s, "User:sensor", AclOperation.DESCRIBE, "kafka-cluster", rtype=ResourceType.BROKER)
+    wait_until(lambda: curl("-u", "sensor:sensor-pw", f"{http}/api/v1/cluster") == "200", 10,
+               what="the DESCRIBE grant on the cluster")
+    _, _, body = get(f"{http}/api/v1/mqtt/rules", ca, basic("sensor", "sensor-pw"))
+    assert "r1" not in body
+    assert curl("-u", "sensor:sensor-pw", *rule, f"{http}/api/v1/mqtt/rules") == "403"
+    assert curl("-u", "admin:admin-pw", *rule, f"{http}/api/v1/mqtt/rules") == "201"
+    _, _, body = get(f"{http}/api/v1/mqtt/rules", ca, basic("sensor", "sensor-pw"))
+    assert "r1" in body
     assert curl("-u", "admin:admin-pw", f"{registry}/subjects") == "200"
     # Plain HTTP on the HTTPS port fails cleanly.
     r = subprocess.run(["curl", "-sS", "-m", "5", f"http://127.0.0.1:{b.http_port}/health"], capture_output=True,

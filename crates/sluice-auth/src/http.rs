@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -19,8 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
+use crate::acl::CLUSTER_NAME;
 use crate::tls::HANDSHAKE_TIMEOUT;
-use crate::{ClientAuth, ScramMechanism, Tls};
+use crate::{Authorizer, ClientAuth, Operation, ResourceType, ScramMechanism, Tls};
 
 /// Who made an HTTP request: `User:name` after Basic authentication. Absent, the request
 /// is anonymous.
@@ -174,6 +175,50 @@ pub fn protect(router: Router, basic: Option<&Arc<BasicAuth>>) -> Router {
         Some(b) => b.protect(router),
         None => router,
     }
+}
+
+/// Who sent a request and from where, as the authorizer takes them: the Basic-authenticated
+/// principal (`User:ANONYMOUS` without one) and the client's IP address.
+pub fn identity(req: &Request) -> (String, String) {
+    let principal = req
+        .extensions()
+        .get::<Principal>()
+        .map_or_else(|| "User:ANONYMOUS".to_string(), |p| p.0.clone());
+    let host = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<ClientAddr>>()
+        .map_or_else(String::new, |c| c.0 .0.ip().to_canonical().to_string());
+    (principal, host)
+}
+
+/// Under ACLs the REST API (`/api/...`) is the cluster's, as Kafka's admin APIs are: reads
+/// need DESCRIBE on the cluster, changes ALTER. `/health` and `/metrics` need no ACL. Apply
+/// inside [`protect`], which sets the principal.
+pub fn require_cluster_acls(router: Router, authorizer: Option<Arc<Authorizer>>) -> Router {
+    match authorizer {
+        Some(a) => router.layer(axum::middleware::from_fn_with_state(a, check_cluster_acl)),
+        None => router,
+    }
+}
+
+async fn check_cluster_acl(State(authorizer): State<Arc<Authorizer>>, req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let op = match *req.method() {
+        Method::GET | Method::HEAD => Operation::Describe,
+        _ => Operation::Alter,
+    };
+    let (principal, host) = identity(&req);
+    if authorizer.authorize(&principal, &host, op, ResourceType::Cluster, CLUSTER_NAME) {
+        return next.run(req).await;
+    }
+    let message = format!("{principal} is not authorized to {} the cluster", op.name());
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(serde_json::json!({"error_code": 403, "message": message})),
+    )
+        .into_response()
 }
 
 /// `user:password` of an `Authorization: Basic ...` header.

@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use sluice_auth::acl::CLUSTER_NAME;
-use sluice_auth::http::{ClientAddr, Principal};
 use sluice_auth::{Authorizer, Operation, ResourceType};
 
 use crate::error::RegistryError;
@@ -56,14 +55,7 @@ async fn check(State(authorizer): State<Arc<Authorizer>>, req: Request, next: Ne
     let Some((kind, name)) = changed_resource(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let principal = req
-        .extensions()
-        .get::<Principal>()
-        .map_or("User:ANONYMOUS".to_string(), |p| p.0.clone());
-    let host = req
-        .extensions()
-        .get::<ConnectInfo<ClientAddr>>()
-        .map_or(String::new(), |c| c.0 .0.ip().to_canonical().to_string());
+    let (principal, host) = sluice_auth::http::identity(&req);
     if authorizer.authorize(&principal, &host, Operation::Alter, kind, &name) {
         return next.run(req).await;
     }

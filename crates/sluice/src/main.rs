@@ -334,7 +334,10 @@ async fn serve(cfg: Config) -> Result<()> {
         .merge(sluice_txn::rest::router(txn));
     let http = tokio::spawn(sluice_auth::http::serve(
         http,
-        sluice_auth::http::protect(http_router, basic.as_ref()),
+        sluice_auth::http::protect(
+            sluice_auth::http::require_cluster_acls(http_router, authorizer.clone()),
+            basic.as_ref(),
+        ),
         http_tls,
     ));
     let registry_router =
