@@ -11,7 +11,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::principal::{subject_dn, PrincipalRules};
 
 /// The PEM files TLS is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +137,29 @@ impl Tls {
             ClientAuth::Optional => c.optional.clone(),
             ClientAuth::Required => c.required.clone(),
         })
+    }
+
+    /// The TLS handshake of an accepted connection, within `HANDSHAKE_TIMEOUT`, and the
+    /// principal of the client's certificate if it sent one, mapped by `rules`.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        auth: ClientAuth,
+        rules: &PrincipalRules,
+    ) -> Result<(TlsStream<S>, Option<String>)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor(auth).accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => bail!("TLS handshake failed: {e}"),
+            Err(_) => bail!("TLS handshake timed out"),
+        };
+        let principal = match stream.get_ref().1.peer_certificates() {
+            Some([cert, ..]) => Some(rules.map(&subject_dn(cert)?)),
+            _ => None,
+        };
+        Ok((stream, principal))
     }
 
     /// Re-reads the files. On failure the certificates in use stay.

@@ -12,8 +12,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, FetchResponse, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::Encodable;
-use sluice_auth::principal::subject_dn;
-use sluice_auth::tls::HANDSHAKE_TIMEOUT;
 use sluice_auth::{ClientAuth, SecurityProtocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,22 +51,15 @@ pub(crate) async fn serve(
         (true, SecurityProtocol::Ssl) => ClientAuth::Required,
         (true, _) => ClientAuth::Optional,
     };
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor(client_auth).accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let (stream, cert) = match tls.accept(stream, client_auth, &listener.principal_rules).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
             METRICS.closed_bad_frames.with_label_values(&["tls_handshake"]).inc();
-            bail!("TLS handshake failed: {e}");
-        }
-        Err(_) => {
-            METRICS.closed_bad_frames.with_label_values(&["tls_handshake"]).inc();
-            bail!("TLS handshake timed out");
+            return Err(e);
         }
     };
     // On SSL the principal is the client certificate's subject, mapped by the rules.
-    let cert_principal = match (listener.protocol, stream.get_ref().1.peer_certificates()) {
-        (SecurityProtocol::Ssl, Some([cert, ..])) => Some(listener.principal_rules.map(&subject_dn(cert)?)),
-        _ => None,
-    };
+    let cert_principal = cert.filter(|_| listener.protocol == SecurityProtocol::Ssl);
     if let Some(p) = &cert_principal {
         tracing::debug!(principal = %format!("User:{p}"), %peer, "client certificate verified");
     }

@@ -160,18 +160,9 @@ impl Gateway {
                 } else {
                     sluice_auth::ClientAuth::None
                 };
-                let accept = tls.tls.acceptor(client_auth).accept(stream);
-                let stream = match tokio::time::timeout(sluice_auth::tls::HANDSHAKE_TIMEOUT, accept).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "MQTT TLS handshake timed out"),
-                };
-                let principal = match stream.get_ref().1.peer_certificates() {
-                    Some([cert, ..]) => match sluice_auth::principal::subject_dn(cert) {
-                        Ok(dn) => Some(tls.principal_rules.map(&dn)),
-                        Err(e) => return tracing::debug!(%peer, error = %e, "unreadable MQTT client certificate"),
-                    },
-                    _ => None,
+                let (stream, principal) = match tls.tls.accept(stream, client_auth, &tls.principal_rules).await {
+                    Ok(accepted) => accepted,
+                    Err(e) => return tracing::debug!(%peer, error = %format!("{e:#}"), "MQTT TLS connection refused"),
                 };
                 conn::handle(gw, stream, peer, principal).await;
             });
