@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
 use crate::acl::CLUSTER_NAME;
-use crate::tls::HANDSHAKE_TIMEOUT;
 use crate::{Authorizer, ClientAuth, Operation, ResourceType, ScramMechanism, Tls};
 
 /// Who made an HTTP request: `User:name` after Basic authentication. Absent, the request
@@ -75,14 +74,13 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let (tx, acceptor) = (tx.clone(), tls.acceptor(ClientAuth::None));
+                let (tx, tls) = (tx.clone(), tls.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
+                    match tls.accept(stream, ClientAuth::None, None).await {
+                        Ok((s, _)) => {
                             let _ = tx.send((s, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                        Err(e) => tracing::debug!(%peer, error = %format!("{e:#}"), "HTTPS connection refused"),
                     }
                 });
             }

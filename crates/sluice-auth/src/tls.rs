@@ -139,13 +139,15 @@ impl Tls {
         })
     }
 
-    /// The TLS handshake of an accepted connection, within `HANDSHAKE_TIMEOUT`, and the
-    /// principal of the client's certificate if it sent one, mapped by `rules`.
+    /// The TLS handshake of an accepted connection, within `HANDSHAKE_TIMEOUT`. With
+    /// `rules`, also the principal of the client's certificate if it sent one, mapped by
+    /// them (a certificate whose subject cannot be read fails the connection); without,
+    /// the certificate names no one.
     pub async fn accept<S>(
         &self,
         stream: S,
         auth: ClientAuth,
-        rules: &PrincipalRules,
+        rules: Option<&PrincipalRules>,
     ) -> Result<(TlsStream<S>, Option<String>)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -155,8 +157,8 @@ impl Tls {
             Ok(Err(e)) => bail!("TLS handshake failed: {e}"),
             Err(_) => bail!("TLS handshake timed out"),
         };
-        let principal = match stream.get_ref().1.peer_certificates() {
-            Some([cert, ..]) => Some(rules.map(&subject_dn(cert)?)),
+        let principal = match (rules, stream.get_ref().1.peer_certificates()) {
+            (Some(rules), Some([cert, ..])) => Some(rules.map(&subject_dn(cert)?)),
             _ => None,
         };
         Ok((stream, principal))

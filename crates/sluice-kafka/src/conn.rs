@@ -51,15 +51,15 @@ pub(crate) async fn serve(
         (true, SecurityProtocol::Ssl) => ClientAuth::Required,
         (true, _) => ClientAuth::Optional,
     };
-    let (stream, cert) = match tls.accept(stream, client_auth, &listener.principal_rules).await {
+    // On SSL the principal is the client certificate's subject, mapped by the rules.
+    let rules = (listener.protocol == SecurityProtocol::Ssl).then_some(&listener.principal_rules);
+    let (stream, cert_principal) = match tls.accept(stream, client_auth, rules).await {
         Ok(accepted) => accepted,
         Err(e) => {
             METRICS.closed_bad_frames.with_label_values(&["tls_handshake"]).inc();
             return Err(e);
         }
     };
-    // On SSL the principal is the client certificate's subject, mapped by the rules.
-    let cert_principal = cert.filter(|_| listener.protocol == SecurityProtocol::Ssl);
     if let Some(p) = &cert_principal {
         tracing::debug!(principal = %format!("User:{p}"), %peer, "client certificate verified");
     }

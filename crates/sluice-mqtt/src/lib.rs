@@ -160,7 +160,7 @@ impl Gateway {
                 } else {
                     sluice_auth::ClientAuth::None
                 };
-                let (stream, principal) = match tls.tls.accept(stream, client_auth, &tls.principal_rules).await {
+                let (stream, principal) = match tls.tls.accept(stream, client_auth, Some(&tls.principal_rules)).await {
                     Ok(accepted) => accepted,
                     Err(e) => return tracing::debug!(%peer, error = %format!("{e:#}"), "MQTT TLS connection refused"),
                 };
