@@ -24,28 +24,19 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import services  # noqa: E402
 from conftest import Broker, sluice_bin  # noqa: E402
+from s3_economy import metrics as broker_metrics  # noqa: E402
 
 
 def metrics(brokers) -> dict:
-    out = {"puts": 0.0, "gets": 0.0, "written": 0.0, "read": 0.0}
-    for b in brokers:
-        text = urllib.request.urlopen(b.http + "/metrics").read().decode()
-
-        def total(pattern: str) -> float:
-            return sum(float(m) for m in re.findall(pattern + r"\s+([0-9.e+]+)", text))
-
-        out["puts"] += total(r'sluice_store_requests_total\{op="put"\}')
-        out["gets"] += total(r'sluice_store_requests_total\{op="get"\}')
-        out["written"] += total(r'sluice_store_bytes_total\{direction="written"\}')
-        out["read"] += total(r'sluice_store_bytes_total\{direction="read"\}')
-    return out
+    """The object-store counts of every broker, summed."""
+    per_broker = [broker_metrics(b.http) for b in brokers]
+    return {k: sum(m[k] for m in per_broker) for k in ("puts", "gets", "written", "read")}
 
 
 class PeerTraffic:
