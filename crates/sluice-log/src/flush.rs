@@ -24,27 +24,30 @@
 //! indexed with the next upload, like the flushes journaled around it. Journal
 //! records follow offset order: each is written once the one before it is, and
 //! not at all if that one failed.
+//!
+//! Here: the event loop, object writes and commits. `prepare` assigns offsets and
+//! checks sequences; `publish` applies an outcome; `upload` stages journaled flushes.
+
+mod prepare;
+mod publish;
+mod upload;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use sluice_meta::{AbortedTxnRow, BatchRow, FlushCommit, ProducerStateRow, SeqEntry};
+use sluice_meta::{AbortedTxnRow, BatchRow, FlushCommit, ProducerStateRow};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::commit::{flush_commit, PartKey, ProducerKey};
 use crate::journal::{self, Journal};
 use crate::object::{self, FooterEntry};
-use crate::producer::{self, ProducerEntry, SeqCheck};
-use crate::{batch, AppendRequest, Appended, Control, FlushMsg, Inner, LogError, Partition, TailBatch, METRICS};
-
-/// Global FIFO of cached tail batches, to bound the cache across partitions.
-struct TailBudget {
-    order: VecDeque<(Arc<Partition>, i64, usize)>,
-    bytes: usize,
-}
+use crate::producer::ProducerEntry;
+use crate::{AppendRequest, Control, FlushMsg, Inner, LogError, Partition, METRICS};
+use publish::TailBudget;
+use upload::{journal_io, uploaded, Staged, UPLOAD_BYTES};
 
 /// What happens to one append once the flush commits.
 enum Outcome {
@@ -145,40 +148,6 @@ enum Event {
     Deadline,
     Uploaded(anyhow::Result<Vec<bool>>),
     UploadDue,
-}
-
-/// Upload journaled flushes once this much is staged.
-const UPLOAD_BYTES: usize = 8 << 20;
-
-/// Wait before retrying a failed upload.
-const UPLOAD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A journaled, published flush waiting for its upload.
-struct StagedFlush {
-    seq: u64,
-    next: NextOffsets,
-    touched: HashMap<ProducerKey, ProducerEntry>,
-    aborted: Vec<AbortedTxnRow>,
-    footer: Vec<FooterEntry>,
-    /// The flush's object, where `footer` places its batches.
-    object: Bytes,
-    /// The object's key if it is in the store already (a large flush); else the journal
-    /// holds it and the upload writes it.
-    stored: Option<String>,
-}
-
-/// Journaled flushes not yet in the object store, and the upload in flight.
-struct Staged {
-    journal: Arc<std::sync::Mutex<Journal>>,
-    flushes: VecDeque<StagedFlush>,
-    /// Bytes of the staged flushes and of those being uploaded.
-    bytes: usize,
-    /// When the oldest staged flush must be uploaded (or the failed upload retried).
-    due: tokio::time::Instant,
-    /// The flushes being uploaded (in offset order, before `flushes`) and the upload.
-    uploading: Option<(Vec<StagedFlush>, CommitTask)>,
-    /// Resolves when the last journal write started has finished.
-    last_append: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 struct Flusher {
@@ -333,22 +302,6 @@ async fn written(writing: &mut VecDeque<Writing>) {
     }
 }
 
-/// Runs a journal operation on a blocking thread (it writes and syncs files).
-async fn journal_io<T: Send + 'static>(
-    journal: Arc<std::sync::Mutex<Journal>>,
-    op: impl FnOnce(&mut Journal) -> std::io::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    Ok(tokio::task::spawn_blocking(move || op(&mut journal.lock().unwrap())).await??)
-}
-
-/// The result of the upload in flight; never ready when there is none.
-async fn uploaded(staged: &mut Option<Staged>) -> anyhow::Result<Vec<bool>> {
-    match staged.as_mut().and_then(|s| s.uploading.as_mut()) {
-        Some((_, upload)) => joined(upload).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn joined<T>(task: &mut JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
     task.await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("flush task failed: {e}")))
@@ -398,17 +351,6 @@ impl Flusher {
         running == 0 || pending_bytes >= PARALLEL_WRITE_BYTES && self.writing.len() < WRITES_IN_FLIGHT
     }
 
-    /// Bytes of journaled flushes not yet uploaded (staged or uploading).
-    fn staged_bytes(&self) -> usize {
-        self.staged.as_ref().map_or(0, |s| s.bytes)
-    }
-
-    /// Whether journaled flushes waiting for their upload hold as much memory (in the
-    /// tail cache, which must not evict them) as they may.
-    fn staged_full(&self) -> bool {
-        self.staged.is_some() && self.staged_bytes() >= (self.inner.opts.tail_cache_bytes / 2).max(UPLOAD_BYTES)
-    }
-
     /// Waits until every flush is committed (or failed) and published, and with a
     /// journal, uploaded. `retry`: keep retrying a failing upload (a barrier must not
     /// return before the store has everything); otherwise give up after one failure
@@ -434,135 +376,6 @@ impl Flusher {
                 return;
             }
             self.start_upload();
-        }
-    }
-
-    /// Waits for the upload in flight and applies its result. Returns false if it failed
-    /// and `retry` is not set; with `retry`, a failure waits `UPLOAD_RETRY` first.
-    async fn wait_upload(&mut self, retry: bool) -> bool {
-        let Some((_, upload)) = self.staged.as_mut().and_then(|s| s.uploading.as_mut()) else {
-            return true;
-        };
-        let result = joined(upload).await;
-        let failed = result.is_err();
-        self.uploaded(result);
-        if failed && retry {
-            tokio::time::sleep(UPLOAD_RETRY).await;
-        }
-        !failed || retry
-    }
-
-    /// Starts uploading every staged flush as one object, unless an upload is running.
-    fn start_upload(&mut self) {
-        let Some(s) = &mut self.staged else { return };
-        if s.uploading.is_some() || s.flushes.is_empty() {
-            return;
-        }
-        let flushes: Vec<StagedFlush> = s.flushes.drain(..).collect();
-        // The journaled flushes' batches go into one new object; flushes already in the
-        // store are only indexed where they are.
-        let key = object::flush_key(self.inner.opts.node_id);
-        let (parts, entries) = object::assemble(
-            flushes
-                .iter()
-                .filter(|f| f.stored.is_none())
-                .flat_map(|f| f.footer.iter().map(move |e| (e, &f.object)))
-                .collect(),
-        );
-        let (mut objects, mut rows) = (Vec::new(), Vec::new());
-        for f in &flushes {
-            if let Some(stored) = &f.stored {
-                objects.push((stored.clone(), f.object.len() as i64));
-                rows.extend(f.footer.iter().map(|e| e.index_row(stored)));
-            }
-        }
-        let parts = (!entries.is_empty()).then(|| {
-            objects.push((key.clone(), parts.iter().map(|p| p.len() as i64).sum()));
-            rows.extend(entries.iter().map(|e| e.index_row(&key)));
-            parts
-        });
-        let (_, commit) = commit_for(objects, rows, flushes.iter().map(|f| (&f.next, &f.touched, &f.aborted)));
-        let last_seq = flushes.last().expect("flushes to upload").seq;
-        let (inner, journal) = (self.inner.clone(), s.journal.clone());
-        let upload = tokio::spawn(async move {
-            let started = Instant::now();
-            if let Some(parts) = parts {
-                let foreground = inner.foreground.clone();
-                inner.store.put_parts_behind(&key, parts, foreground).await?;
-            }
-            let applied = inner.meta.commit_flush(&commit).await?;
-            // The upload is done whatever happens to the journal's old segments: uploading
-            // the same flushes again would only fail on their index rows.
-            if let Err(e) = journal_io(journal, move |j| j.release(last_seq)).await {
-                tracing::warn!(error = %format!("{e:#}"), "releasing uploaded journal segments failed");
-            }
-            METRICS
-                .flush_stage_seconds
-                .with_label_values(&["upload"])
-                .observe(started.elapsed().as_secs_f64());
-            Ok(applied)
-        });
-        s.uploading = Some((flushes, upload));
-    }
-
-    /// Applies an upload's result. Its flushes were acknowledged when journaled, so
-    /// a failed upload is retried later; the journal keeps them meanwhile.
-    fn uploaded(&mut self, result: anyhow::Result<Vec<bool>>) {
-        let Some(s) = &mut self.staged else { return };
-        let Some((flushes, _)) = s.uploading.take() else { return };
-        match result {
-            Ok(applied) => {
-                if applied.iter().any(|ok| !ok) {
-                    // Only another broker can move a leader epoch, and the journal is for a
-                    // single node: the store has another leader's data for these partitions.
-                    tracing::error!("journaled data was fenced on upload: another broker leads its partitions");
-                }
-                let mut unindexed = self.inner.unindexed.lock().unwrap();
-                for key in flushes.iter().filter_map(|f| f.stored.as_ref()) {
-                    unindexed.remove(key);
-                }
-                s.bytes -= flushes.iter().map(|f| f.object.len()).sum::<usize>();
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "upload of journaled flushes failed; retrying");
-                for f in flushes.into_iter().rev() {
-                    s.flushes.push_front(f);
-                }
-                s.due = tokio::time::Instant::now() + UPLOAD_RETRY;
-            }
-        }
-    }
-
-    /// Publishes the journaled flushes at the front of the queue, in order, and stages
-    /// them for upload. A flush whose write failed fails, and so does every flush after it.
-    async fn publish_journaled(&mut self) {
-        while self.writing.front().is_some_and(|w| w.put.is_done()) {
-            let mut w = self.writing.pop_front().expect("front exists");
-            w.put.wait().await;
-            let seq = match std::mem::replace(&mut w.put, Put::Done(Ok(0))) {
-                Put::Done(Err(e)) => return self.fail_from(w, e),
-                Put::Done(Ok(seq)) => seq,
-                Put::Running(_) => unreachable!("waited for"),
-            };
-            if !w.key.is_empty() {
-                let p = &w.prepared;
-                let staged = StagedFlush {
-                    seq,
-                    next: p.next.clone(),
-                    touched: p.touched.clone(),
-                    aborted: p.aborted.clone(),
-                    footer: p.footer.clone(),
-                    object: w.object.clone(),
-                    stored: w.stored.then(|| w.key.clone()),
-                };
-                let s = self.staged.as_mut().expect("journal mode");
-                if s.flushes.is_empty() {
-                    s.due = tokio::time::Instant::now() + self.inner.opts.upload_interval;
-                }
-                s.bytes += staged.object.len();
-                s.flushes.push_back(staged);
-            }
-            self.finish(w.prepared, w.object, Ok(Vec::new()));
         }
     }
 
@@ -754,288 +567,6 @@ impl Flusher {
             self.finish(w.prepared, w.object, Err(anyhow::anyhow!("an earlier flush failed")));
         }
     }
-
-    /// Offsets, sequence checks and the object body for a group, on top of the
-    /// state the flush in flight will leave.
-    fn prepare(&self, group: Vec<AppendRequest>) -> Prepared {
-        // The flushes not yet published, newest first: offsets and producer state follow theirs.
-        let ahead: Vec<&Prepared> = self
-            .writing
-            .iter()
-            .rev()
-            .map(|w| &w.prepared)
-            .chain(
-                self.committing
-                    .iter()
-                    .flat_map(|c| c.flushes.iter().rev().map(|(p, _)| p)),
-            )
-            .collect();
-        let mut p = Prepared {
-            started: Instant::now(),
-            outcomes: Vec::with_capacity(group.len()),
-            next: HashMap::new(),
-            touched: HashMap::new(),
-            aborted: Vec::new(),
-            footer: Vec::new(),
-            body: BytesMut::with_capacity(group.iter().map(|r| r.data.len()).sum::<usize>() + 4096),
-            records: 0,
-            group: Vec::new(),
-        };
-        for req in &group {
-            if !self.inner.topic_alive(req.topic.id) {
-                p.outcomes.push(Outcome::Refused(LogError::UnknownTopicOrPartition));
-                continue;
-            }
-            let key = (req.topic.id, req.partition.index);
-            if !p.next.contains_key(&key) && !req.partition.state.lock().unwrap().led {
-                p.outcomes.push(Outcome::Refused(LogError::NotLeader));
-                continue;
-            }
-            let slot = p.next.entry(key).or_insert_with(|| {
-                let s = req.partition.state.lock().unwrap();
-                let next = ahead
-                    .iter()
-                    .find_map(|a| a.next.get(&key))
-                    .map_or(s.high_watermark, |n| n.1);
-                (req.partition.clone(), next, s.leader_epoch)
-            });
-            let (next_offset, epoch) = (&mut slot.1, slot.2);
-
-            // Idempotence: requests with a producer id carry exactly one batch.
-            let mut seq = None;
-            // A transaction marker (only the coordinator writes control batches).
-            let mut marker = None;
-            if let [b] = req.batches.as_slice() {
-                if b.is_control() {
-                    let pkey = (key.0, key.1, b.producer_id);
-                    let current = p
-                        .touched
-                        .get(&pkey)
-                        .or_else(|| ahead.iter().find_map(|a| a.touched.get(&pkey)))
-                        .or_else(|| self.producers.get(&pkey));
-                    if let Err(e) = producer::check_marker(current, b.producer_epoch) {
-                        p.outcomes.push(Outcome::Refused(e));
-                        continue;
-                    }
-                    let commit = batch::marker_is_commit(&req.data[b.position..b.position + b.length]);
-                    marker = Some((pkey, current.cloned(), b.producer_epoch, commit == Some(true)));
-                } else if b.producer_id >= 0 {
-                    let pkey = (key.0, key.1, b.producer_id);
-                    let current = p
-                        .touched
-                        .get(&pkey)
-                        .or_else(|| ahead.iter().find_map(|a| a.touched.get(&pkey)))
-                        .or_else(|| self.producers.get(&pkey));
-                    match producer::check(current, b.producer_epoch, b.base_sequence, b.last_sequence()) {
-                        Err(e) => {
-                            p.outcomes.push(Outcome::Refused(e));
-                            continue;
-                        }
-                        Ok(SeqCheck::Duplicate(d)) => {
-                            p.outcomes.push(Outcome::Duplicate {
-                                key,
-                                base_offset: d.base_offset,
-                            });
-                            continue;
-                        }
-                        Ok(SeqCheck::Append) => {
-                            seq = Some((
-                                pkey,
-                                current.cloned(),
-                                b.producer_epoch,
-                                b.base_sequence,
-                                b.last_sequence(),
-                                b.is_transactional(),
-                            ))
-                        }
-                    }
-                }
-            }
-
-            let first_offset = *next_offset;
-            let append_ms = if req.topic.config().log_append_time && marker.is_none() {
-                sluice_meta::now_ms()
-            } else {
-                -1
-            };
-            for b in &req.batches {
-                let position = p.body.len();
-                p.body.extend_from_slice(&req.data[b.position..b.position + b.length]);
-                batch::patch_header(&mut p.body[position..], *next_offset, epoch);
-                let mut max_timestamp = b.max_timestamp;
-                if append_ms >= 0 {
-                    batch::set_log_append_time(&mut p.body[position..position + b.length], append_ms);
-                    max_timestamp = append_ms;
-                }
-                let last = *next_offset + b.last_offset_delta as i64;
-                p.footer.push(FooterEntry {
-                    topic_id: key.0,
-                    topic: req.topic.name.clone(),
-                    partition: key.1,
-                    base_offset: *next_offset,
-                    last_offset: last,
-                    max_timestamp,
-                    position: position as u64,
-                    length: b.length as u32,
-                });
-                p.records += b.record_count as u64;
-                *next_offset = last + 1;
-            }
-            if let Some((pkey, current, pepoch, first_seq, last_seq, transactional)) = seq {
-                let mut entry = current.unwrap_or_default();
-                let entry_seq = SeqEntry {
-                    first_seq,
-                    last_seq,
-                    base_offset: first_offset,
-                    last_offset: *next_offset - 1,
-                };
-                producer::record(&mut entry, pepoch, entry_seq);
-                if transactional {
-                    producer::record_transactional(&mut entry, first_offset);
-                }
-                p.touched.insert(pkey, entry);
-            }
-            if let Some((pkey, current, pepoch, commit)) = marker {
-                let mut entry = current.unwrap_or_default();
-                let ended = producer::record_marker(&mut entry, pepoch);
-                if let (false, Some(first)) = (commit, ended.first_offset) {
-                    p.aborted.push(AbortedTxnRow {
-                        topic_id: key.0,
-                        partition: key.1,
-                        producer_id: pkey.2,
-                        first_offset: first,
-                        last_offset: first_offset,
-                    });
-                }
-                p.touched.insert(pkey, entry);
-            }
-            p.outcomes.push(Outcome::Written {
-                key,
-                base_offset: first_offset,
-                append_ms,
-            });
-        }
-        p.group = group;
-        p
-    }
-
-    /// Publishes a finished commit. If it failed, so does every flush queued after it.
-    fn publish(&mut self, c: Committing, result: anyhow::Result<Vec<bool>>) {
-        match result {
-            Ok(applied) => {
-                let fenced: Vec<PartKey> = c
-                    .keys
-                    .iter()
-                    .zip(applied)
-                    .filter(|(_, ok)| !ok)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for (p, object) in c.flushes {
-                    self.finish(p, object, Ok(fenced.clone()));
-                }
-            }
-            Err(e) => {
-                let error = format!("{e:#}");
-                for (p, object) in c.flushes {
-                    self.finish(p, object, Err(anyhow::anyhow!("{error}")));
-                }
-                self.fail_queued();
-            }
-        }
-    }
-
-    /// Applies a flush's outcome (the partitions whose commit was fenced, or why
-    /// the flush failed): on success the new state, tail batches and producer
-    /// state (except for fenced partitions), then the replies.
-    fn finish(&mut self, p: Prepared, object: Bytes, outcome: anyhow::Result<Vec<PartKey>>) {
-        let fenced = match outcome {
-            Ok(fenced) => fenced,
-            Err(e) => {
-                tracing::error!(error = %e, "flush failed; refusing its appends");
-                let err = LogError::Storage(format!("{e:#}"));
-                for req in p.group {
-                    METRICS.append_seconds.observe(req.queued.elapsed().as_secs_f64());
-                    let _ = req.reply.send(Err(err.clone()));
-                }
-                return;
-            }
-        };
-        let tail = &mut self.tail;
-        for (key, (part, next_offset, _)) in &p.next {
-            if fenced.contains(key) {
-                continue;
-            }
-            let mut s = part.state.lock().unwrap();
-            for e in p.footer.iter().filter(|e| (e.topic_id, e.partition) == *key) {
-                let data = object.slice(e.position as usize..(e.position + e.length as u64) as usize);
-                tail.order.push_back((part.clone(), e.base_offset, data.len()));
-                tail.bytes += data.len();
-                s.tail.push_back(TailBatch {
-                    base_offset: e.base_offset,
-                    last_offset: e.last_offset,
-                    data,
-                });
-            }
-            // Under the same lock as the watermark, so that a read_committed reader never
-            // sees a transaction's batches before its open transaction bounds the LSO.
-            for (pkey, entry) in p.touched.iter().filter(|(k, _)| (k.0, k.1) == *key) {
-                match entry.txn_first_offset {
-                    Some(first) => s.open_txns.insert(pkey.2, first),
-                    None => s.open_txns.remove(&pkey.2),
-                };
-            }
-            s.aborted
-                .extend(p.aborted.iter().filter(|a| (a.topic_id, a.partition) == *key).copied());
-            if *next_offset > s.high_watermark {
-                s.high_watermark = *next_offset;
-            }
-        }
-        for (pkey, entry) in p.touched {
-            if !fenced.contains(&(pkey.0, pkey.1)) {
-                self.producers.insert(pkey, entry);
-            }
-        }
-        // Journaled batches not yet uploaded are the newest in the cache; reads can find
-        // them nowhere else, so the cache keeps at least as many bytes as are staged.
-        let keep = self.inner.opts.tail_cache_bytes.max(self.staged_bytes());
-        evict(&mut self.tail, keep);
-        self.inner.committed.send_modify(|n| *n += 1);
-
-        let batch_count = p.footer.len();
-        for (req, outcome) in p.group.into_iter().zip(p.outcomes) {
-            let reply = match outcome {
-                Outcome::Refused(e) => Err(e),
-                Outcome::Written { key, .. } | Outcome::Duplicate { key, .. } if fenced.contains(&key) => {
-                    Err(if self.inner.topic_alive(key.0) {
-                        LogError::NotLeader
-                    } else {
-                        LogError::UnknownTopicOrPartition
-                    })
-                }
-                Outcome::Written {
-                    base_offset, append_ms, ..
-                } => Ok(Appended {
-                    base_offset,
-                    log_start_offset: req.partition.offsets().log_start,
-                    log_append_time_ms: append_ms,
-                }),
-                Outcome::Duplicate { base_offset, .. } => Ok(Appended {
-                    base_offset,
-                    log_start_offset: req.partition.offsets().log_start,
-                    log_append_time_ms: -1,
-                }),
-            };
-            METRICS.append_seconds.observe(req.queued.elapsed().as_secs_f64());
-            let _ = req.reply.send(reply);
-        }
-        if batch_count > 0 {
-            METRICS.flushes.inc();
-            METRICS.flush_bytes.inc_by(object.len() as u64);
-            METRICS.batches_appended.inc_by(batch_count as u64);
-            METRICS.records_appended.inc_by(p.records);
-            METRICS.flush_seconds.observe(p.started.elapsed().as_secs_f64());
-        }
-    }
 }
 
 /// The metadata commit of written flushes: their objects, their index rows, and each
@@ -1066,17 +597,4 @@ fn commit_for<'a>(
     let watermarks: Vec<(PartKey, (i64, i32))> = watermarks.into_iter().collect();
     let keys = watermarks.iter().map(|(k, _)| *k).collect();
     (keys, flush_commit(objects, batches, watermarks, producers, aborted))
-}
-
-fn evict(tail: &mut TailBudget, budget: usize) {
-    while tail.bytes > budget {
-        let Some((part, base, size)) = tail.order.pop_front() else {
-            break;
-        };
-        tail.bytes -= size;
-        let mut s = part.state.lock().unwrap();
-        if s.tail.front().is_some_and(|b| b.base_offset == base) {
-            s.tail.pop_front();
-        }
-    }
 }
