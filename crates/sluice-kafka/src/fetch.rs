@@ -164,7 +164,8 @@ async fn read_all(
                 })
             };
             match result {
-                Ok(r) => {
+                Ok(mut r) => {
+                    r.keep_within(limit, total == 0);
                     let n = r.bytes();
                     total += n;
                     remaining = remaining.saturating_sub(n);

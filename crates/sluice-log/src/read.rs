@@ -48,6 +48,18 @@ impl ReadResult {
     pub fn bytes(&self) -> usize {
         self.batches.iter().map(|b| b.len()).sum()
     }
+
+    /// Drops the batches past `limit` bytes. With `at_least_one`, the first batch stays
+    /// whatever its size (KIP-74: the first partition with data of a fetch may exceed the
+    /// limits by one batch, so that a consumer always makes progress).
+    pub fn keep_within(&mut self, limit: usize, at_least_one: bool) {
+        let (mut keep, mut bytes) = (0, 0);
+        while keep < self.batches.len() && (bytes + self.batches[keep].len() <= limit || keep == 0 && at_least_one) {
+            bytes += self.batches[keep].len();
+            keep += 1;
+        }
+        self.batches.truncate(keep);
+    }
 }
 
 /// The first record at or after a timestamp: its offset and timestamp.
@@ -618,6 +630,31 @@ mod tests {
         let mut all = cold(&[10, 10], 0);
         assert!(all.split_off(1 << 20).batches.is_empty());
         assert_eq!(all.position, 10);
+    }
+
+    #[test]
+    fn a_fetch_keeps_within_its_limit_but_the_first_batch_of_the_first_partition() {
+        let result = |lengths: &[usize]| ReadResult {
+            log_start: 0,
+            high_watermark: 10,
+            last_stable: 10,
+            batches: lengths.iter().map(|&n| Bytes::from(vec![0; n])).collect(),
+            aborted: vec![],
+        };
+        let lens = |r: &ReadResult| r.batches.iter().map(Bytes::len).collect::<Vec<_>>();
+        let mut r = result(&[30, 30, 30]);
+        r.keep_within(65, false);
+        assert_eq!(lens(&r), vec![30, 30]);
+        // Larger than the limit: only the response's first data may exceed it.
+        let mut r = result(&[100, 10]);
+        r.keep_within(50, true);
+        assert_eq!(lens(&r), vec![100]);
+        let mut r = result(&[100, 10]);
+        r.keep_within(50, false);
+        assert!(r.batches.is_empty());
+        let mut r = result(&[10]);
+        r.keep_within(0, false);
+        assert!(r.batches.is_empty());
     }
 
     #[test]
