@@ -188,10 +188,15 @@ pub(crate) async fn incremental_alter(
                         (OP_DELETE, _) => {
                             next.remove(name);
                         }
-                        (OP_APPEND | OP_SUBTRACT, _) => {
-                            return Err(LogError::InvalidConfig(format!(
-                                "{name} is not a list config; APPEND/SUBTRACT do not apply"
-                            )))
+                        (OP_APPEND | OP_SUBTRACT, Some(v)) => {
+                            let Some(default) = sluice_log::config::list_default(name) else {
+                                return Err(LogError::InvalidConfig(format!(
+                                    "{name} is not a list config; APPEND/SUBTRACT do not apply"
+                                )));
+                            };
+                            let current = next.get(name).map_or(default, String::as_str);
+                            let edited = edit_list(current, v, *op == OP_APPEND);
+                            next.insert(name.clone(), edited);
                         }
                         _ => return Err(LogError::InvalidConfig(format!("invalid operation {op} on {name}"))),
                     }
@@ -209,6 +214,29 @@ pub(crate) async fn incremental_alter(
         );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// A list config's value after APPEND (the items not in it yet, at the end) or
+/// SUBTRACT (without the items named), as Kafka edits it.
+fn edit_list(current: &str, value: &str, append: bool) -> String {
+    let items = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let (mut list, changes) = (items(current), items(value));
+    if append {
+        for c in changes {
+            if !list.contains(&c) {
+                list.push(c);
+            }
+        }
+    } else {
+        list.retain(|i| !changes.contains(i));
+    }
+    list.join(",")
 }
 
 async fn apply(
@@ -249,4 +277,18 @@ async fn apply(
         .set_topic_configs(name.as_str(), next, validate_only)
         .await
         .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_list;
+
+    #[test]
+    fn list_configs_append_and_subtract_as_kafka_does() {
+        assert_eq!(edit_list("delete", "compact", true), "delete,compact");
+        assert_eq!(edit_list("delete,compact", "compact", true), "delete,compact");
+        assert_eq!(edit_list("delete, compact", "delete", false), "compact");
+        assert_eq!(edit_list("", "0:1,1:1", true), "0:1,1:1");
+        assert_eq!(edit_list("compact", "delete", false), "compact");
+    }
 }

@@ -41,6 +41,11 @@ enum Kind {
     Policy,
     /// A fraction from 0 to 1.
     Ratio,
+    /// An integer from the first to the second bound.
+    Range(i64, i64),
+    /// A comma-separated list, accepted for client compatibility with no effect
+    /// (replication throttles: there are no follower replicas to throttle).
+    InertList,
 }
 
 const STRATEGIES: &[&str] = &["TopicNameStrategy", "RecordNameStrategy", "TopicRecordNameStrategy"];
@@ -62,14 +67,23 @@ const KEYS: &[(&str, Kind, &str)] = &[
         Kind::OneOf(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
         "producer",
     ),
+    // Accepted and validated; batches are recompressed at the codec's default level.
+    ("compression.gzip.level", Kind::Range(-1, 9), "-1"),
+    ("compression.lz4.level", Kind::Range(1, 17), "9"),
+    ("compression.zstd.level", Kind::Range(-131_072, 22), "3"),
     ("delete.retention.ms", Kind::Long(0), "86400000"),
     ("file.delete.delay.ms", Kind::Inert, "60000"),
     ("flush.messages", Kind::Inert, "9223372036854775807"),
     ("flush.ms", Kind::Inert, "9223372036854775807"),
+    ("follower.replication.throttled.replicas", Kind::InertList, ""),
     ("index.interval.bytes", Kind::Inert, "4096"),
+    ("leader.replication.throttled.replicas", Kind::InertList, ""),
     ("local.retention.bytes", Kind::Inert, "-2"),
     ("local.retention.ms", Kind::Inert, "-2"),
     ("max.compaction.lag.ms", Kind::Long(1), "9223372036854775807"),
+    // Removed in Kafka 4.0 (KIP-724) but still sent by older tools: no down-conversion here.
+    ("message.downconversion.enable", Kind::Inert, "true"),
+    ("message.format.version", Kind::Inert, "3.0-IV1"),
     ("message.timestamp.after.max.ms", Kind::Long(0), "9223372036854775807"),
     ("message.timestamp.before.max.ms", Kind::Long(0), "9223372036854775807"),
     (
@@ -81,6 +95,8 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("min.compaction.lag.ms", Kind::Long(0), "0"),
     ("min.insync.replicas", Kind::Inert, "1"),
     ("preallocate", Kind::Inert, "false"),
+    ("remote.log.copy.disable", Kind::Inert, "false"),
+    ("remote.log.delete.on.disable", Kind::Inert, "false"),
     ("remote.storage.enable", Kind::Inert, "false"),
     ("segment.bytes", Kind::Long(14), "1073741824"),
     ("segment.index.bytes", Kind::Inert, "10485760"),
@@ -258,7 +274,13 @@ pub fn validate(key: &str, value: &str) -> Result<(), LogError> {
         Kind::OneOf(allowed) => Err(LogError::InvalidConfig(format!(
             "Invalid value {value} for configuration {key}: supported values are {allowed:?}"
         ))),
-        Kind::Inert => Ok(()),
+        Kind::Inert | Kind::InertList => Ok(()),
+        Kind::Range(min, max) => match value.trim().parse::<i64>() {
+            Ok(v) if (*min..=*max).contains(&v) => Ok(()),
+            _ => Err(LogError::InvalidConfig(format!(
+                "Invalid value {value} for configuration {key}: must be an integer from {min} to {max}"
+            ))),
+        },
         Kind::Policy => {
             let parts: Vec<&str> = value.split(',').map(str::trim).collect();
             if !parts.is_empty() && parts.iter().all(|p| matches!(*p, "compact" | "delete")) {
@@ -280,6 +302,14 @@ pub fn validate(key: &str, value: &str) -> Result<(), LogError> {
             "Invalid value {value} for configuration {key}: supported values are {STRATEGIES:?} (or io.confluent.kafka.serializers.subject.<name>)"
         ))),
     }
+}
+
+/// For a list config (`cleanup.policy`, the replication throttles), the value that
+/// IncrementalAlterConfigs APPEND and SUBTRACT start from when the topic does not set it.
+pub fn list_default(key: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .find(|(k, kind, _)| *k == key && matches!(kind, Kind::Policy | Kind::InertList))
+        .map(|(_, _, default)| *default)
 }
 
 pub fn validate_all(configs: &BTreeMap<String, String>) -> Result<(), LogError> {
@@ -330,6 +360,20 @@ mod tests {
         .is_ok());
         assert!(validate("sluice.value.subject.name.strategy", "NoSuchStrategy").is_err());
         assert!(validate("sluice.schema.validation.level", "header").is_ok());
+        // Legacy and no-op configs Kafka still accepts are accepted, never refused.
+        for (key, value) in [
+            ("message.format.version", "2.8"),
+            ("message.downconversion.enable", "false"),
+            ("unclean.leader.election.enable", "true"),
+            ("follower.replication.throttled.replicas", "0:1,1:2"),
+            ("compression.zstd.level", "-5"),
+        ] {
+            assert!(validate(key, value).is_ok(), "{key}={value}");
+        }
+        assert!(validate("compression.gzip.level", "10").is_err());
+        assert_eq!(list_default("cleanup.policy"), Some("delete"));
+        assert_eq!(list_default("leader.replication.throttled.replicas"), Some(""));
+        assert_eq!(list_default("retention.ms"), None);
     }
 
     #[test]

@@ -146,7 +146,7 @@ enum Event {
     Committed(anyhow::Result<Vec<bool>>),
     Written,
     Deadline,
-    Uploaded(anyhow::Result<Vec<bool>>),
+    Uploaded(anyhow::Result<Vec<PartKey>>),
     UploadDue,
 }
 

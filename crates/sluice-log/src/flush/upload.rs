@@ -8,8 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_meta::AbortedTxnRow;
 
-use super::{commit_for, joined, CommitTask, Flusher, NextOffsets, Put};
-use crate::commit::ProducerKey;
+use super::{commit_for, joined, Flusher, NextOffsets, Put};
+use crate::commit::{PartKey, ProducerKey};
 use crate::journal::Journal;
 use crate::object::{self, FooterEntry};
 use crate::producer::ProducerEntry;
@@ -35,6 +35,9 @@ pub(super) struct StagedFlush {
     pub(super) stored: Option<String>,
 }
 
+/// An upload: the partitions whose index rows did not go in (fenced, or deleted).
+pub(super) type UploadTask = tokio::task::JoinHandle<anyhow::Result<Vec<PartKey>>>;
+
 /// Journaled flushes not yet in the object store, and the upload in flight.
 pub(super) struct Staged {
     pub(super) journal: Arc<std::sync::Mutex<Journal>>,
@@ -44,7 +47,7 @@ pub(super) struct Staged {
     /// When the oldest staged flush must be uploaded (or the failed upload retried).
     pub(super) due: tokio::time::Instant,
     /// The flushes being uploaded (in offset order, before `flushes`) and the upload.
-    pub(super) uploading: Option<(Vec<StagedFlush>, CommitTask)>,
+    pub(super) uploading: Option<(Vec<StagedFlush>, UploadTask)>,
     /// Resolves when the last journal write started has finished.
     pub(super) last_append: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -58,7 +61,7 @@ pub(super) async fn journal_io<T: Send + 'static>(
 }
 
 /// The result of the upload in flight; never ready when there is none.
-pub(super) async fn uploaded(staged: &mut Option<Staged>) -> anyhow::Result<Vec<bool>> {
+pub(super) async fn uploaded(staged: &mut Option<Staged>) -> anyhow::Result<Vec<PartKey>> {
     match staged.as_mut().and_then(|s| s.uploading.as_mut()) {
         Some((_, upload)) => joined(upload).await,
         None => std::future::pending().await,
@@ -121,7 +124,7 @@ impl Flusher {
             rows.extend(entries.iter().map(|e| e.index_row(&key)));
             parts
         });
-        let (_, commit) = commit_for(objects, rows, flushes.iter().map(|f| (&f.next, &f.touched, &f.aborted)));
+        let (keys, commit) = commit_for(objects, rows, flushes.iter().map(|f| (&f.next, &f.touched, &f.aborted)));
         let last_seq = flushes.last().expect("flushes to upload").seq;
         let (inner, journal) = (self.inner.clone(), s.journal.clone());
         let upload = tokio::spawn(async move {
@@ -140,22 +143,38 @@ impl Flusher {
                 .flush_stage_seconds
                 .with_label_values(&["upload"])
                 .observe(started.elapsed().as_secs_f64());
-            Ok(applied)
+            // The partitions whose rows did not go in.
+            Ok(keys
+                .into_iter()
+                .zip(applied)
+                .filter(|(_, ok)| !ok)
+                .map(|(k, _)| k)
+                .collect())
         });
         s.uploading = Some((flushes, upload));
     }
 
     /// Applies an upload's result. Its flushes were acknowledged when journaled, so
     /// a failed upload is retried later; the journal keeps them meanwhile.
-    pub(super) fn uploaded(&mut self, result: anyhow::Result<Vec<bool>>) {
+    pub(super) fn uploaded(&mut self, result: anyhow::Result<Vec<PartKey>>) {
         let Some(s) = &mut self.staged else { return };
         let Some((flushes, _)) = s.uploading.take() else { return };
         match result {
-            Ok(applied) => {
-                if applied.iter().any(|ok| !ok) {
+            Ok(not_applied) => {
+                // A topic deleted since its batches were journaled has no rows to take them
+                // (its object is left unreferenced, for the collector).
+                let (deleted, fenced): (Vec<PartKey>, Vec<PartKey>) =
+                    not_applied.into_iter().partition(|k| !self.inner.topic_alive(k.0));
+                if !deleted.is_empty() {
+                    tracing::debug!(partitions = deleted.len(), "uploaded journaled data of deleted topics");
+                }
+                if !fenced.is_empty() {
                     // Only another broker can move a leader epoch, and the journal is for a
                     // single node: the store has another leader's data for these partitions.
-                    tracing::error!("journaled data was fenced on upload: another broker leads its partitions");
+                    tracing::error!(
+                        ?fenced,
+                        "journaled data was fenced on upload: another broker leads its partitions"
+                    );
                 }
                 let mut unindexed = self.inner.unindexed.lock().unwrap();
                 for key in flushes.iter().filter_map(|f| f.stored.as_ref()) {
