@@ -7,7 +7,8 @@
 #   benches/librdkafka_suite.sh                  every broker test, default scenario
 #   benches/librdkafka_suite.sh 0082 0092        only these
 #   SCENARIO=noautocreate benches/librdkafka_suite.sh
-#                                                Sluice with --auto-create-topics false
+#                                                the broker as tests/scenarios/noautocreate.json says
+#                                                (4 partitions, no auto-creation)
 #
 # Environment:
 #   LIBRDKAFKA_VERSION  pinned release (default 2.15.1)
@@ -69,8 +70,12 @@ start_broker() {
     local data; data=$(mktemp -d)
     local kafka http registry mqtt
     kafka=$(free_port); http=$(free_port); registry=$(free_port); mqtt=$(free_port)
-    local extra=()
-    [[ $SCENARIO == noautocreate ]] && extra=(--auto-create-topics false)
+    # The broker as the scenario describes it (tests/scenarios/SCENARIO.json).
+    local conf="$SRC/tests/scenarios/$SCENARIO.json"
+    local partitions autocreate
+    partitions=$(grep -o '"num_partitions": *[0-9]*' "$conf" | grep -o '[0-9]*$')
+    autocreate=$(grep -o '"auto_create_topics": *"[a-z]*"' "$conf" | grep -o 'true\|false')
+    local extra=(--default-partitions "${partitions:-4}" --auto-create-topics "${autocreate:-true}")
     "$SLUICE_BIN" serve --data-dir "$data" --kafka-listen "127.0.0.1:$kafka" --advertise "127.0.0.1:$kafka" \
         --http-listen "127.0.0.1:$http" --registry-listen "127.0.0.1:$registry" \
         --mqtt-listen "127.0.0.1:$mqtt" "${extra[@]}" >"$SUITE_DIR/broker.log" 2>&1 &
@@ -100,7 +105,7 @@ for t in $(entries "$@"); do
     log="$SUITE_DIR/test-$t.log"
     started=$SECONDS
     set +e
-    (cd "$SRC/tests" && TESTS=$t TEST_KAFKA_VERSION=3.7.0 TEST_SCENARIO=$SCENARIO \
+    (cd "$SRC/tests" && LD_LIBRARY_PATH="$SRC/src:$SRC/src-cpp" TESTS=$t TEST_KAFKA_VERSION=3.7.0 TEST_SCENARIO=$SCENARIO \
         timeout "$PER_TEST_TIMEOUT" ./test-runner -L >"$log" 2>&1)
     rc=$?
     set -e

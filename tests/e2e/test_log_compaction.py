@@ -115,6 +115,19 @@ def test_records_without_keys_are_refused_with_invalid_record(make_broker):
     assert p.flush(20) == 0
     assert results[0] is not None and results[0].code() == KafkaError.INVALID_RECORD, results
 
+    # In a batch of keyed and keyless records, the response names the keyless ones
+    # (record_errors): librdkafka fails those with INVALID_RECORD, the rest of the batch
+    # with _INVALID_DIFFERENT_RECORD.
+    mixed = {}
+    p = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": False, "acks": "1", "retries": 0,
+                  "linger.ms": 1000})
+    for i in range(10):
+        p.produce(topic, value=b"v%d" % i, key=None if i % 3 == 0 else b"k%d" % i, partition=0,
+                  on_delivery=lambda err, m, i=i: mixed.__setitem__(i, err.code() if err else None))
+    assert p.flush(20) == 0
+    assert mixed == {i: KafkaError.INVALID_RECORD if i % 3 == 0 else KafkaError._INVALID_DIFFERENT_RECORD
+                     for i in range(10)}, mixed
+
     kp = KafkaProducer(bootstrap_servers=broker.bootstrap, retries=0)
     with pytest.raises(InvalidRecordError):
         kp.send(topic, value=b"no key either", partition=0).get(timeout=20)

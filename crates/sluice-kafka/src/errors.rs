@@ -18,7 +18,7 @@ pub(crate) fn response_error(e: &LogError) -> ResponseError {
         LogError::CorruptMessage(_) => ResponseError::CorruptMessage,
         LogError::MessageTooLarge(_) => ResponseError::MessageTooLarge,
         LogError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
-        LogError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        LogError::InvalidRecord(_) | LogError::KeylessRecords(_) => ResponseError::InvalidRecord,
         LogError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
         LogError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
         LogError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,

@@ -217,6 +217,19 @@ fn partition_response(
                             .with_batch_index_error_message(Some(errors::str(&m)))
                     })
                     .collect()
+            } else if let (true, LogError::KeylessRecords(indices)) = (detailed, &e) {
+                // Kafka names each refused record; librdkafka fails the rest of the batch
+                // with _INVALID_DIFFERENT_RECORD.
+                indices
+                    .iter()
+                    .map(|&i| {
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(i)
+                            .with_batch_index_error_message(Some(errors::str(
+                                "Compacted topic cannot accept message without key",
+                            )))
+                    })
+                    .collect()
             } else if detailed && matches!(e, LogError::InvalidRecord(_)) {
                 vec![BatchIndexAndErrorMessage::default()
                     .with_batch_index(0)

@@ -212,11 +212,11 @@ pub fn recompress(data: &Bytes, batches: &[BatchInfo], to: Compression) -> Resul
 pub fn check_keys(data: &Bytes, batches: &[BatchInfo]) -> Result<(), LogError> {
     for b in batches.iter().filter(|b| !b.is_control()) {
         let records = decode_records(&data.slice(b.position..b.position + b.length))?;
-        if let Some(r) = records.iter().find(|r| r.key.is_none()) {
-            return Err(LogError::InvalidRecord(format!(
-                "Compacted topic cannot accept message without key (offset delta {} of the batch)",
-                r.offset
-            )));
+        let keyless: Vec<i32> = (0..records.len() as i32)
+            .filter(|&i| records[i as usize].key.is_none())
+            .collect();
+        if !keyless.is_empty() {
+            return Err(LogError::KeylessRecords(keyless));
         }
     }
     Ok(())

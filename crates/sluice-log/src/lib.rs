@@ -63,6 +63,9 @@ pub enum LogError {
     MessageTooLarge(String),
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// Records without a key in a compacted topic: their indices in the batch.
+    #[error("invalid record: Compacted topic cannot accept message without key (records {0:?} of the batch)")]
+    KeylessRecords(Vec<i32>),
     #[error("invalid timestamp: {0}")]
     InvalidTimestamp(String),
     #[error("out of order sequence number: {0}")]

@@ -1216,7 +1216,7 @@ async fn cleaning_keeps_the_newest_record_per_key_at_its_offset() {
     let keyless = keyed_batch(&[(Some("k3"), Some("x")), (None, Some("y"))], ts, Compression::Lz4);
     assert!(matches!(
         log.append(&t, 0, keyless).await,
-        Err(LogError::InvalidRecord(_))
+        Err(LogError::KeylessRecords(indices)) if indices == [1]
     ));
     assert_eq!(keyed_records(&log, &t, 0).await.len(), 22);
 
