@@ -212,8 +212,11 @@ pub fn recompress(data: &Bytes, batches: &[BatchInfo], to: Compression) -> Resul
 pub fn check_keys(data: &Bytes, batches: &[BatchInfo]) -> Result<(), LogError> {
     for b in batches.iter().filter(|b| !b.is_control()) {
         let records = decode_records(&data.slice(b.position..b.position + b.length))?;
-        let keyless: Vec<i32> = (0..records.len() as i32)
-            .filter(|&i| records[i as usize].key.is_none())
+        let keyless: Vec<i32> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.key.is_none())
+            .map(|(i, _)| i as i32)
             .collect();
         if !keyless.is_empty() {
             return Err(LogError::KeylessRecords(keyless));

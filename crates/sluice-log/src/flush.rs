@@ -598,3 +598,13 @@ fn commit_for<'a>(
     let keys = watermarks.iter().map(|(k, _)| *k).collect();
     (keys, flush_commit(objects, batches, watermarks, producers, aborted))
 }
+
+/// The partitions of a commit (in its watermark order) whose watermark did not move:
+/// fenced by another leader, or the topic deleted meanwhile.
+fn not_applied(keys: &[PartKey], applied: Vec<bool>) -> Vec<PartKey> {
+    keys.iter()
+        .zip(applied)
+        .filter(|(_, ok)| !ok)
+        .map(|(k, _)| *k)
+        .collect()
+}

@@ -53,13 +53,20 @@ impl ReadResult {
     /// whatever its size (KIP-74: the first partition with data of a fetch may exceed the
     /// limits by one batch, so that a consumer always makes progress).
     pub fn keep_within(&mut self, limit: usize, at_least_one: bool) {
-        let (mut keep, mut bytes) = (0, 0);
-        while keep < self.batches.len() && (bytes + self.batches[keep].len() <= limit || keep == 0 && at_least_one) {
-            bytes += self.batches[keep].len();
-            keep += 1;
-        }
+        let keep = fitting(&self.batches, limit, at_least_one);
         self.batches.truncate(keep);
     }
+}
+
+/// How many of the first batches fit in `limit` bytes (with `at_least_one`, never none
+/// of a non-empty list).
+fn fitting(batches: &[Bytes], limit: usize, at_least_one: bool) -> usize {
+    let (mut keep, mut bytes) = (0, 0);
+    while keep < batches.len() && (bytes + batches[keep].len() <= limit || keep == 0 && at_least_one) {
+        bytes += batches[keep].len();
+        keep += 1;
+    }
+    keep
 }
 
 /// The first record at or after a timestamp: its offset and timestamp.
@@ -235,11 +242,7 @@ impl ColdRead {
 
     /// Splits off the batches past about `budget` bytes, keeping at least one.
     fn split_off(&mut self, budget: usize) -> ColdRead {
-        let (mut keep, mut bytes) = (0, 0);
-        while keep < self.batches.len() && (keep == 0 || bytes + self.batches[keep].len() <= budget) {
-            bytes += self.batches[keep].len();
-            keep += 1;
-        }
+        let keep = fitting(&self.batches, budget, true);
         let rest = ColdRead {
             batches: self.batches.split_off(keep),
             ends: self.ends.split_off(keep),

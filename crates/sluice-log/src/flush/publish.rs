@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Committing, Flusher, Outcome, Prepared};
+use super::{not_applied, Committing, Flusher, Outcome, Prepared};
 use crate::commit::PartKey;
 use crate::{Appended, LogError, Partition, TailBatch, METRICS};
 
@@ -20,13 +20,7 @@ impl Flusher {
     pub(super) fn publish(&mut self, c: Committing, result: anyhow::Result<Vec<bool>>) {
         match result {
             Ok(applied) => {
-                let fenced: Vec<PartKey> = c
-                    .keys
-                    .iter()
-                    .zip(applied)
-                    .filter(|(_, ok)| !ok)
-                    .map(|(k, _)| *k)
-                    .collect();
+                let fenced = not_applied(&c.keys, applied);
                 for (p, object) in c.flushes {
                     self.finish(p, object, Ok(fenced.clone()));
                 }

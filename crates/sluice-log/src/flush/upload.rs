@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_meta::AbortedTxnRow;
 
-use super::{commit_for, joined, Flusher, NextOffsets, Put};
+use super::{commit_for, joined, not_applied, Flusher, NextOffsets, Put};
 use crate::commit::{PartKey, ProducerKey};
 use crate::journal::Journal;
 use crate::object::{self, FooterEntry};
@@ -143,13 +143,7 @@ impl Flusher {
                 .flush_stage_seconds
                 .with_label_values(&["upload"])
                 .observe(started.elapsed().as_secs_f64());
-            // The partitions whose rows did not go in.
-            Ok(keys
-                .into_iter()
-                .zip(applied)
-                .filter(|(_, ok)| !ok)
-                .map(|(k, _)| k)
-                .collect())
+            Ok(not_applied(&keys, applied))
         });
         s.uploading = Some((flushes, upload));
     }
