@@ -34,6 +34,9 @@ pub use groups::{
 pub const LATEST_TIMESTAMP: i64 = -1;
 /// `list_offsets` timestamp meaning "the first offset still in the log".
 pub const EARLIEST_TIMESTAMP: i64 = -2;
+/// `list_offsets` timestamp meaning "the first offset still in the main store", past what
+/// moved to the tier store (KIP-405).
+pub const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
 
 /// Config resource type TOPIC in DescribeConfigs / IncrementalAlterConfigs.
 const RESOURCE_TOPIC: i8 = 2;

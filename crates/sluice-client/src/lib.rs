@@ -30,8 +30,8 @@ mod mock_tests;
 pub use client::{
     decode_consumer_assignment, decode_consumer_subscription, Acks, AlterConfigOp, BrokerInfo, Client, ClientConfig,
     ClusterMetadata, CommittedOffset, ConfigEntry, ConfigSource, CreatedTopic, FetchedPartition, GroupDescription,
-    GroupMember, IsolationLevel, ListedGroup, PartitionInfo, ProducerIdentity, TopicInfo, EARLIEST_TIMESTAMP,
-    GROUP_NOT_EMPTY, LATEST_TIMESTAMP,
+    GroupMember, IsolationLevel, ListedGroup, PartitionInfo, ProducerIdentity, TopicInfo, EARLIEST_LOCAL_TIMESTAMP,
+    EARLIEST_TIMESTAMP, GROUP_NOT_EMPTY, LATEST_TIMESTAMP,
 };
 pub use conn::Connection;
 pub use error::KafkaError;

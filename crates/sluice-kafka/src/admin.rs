@@ -227,38 +227,57 @@ pub(crate) async fn describe_log_dirs(
             .map(|t| (t.topic.to_string(), Some(t.partitions)))
             .collect(),
     };
-    let mut topics = Vec::new();
-    let mut result = DescribeLogDirsResult::default()
-        .with_log_dir(errors::str(broker.log.store_url()))
-        .with_total_bytes(-1)
-        .with_usable_bytes(-1);
+    // The log dirs are the stores: the main one, and the tier store where there is one
+    // (Kafka's DescribeLogDirs counts local segments only; the tier store's bytes are
+    // reported as a dir of their own rather than not at all).
+    let mut local = (Vec::new(), 0i16);
+    let mut tier = (Vec::new(), 0i16);
     for (name, parts) in wanted {
         let Some(topic) = broker.log.topic(&name) else { continue };
         let sizes = match broker.log.partition_sizes(&topic).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "describe log dirs");
-                result = result.with_error_code(ResponseError::KafkaStorageError.code());
+                local.1 = ResponseError::KafkaStorageError.code();
+                tier.1 = ResponseError::KafkaStorageError.code();
                 continue;
             }
         };
-        let indexes = parts.unwrap_or_else(|| (0..topic.partition_count()).collect());
-        let partitions = indexes
+        let indexes: Vec<i32> = parts
+            .unwrap_or_else(|| (0..topic.partition_count()).collect())
             .into_iter()
             .filter(|i| *i >= 0 && *i < topic.partition_count())
-            .map(|i| {
-                DescribeLogDirsPartition::default()
-                    .with_partition_index(i)
-                    .with_partition_size(sizes.get(&i).copied().unwrap_or(0))
-            })
             .collect();
-        topics.push(
+        let dir_topic = |size: &dyn Fn(i32) -> i64| {
+            let partitions = indexes
+                .iter()
+                .map(|&i| {
+                    DescribeLogDirsPartition::default()
+                        .with_partition_index(i)
+                        .with_partition_size(size(i))
+                })
+                .collect();
             DescribeLogDirsTopic::default()
                 .with_name(TopicName(errors::str(&name)))
-                .with_partitions(partitions),
-        );
+                .with_partitions(partitions)
+        };
+        let of = |i: i32| sizes.get(&i).copied().unwrap_or_default();
+        local.0.push(dir_topic(&|i| of(i).local));
+        tier.0.push(dir_topic(&|i| of(i).tier));
     }
-    DescribeLogDirsResponse::default().with_results(vec![result.with_topics(topics)])
+    let dir = |url: &str, (topics, error): (Vec<DescribeLogDirsTopic>, i16)| {
+        DescribeLogDirsResult::default()
+            .with_log_dir(errors::str(url))
+            .with_error_code(error)
+            .with_total_bytes(-1)
+            .with_usable_bytes(-1)
+            .with_topics(topics)
+    };
+    let mut results = vec![dir(broker.log.store_url(), local)];
+    if let Some(url) = broker.log.tier_url() {
+        results.push(dir(url, tier));
+    }
+    DescribeLogDirsResponse::default().with_results(results)
 }
 
 /// AlterReplicaLogDirs: a partition has one replica, in the one log dir DescribeLogDirs

@@ -90,9 +90,23 @@ async fn lookup(
     }
     let found = match timestamp {
         // READ_COMMITTED: the end is the last stable offset.
-        LATEST | LATEST_TIERED if committed => Some((part.last_stable_offset(), -1)),
-        LATEST | LATEST_TIERED => Some((o.high_watermark, -1)),
-        EARLIEST | EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD => Some((o.log_start, -1)),
+        LATEST if committed => Some((part.last_stable_offset(), -1)),
+        LATEST => Some((o.high_watermark, -1)),
+        EARLIEST => Some((o.log_start, -1)),
+        // KIP-405/KIP-1023: the first offset still in the main store (the tier store holds
+        // a prefix of the log, so it is also the first offset waiting to be tiered), and
+        // the last offset in the tier store (-1 when nothing is there).
+        EARLIEST_LOCAL | EARLIEST_PENDING_UPLOAD | LATEST_TIERED => {
+            let (local_start, tiered) = broker
+                .log
+                .local_log_start(topic, partition)
+                .await
+                .map_err(|e| errors::response_error(&e))?;
+            Some(match timestamp {
+                LATEST_TIERED => (tiered.unwrap_or(-1), -1),
+                _ => (local_start, -1),
+            })
+        }
         MAX_TIMESTAMP => broker
             .log
             .max_timestamp_offset(topic, partition)

@@ -169,24 +169,7 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
         return Ok(CompactionReport::default());
     }
     let bytes: usize = run.iter().map(|r| r.length as usize).sum();
-    // Read behind the writes producers wait for (on a local store, one object at a time).
-    // The segment is written from the batches as read, not copied into one buffer: a
-    // 64 MiB copy would hold up an async worker (of two) for tens of milliseconds.
-    let batches = crate::read::read_rows_behind(&inner.store, &run, &inner.foreground).await?;
-    let entries: Vec<FooterEntry> = run
-        .iter()
-        .map(|row| FooterEntry {
-            topic_id: topic.id,
-            topic: topic.name.clone(),
-            partition: part.index,
-            base_offset: row.base_offset,
-            last_offset: row.last_offset,
-            max_timestamp: row.max_timestamp,
-            position: 0,
-            length: row.length as u32,
-        })
-        .collect();
-    let (parts, footer) = object::assemble(entries.iter().zip(&batches).collect());
+    let (parts, footer) = read_segment(inner, topic, part, &run).await?;
     let size: usize = parts.iter().map(|p| p.len()).sum();
     let key = format!(
         "data/{:013}-{}-{}{SEGMENT_SUFFIX}",
@@ -220,6 +203,34 @@ async fn compact_partition(inner: &Inner, topic: &Topic, part: &Partition) -> Re
         batches: run.len(),
         bytes: bytes as u64,
     })
+}
+
+/// Reads a partition's batches at `rows` and lays them out as one segment object:
+/// its parts, and the footer entries with each batch's new position.
+pub(crate) async fn read_segment(
+    inner: &Inner,
+    topic: &Topic,
+    part: &Partition,
+    rows: &[BatchRow],
+) -> Result<(Vec<bytes::Bytes>, Vec<FooterEntry>)> {
+    // Read behind the writes producers wait for (on a local store, one object at a time).
+    // The segment is written from the batches as read, not copied into one buffer: a
+    // 64 MiB copy would hold up an async worker (of two) for tens of milliseconds.
+    let batches = crate::read::read_rows_behind(&inner.store, rows, &inner.foreground).await?;
+    let entries: Vec<FooterEntry> = rows
+        .iter()
+        .map(|row| FooterEntry {
+            topic_id: topic.id,
+            topic: topic.name.clone(),
+            partition: part.index,
+            base_offset: row.base_offset,
+            last_offset: row.last_offset,
+            max_timestamp: row.max_timestamp,
+            position: 0,
+            length: row.length as u32,
+        })
+        .collect();
+    Ok(object::assemble(entries.iter().zip(&batches).collect()))
 }
 
 #[cfg(test)]

@@ -78,8 +78,8 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("follower.replication.throttled.replicas", Kind::InertList, ""),
     ("index.interval.bytes", Kind::Inert, "4096"),
     ("leader.replication.throttled.replicas", Kind::InertList, ""),
-    ("local.retention.bytes", Kind::Inert, "-2"),
-    ("local.retention.ms", Kind::Inert, "-2"),
+    ("local.retention.bytes", Kind::Long(-2), "-2"),
+    ("local.retention.ms", Kind::Long(-2), "-2"),
     ("max.compaction.lag.ms", Kind::Long(1), "9223372036854775807"),
     // Removed in Kafka 4.0 (KIP-724) but still sent by older tools: no down-conversion here.
     ("message.downconversion.enable", Kind::Inert, "true"),
@@ -97,7 +97,7 @@ const KEYS: &[(&str, Kind, &str)] = &[
     ("preallocate", Kind::Inert, "false"),
     ("remote.log.copy.disable", Kind::Inert, "false"),
     ("remote.log.delete.on.disable", Kind::Inert, "false"),
-    ("remote.storage.enable", Kind::Inert, "false"),
+    ("remote.storage.enable", Kind::OneOf(&["true", "false"]), "false"),
     ("segment.bytes", Kind::Long(14), "1073741824"),
     ("segment.index.bytes", Kind::Inert, "10485760"),
     ("segment.jitter.ms", Kind::Inert, "0"),
@@ -170,6 +170,12 @@ pub struct TopicConfig {
     pub delete: bool,
     /// The settings of the cleaner (`cleaner.rs`), with Kafka's meanings.
     pub compaction: CompactionConfig,
+    /// `remote.storage.enable`: batches past local retention move to the tier store.
+    pub remote_storage: bool,
+    /// `local.retention.ms` and `local.retention.bytes`, with -2 (the default) resolved to
+    /// `retention.ms` and `retention.bytes`: how much stays in the main store.
+    pub local_retention_ms: i64,
+    pub local_retention_bytes: i64,
 }
 
 /// When a compacted partition is cleaned, and what its tombstones live for.
@@ -208,9 +214,18 @@ impl TopicDefaults {
     pub fn resolve(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
         let long = |k: &str, d: i64| overrides.get(k).and_then(|v| v.trim().parse().ok()).unwrap_or(d);
         let policy = overrides.get("cleanup.policy").map_or("delete", String::as_str);
+        let retention_ms = long("retention.ms", self.retention_ms);
+        let retention_bytes = long("retention.bytes", self.retention_bytes);
+        let local = |k: &str, total: i64| match long(k, -2) {
+            -2 => total,
+            v => v,
+        };
         TopicConfig {
-            retention_ms: long("retention.ms", self.retention_ms),
-            retention_bytes: long("retention.bytes", self.retention_bytes),
+            retention_ms,
+            retention_bytes,
+            remote_storage: overrides.get("remote.storage.enable").map(String::as_str) == Some("true"),
+            local_retention_ms: local("local.retention.ms", retention_ms),
+            local_retention_bytes: local("local.retention.bytes", retention_bytes),
             max_message_bytes: long("max.message.bytes", self.max_message_bytes),
             log_append_time: overrides.get("message.timestamp.type").map(String::as_str) == Some("LogAppendTime"),
             timestamp_before_max_ms: long("message.timestamp.before.max.ms", i64::MAX),
@@ -316,6 +331,36 @@ pub fn validate_all(configs: &BTreeMap<String, String>) -> Result<(), LogError> 
     configs.iter().try_for_each(|(k, v)| validate(k, v))
 }
 
+/// Checks what no single config says wrong: the tiering configs against each other, the
+/// retention configs and whether this broker has a tier store (Kafka's checks and messages).
+pub fn check_combination(config: &TopicConfig, tier_store: bool) -> Result<(), LogError> {
+    let invalid = |m: String| Err(LogError::InvalidConfig(m));
+    if config.remote_storage && !tier_store {
+        return invalid(
+            "Tiered Storage functionality is disabled in the broker (no --tier-store). \
+             Topic cannot be configured with remote log storage."
+                .into(),
+        );
+    }
+    if config.remote_storage && config.compact {
+        return invalid("Remote log storage is unsupported for compacted topics (cleanup.policy=compact)".into());
+    }
+    let within = |local: i64, total: i64| total < 0 || (0..=total).contains(&local);
+    if !within(config.local_retention_ms, config.retention_ms) {
+        return invalid(format!(
+            "Invalid value {} for configuration local.retention.ms: Value must not be more than retention.ms property value: {}",
+            config.local_retention_ms, config.retention_ms
+        ));
+    }
+    if !within(config.local_retention_bytes, config.retention_bytes) {
+        return invalid(format!(
+            "Invalid value {} for configuration local.retention.bytes: Value must not be more than retention.bytes property value: {}",
+            config.local_retention_bytes, config.retention_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// Kafka's legal topic names: 1-249 of [a-zA-Z0-9._-], not "." or "..".
 pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
     let ok_chars = name
@@ -405,6 +450,37 @@ mod tests {
         assert!(c.compact && c.delete);
         assert_eq!(c.compaction.min_dirty_ratio_ppm, 250_000);
         assert_eq!(c.compaction.delete_retention_ms, 86_400_000);
+    }
+
+    #[test]
+    fn tiering_configs_resolve_and_combine() {
+        let d = TopicDefaults::default();
+        let plain = d.resolve(&BTreeMap::new());
+        assert!(!plain.remote_storage);
+        assert_eq!(
+            (plain.local_retention_ms, plain.local_retention_bytes),
+            (plain.retention_ms, plain.retention_bytes)
+        );
+        assert!(check_combination(&plain, false).is_ok());
+        let tiered =
+            |pairs: &[(&str, &str)]| d.resolve(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let t = tiered(&[("remote.storage.enable", "true"), ("local.retention.ms", "1000")]);
+        assert!(t.remote_storage);
+        assert_eq!(t.local_retention_ms, 1000);
+        assert!(check_combination(&t, true).is_ok());
+        let no_tier = check_combination(&t, false).unwrap_err().to_string();
+        assert!(no_tier.contains("Tiered Storage"), "{no_tier}");
+        let compact = tiered(&[("remote.storage.enable", "true"), ("cleanup.policy", "compact")]);
+        assert!(check_combination(&compact, true).is_err());
+        let longer = tiered(&[("retention.ms", "1000"), ("local.retention.ms", "5000")]);
+        assert!(check_combination(&longer, true)
+            .unwrap_err()
+            .to_string()
+            .contains("local.retention.ms"));
+        let bytes = tiered(&[("retention.bytes", "100"), ("local.retention.bytes", "-1")]);
+        assert!(check_combination(&bytes, true).is_err());
+        assert!(validate("local.retention.ms", "-3").is_err());
+        assert!(validate("remote.storage.enable", "yes").is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod producer;
 mod read;
 mod retention;
 pub mod store;
+mod tiering;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
@@ -43,6 +44,7 @@ pub use counting::{store_counts, StoreCounts};
 pub use read::{ReadResult, TimestampOffset};
 pub use retention::{rebuild_index, RebuildReport};
 pub use store::DataStore;
+pub use tiering::TierReport;
 
 /// Errors the log reports; the protocol layer maps each to its Kafka code.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -106,6 +108,9 @@ pub(crate) struct Metrics {
     pub compactions: IntCounter,
     pub cleaner_bytes_read: IntCounter,
     pub cleaner_records_removed: IntCounter,
+    pub tier_segments: IntCounter,
+    pub tier_bytes: IntCounter,
+    pub tier_errors: IntCounter,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -163,6 +168,21 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Records the log cleaner removed: superseded, keyless, aborted, expired tombstones"
     )
     .unwrap(),
+    tier_segments: register_int_counter!(
+        "sluice_log_tier_segments_total",
+        "Segments moved to the tier store (remote.storage.enable)"
+    )
+    .unwrap(),
+    tier_bytes: register_int_counter!(
+        "sluice_log_tier_bytes_total",
+        "Bytes of batches moved to the tier store"
+    )
+    .unwrap(),
+    tier_errors: register_int_counter!(
+        "sluice_log_tier_errors_total",
+        "Tiering passes stopped by an error (the tier store failing): nothing is deleted, the next pass tries again"
+    )
+    .unwrap(),
 }
 });
 
@@ -190,6 +210,8 @@ pub struct LogOptions {
     pub compaction_memory: usize,
     /// Tests only: how long the cleaner waits between writing a rewrite and committing it.
     pub cleaner_commit_pause: Duration,
+    /// Tests only: how long tiering waits between verifying a tier segment and committing it.
+    pub tier_commit_pause: Duration,
     /// A local journal directory (single node only): flushes are acknowledged once
     /// journaled, and uploaded to the object store in groups.
     pub journal: Option<std::path::PathBuf>,
@@ -212,6 +234,7 @@ impl Default for LogOptions {
             compaction_keep_run_bytes: 512 << 10,
             compaction_memory: 128 << 20,
             cleaner_commit_pause: Duration::ZERO,
+            tier_commit_pause: Duration::ZERO,
             journal: None,
             upload_interval: Duration::from_millis(250),
             defaults: TopicDefaults::default(),
@@ -263,6 +286,8 @@ pub struct Partition {
     compacted_to: AtomicI64,
     /// The log cleaner has cleaned the partition up to here (`cleaner.rs`).
     cleaned_to: AtomicI64,
+    /// Every batch below this offset was in the tier store when tiering last looked.
+    tiered_to: AtomicI64,
     /// The timestamp of the oldest tombstone's batch the cleaner kept (`i64::MAX`: none):
     /// a pass is due once it is `delete.retention.ms` old.
     oldest_tombstone: AtomicI64,
@@ -520,7 +545,7 @@ impl Log {
         validate_only: bool,
     ) -> Result<Arc<Topic>, LogError> {
         config::validate_topic_name(name)?;
-        config::validate_all(&configs)?;
+        self.check_configs(&configs)?;
         let partitions = partitions.unwrap_or(self.inner.opts.defaults.partitions);
         if partitions < 1 {
             return Err(LogError::InvalidPartitions(format!(
@@ -588,6 +613,13 @@ impl Log {
         Ok(())
     }
 
+    /// Checks a topic's overrides, each and together.
+    fn check_configs(&self, overrides: &BTreeMap<String, String>) -> Result<(), LogError> {
+        config::validate_all(overrides)?;
+        let resolved = self.inner.opts.defaults.resolve(overrides);
+        config::check_combination(&resolved, self.inner.store.tier_url().is_some())
+    }
+
     /// Replaces a topic's config overrides.
     pub async fn set_topic_configs(
         &self,
@@ -596,7 +628,7 @@ impl Log {
         validate_only: bool,
     ) -> Result<(), LogError> {
         let topic = self.topic(name).ok_or(LogError::UnknownTopicOrPartition)?;
-        config::validate_all(&overrides)?;
+        self.check_configs(&overrides)?;
         if validate_only {
             return Ok(());
         }
@@ -737,9 +769,31 @@ impl Log {
         retention::collect_orphans(&self.inner, grace).await
     }
 
-    /// Stored bytes per partition of a topic.
-    pub async fn partition_sizes(&self, topic: &Topic) -> Result<BTreeMap<i32, i64>> {
+    /// Moves this broker's partitions' batches past local retention to the tier store now.
+    pub async fn tier(&self) -> Result<TierReport> {
+        tiering::pass(&self.inner).await
+    }
+
+    /// Each partition's bytes in the main store and in the tier store.
+    pub async fn partition_sizes(&self, topic: &Topic) -> Result<BTreeMap<i32, sluice_meta::PartitionSize>> {
         self.inner.meta.partition_sizes(topic.id).await
+    }
+
+    /// The tier store's URL (`--tier-store`), if there is one.
+    pub fn tier_url(&self) -> Option<&str> {
+        self.inner.store.tier_url()
+    }
+
+    /// A partition's first offset in the main store (KIP-405's local log start): the log
+    /// start, or past the batches moved to the tier store; and the last tiered offset.
+    pub async fn local_log_start(&self, topic: &Topic, partition: i32) -> Result<(i64, Option<i64>), LogError> {
+        let part = topic.partition(partition).ok_or(LogError::UnknownTopicOrPartition)?;
+        let tiered = self.inner.meta.tiered_end(topic.id, partition).await?;
+        let o = part.offsets();
+        Ok((
+            tiered.map_or(o.log_start, |t| (t + 1).clamp(o.log_start, o.high_watermark)),
+            tiered,
+        ))
     }
 
     /// End offset of `epoch` per the leader epoch history: (epoch, end offset),
@@ -780,6 +834,7 @@ impl Partition {
             leader: AtomicI32::new(leader),
             compacted_to: AtomicI64::new(0),
             cleaned_to: AtomicI64::new(0),
+            tiered_to: AtomicI64::new(0),
             oldest_tombstone: AtomicI64::new(i64::MAX),
             state: Mutex::new(PartitionState {
                 log_start,

@@ -29,6 +29,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use sluice_meta::{BatchRow, MetaStore};
 use uuid::Uuid;
 
+use crate::store::in_tier;
 use crate::{DataStore, Log, LogError, Offsets, Topic, METRICS};
 
 /// Batches read from a partition, with its offsets at the time of reading.
@@ -492,15 +493,32 @@ pub(crate) async fn read_rows(store: &DataStore, rows: &[BatchRow]) -> Result<Ve
                 .await
                 .map_err(|e| LogError::Storage(format!("reading {key}: {e:#}")))?;
             METRICS.object_reads.inc();
+            if data.len() as u64 != end - start {
+                return Err(LogError::Storage(format!(
+                    "reading {key}: {} bytes at {start}, {} expected",
+                    data.len(),
+                    end - start
+                )));
+            }
             let mut from = 0;
-            Ok::<_, LogError>(
-                run.iter()
-                    .map(|r| {
-                        from += r.length as usize;
-                        data.slice(from - r.length as usize..from)
-                    })
-                    .collect::<Vec<_>>(),
-            )
+            let batches: Vec<Bytes> = run
+                .iter()
+                .map(|r| {
+                    from += r.length as usize;
+                    data.slice(from - r.length as usize..from)
+                })
+                .collect();
+            // The tier store is another system, often another operator's: its bytes are
+            // checked before a client sees them (a damaged object is an error, never data).
+            if in_tier(key) {
+                if let Some((r, _)) = run.iter().zip(&batches).find(|(_, b)| !crate::batch::crc_ok(b)) {
+                    return Err(LogError::Storage(format!(
+                        "tier object {key} is damaged: the batch at offset {} fails its CRC",
+                        r.base_offset
+                    )));
+                }
+            }
+            Ok::<_, LogError>(batches)
         })
         .collect();
     let mut out = Vec::with_capacity(rows.len());

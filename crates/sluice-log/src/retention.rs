@@ -15,6 +15,15 @@ use crate::{DataStore, Inner, Partition, METRICS};
 
 const DATA_PREFIX: &str = "data";
 
+/// The prefixes objects are listed under: the main store's, and the tier store's if any.
+fn prefixes(store: &DataStore) -> Vec<&'static str> {
+    let mut p = vec![DATA_PREFIX];
+    if store.tier_url().is_some() {
+        p.push(crate::store::TIER_PREFIX.trim_end_matches('/'));
+    }
+    p
+}
+
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut since_orphan_sweep = Duration::ZERO;
     loop {
@@ -34,6 +43,16 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "log cleaning failed"),
+        }
+        match crate::tiering::pass(&inner).await {
+            Ok(r) if r.segments > 0 => tracing::info!(
+                segments = r.segments,
+                batches = r.batches,
+                bytes = r.bytes,
+                "moved batches to the tier store"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "tiering paused: the tier store failed"),
         }
         match crate::compaction::pass(&inner).await {
             Ok(r) if r.segments > 0 => {
@@ -143,7 +162,11 @@ async fn delete_unreferenced(inner: &Inner) -> Result<()> {
 pub(crate) async fn collect_orphans(inner: &Inner, grace: Duration) -> Result<usize> {
     let cutoff = now_ms() - grace.as_millis() as i64;
     let mut deleted = 0;
-    for obj in inner.store.list(DATA_PREFIX).await? {
+    let mut listed = Vec::new();
+    for prefix in prefixes(&inner.store) {
+        listed.extend(inner.store.list(prefix).await?);
+    }
+    for obj in listed {
         let referenced = inner.unindexed.lock().unwrap().contains(&obj.key);
         if obj.last_modified_ms <= cutoff && !referenced && !inner.meta.object_known(&obj.key).await? {
             inner.store.delete(&obj.key).await?;
@@ -173,7 +196,11 @@ pub async fn rebuild_index(meta: &MetaStore, store: &DataStore) -> Result<Rebuil
     let mut topics: BTreeMap<Uuid, (String, i32)> = BTreeMap::new();
     let mut objects = Vec::new();
     let mut rows: Vec<BatchRow> = Vec::new();
-    for obj in store.list(DATA_PREFIX).await.context("listing data objects")? {
+    let mut listed = Vec::new();
+    for prefix in prefixes(store) {
+        listed.extend(store.list(prefix).await.context("listing data objects")?);
+    }
+    for obj in listed {
         let data = store
             .get(&obj.key)
             .await

@@ -14,8 +14,18 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::counting::CountingStore;
 
+/// The data objects' store, and the tier store (`--tier-store`, KIP-405's remote
+/// storage) that the keys under `tier/` live in. Index rows name objects by key alone:
+/// the key's prefix says which store holds it.
 #[derive(Clone)]
 pub struct DataStore {
+    main: Backend,
+    tier: Option<Backend>,
+}
+
+/// One opened object store.
+#[derive(Clone)]
+struct Backend {
     inner: Arc<dyn ObjectStore>,
     /// Root directory for `file://` stores, whose writes we fsync.
     local_root: Option<PathBuf>,
@@ -31,11 +41,137 @@ pub struct ObjectInfo {
     pub last_modified_ms: i64,
 }
 
+/// Keys of objects in the tier store start with this.
+pub const TIER_PREFIX: &str = "tier/";
+
+/// Whether an object key names an object in the tier store.
+pub fn in_tier(key: &str) -> bool {
+    key.starts_with(TIER_PREFIX)
+}
+
 impl DataStore {
     /// Opens `file:///dir`, `memory://`, `s3://bucket/prefix`, `gs://bucket/prefix`
     /// or `az://container/prefix`. Cloud credentials come from the standard
     /// environment variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
     pub fn open(url: &str) -> Result<Self> {
+        Ok(Self {
+            main: Backend::open(url)?,
+            tier: None,
+        })
+    }
+
+    /// Keeps the objects under `tier/` in the store at `url` (cold tiering).
+    pub fn with_tier(mut self, url: &str) -> Result<Self> {
+        self.tier = Some(Backend::open(url)?);
+        Ok(self)
+    }
+
+    /// On a local store, writes objects of 1 MiB or more past the page cache (O_DIRECT), and
+    /// reads ranges of 64 KiB or more the same way: less CPU per byte, reads from the disk.
+    pub fn with_direct_io(mut self, on: bool) -> Self {
+        self.main.direct_io = on;
+        self
+    }
+
+    pub fn url(&self) -> &str {
+        &self.main.url
+    }
+
+    /// The tier store's URL, if there is one.
+    pub fn tier_url(&self) -> Option<&str> {
+        self.tier.as_ref().map(|t| t.url.as_str())
+    }
+
+    /// The store that holds `key`; a `tier/` key without a tier store stays in the main one
+    /// (where its reads then fail as missing, never as another object).
+    fn route(&self, key: &str) -> &Backend {
+        match &self.tier {
+            Some(tier) if in_tier(key) => tier,
+            _ => &self.main,
+        }
+    }
+
+    /// Writes a whole object; on a local store it is on disk when this returns.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put_parts(key, vec![data]).await
+    }
+
+    /// Writes an object made of `parts`, in order, without joining them first.
+    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        self.route(key).put(key, parts, None).await
+    }
+
+    /// `put_parts` for a write nobody waits on (an upload of journaled appends): on a
+    /// local store it gives way to the writes of `foreground` before each piece it writes
+    /// and before its sync, for at most `YIELD_LIMIT` each.
+    pub(crate) async fn put_parts_behind(
+        &self,
+        key: &str,
+        parts: Vec<Bytes>,
+        foreground: Arc<Foreground>,
+    ) -> Result<()> {
+        self.route(key).put(key, parts, Some(foreground)).await
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        Ok(self.route(key).inner.get(&Path::from(key)).await?.bytes().await?)
+    }
+
+    /// Whether the main store's objects are files on this machine's disk.
+    pub(crate) fn is_local(&self) -> bool {
+        self.main.local_root.is_some()
+    }
+
+    /// On a local store, waits up to `YIELD_LIMIT` for the writes of `foreground` to end:
+    /// background work (compaction, collection) calls it before each disk operation. A
+    /// remote store's requests do not share the disk.
+    pub(crate) async fn give_way_to(&self, foreground: &Arc<Foreground>) {
+        if self.is_local() {
+            let foreground = foreground.clone();
+            let _ = tokio::task::spawn_blocking(move || give_way(Some(&foreground))).await;
+        }
+    }
+
+    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        self.route(key).get_range(key, start, end).await
+    }
+
+    pub async fn get_ranges(&self, key: &str, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
+        Ok(self.route(key).inner.get_ranges(&Path::from(key), ranges).await?)
+    }
+
+    pub async fn size(&self, key: &str) -> Result<u64> {
+        Ok(self.route(key).inner.head(&Path::from(key)).await?.size)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.route(key).inner.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The objects whose keys start with `prefix`, from the store that holds them.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let backend = match &self.tier {
+            Some(tier) if in_tier(&format!("{}/", prefix.trim_end_matches('/'))) => tier,
+            _ => &self.main,
+        };
+        let p = Path::from(prefix);
+        let metas: Vec<_> = backend.inner.list(Some(&p)).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| ObjectInfo {
+                key: m.location.to_string(),
+                size: m.size,
+                last_modified_ms: m.last_modified.timestamp_millis(),
+            })
+            .collect())
+    }
+}
+
+impl Backend {
+    fn open(url: &str) -> Result<Self> {
         let parsed = url::Url::parse(url).with_context(|| format!("bad store URL {url:?}"))?;
         let prefix = parsed.path().trim_matches('/').to_string();
         let (inner, local_root): (Arc<dyn ObjectStore>, _) = match parsed.scheme() {
@@ -72,40 +208,7 @@ impl DataStore {
         })
     }
 
-    /// On a local store, writes objects of 1 MiB or more past the page cache (O_DIRECT), and
-    /// reads ranges of 64 KiB or more the same way: less CPU per byte, reads from the disk.
-    pub fn with_direct_io(mut self, on: bool) -> Self {
-        self.direct_io = on;
-        self
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Writes a whole object; on a local store it is on disk when this returns.
-    pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        self.put_parts(key, vec![data]).await
-    }
-
-    /// Writes an object made of `parts`, in order, without joining them first.
-    pub async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
-        self.put_inner(key, parts, None).await
-    }
-
-    /// `put_parts` for a write nobody waits on (an upload of journaled appends): on a
-    /// local store it gives way to the writes of `foreground` before each piece it writes
-    /// and before its sync, for at most `YIELD_LIMIT` each.
-    pub(crate) async fn put_parts_behind(
-        &self,
-        key: &str,
-        parts: Vec<Bytes>,
-        foreground: Arc<Foreground>,
-    ) -> Result<()> {
-        self.put_inner(key, parts, Some(foreground)).await
-    }
-
-    async fn put_inner(&self, key: &str, parts: Vec<Bytes>, behind: Option<Arc<Foreground>>) -> Result<()> {
+    async fn put(&self, key: &str, parts: Vec<Bytes>, behind: Option<Arc<Foreground>>) -> Result<()> {
         match &self.local_root {
             // One blocking call for the whole write: each hop to a blocking thread is a
             // wake-up on the produce path, and object_store's own put takes two more.
@@ -126,26 +229,7 @@ impl DataStore {
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Bytes> {
-        Ok(self.inner.get(&Path::from(key)).await?.bytes().await?)
-    }
-
-    /// Whether objects are files on this machine's disk.
-    pub(crate) fn is_local(&self) -> bool {
-        self.local_root.is_some()
-    }
-
-    /// On a local store, waits up to `YIELD_LIMIT` for the writes of `foreground` to end:
-    /// background work (compaction, collection) calls it before each disk operation. A
-    /// remote store's requests do not share the disk.
-    pub(crate) async fn give_way_to(&self, foreground: &Arc<Foreground>) {
-        if self.is_local() {
-            let foreground = foreground.clone();
-            let _ = tokio::task::spawn_blocking(move || give_way(Some(&foreground))).await;
-        }
-    }
-
-    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         match &self.local_root {
             // object_store's local read zero-fills its buffer before reading into it (5 % of
             // a catch-up read's CPU), and cannot read past the page cache.
@@ -159,34 +243,6 @@ impl DataStore {
             }
             None => Ok(self.inner.get_range(&Path::from(key), start..end).await?),
         }
-    }
-
-    pub async fn get_ranges(&self, key: &str, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>> {
-        Ok(self.inner.get_ranges(&Path::from(key), ranges).await?)
-    }
-
-    pub async fn size(&self, key: &str) -> Result<u64> {
-        Ok(self.inner.head(&Path::from(key)).await?.size)
-    }
-
-    pub async fn delete(&self, key: &str) -> Result<()> {
-        match self.inner.delete(&Path::from(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let p = Path::from(prefix);
-        let metas: Vec<_> = self.inner.list(Some(&p)).try_collect().await?;
-        Ok(metas
-            .into_iter()
-            .map(|m| ObjectInfo {
-                key: m.location.to_string(),
-                size: m.size,
-                last_modified_ms: m.last_modified.timestamp_millis(),
-            })
-            .collect())
     }
 }
 

@@ -465,6 +465,111 @@ async fn compaction_moves_history_into_segments_without_changing_it() {
     );
 }
 
+/// A tiered topic keeps `local.retention.ms` in the main store; older batches move to the
+/// tier store, their flush objects are collected, and reads, restarts, retention and the
+/// orphan sweep see one log across both stores. A damaged tier object is an error.
+#[tokio::test]
+async fn tiering_moves_old_batches_to_the_tier_store_and_reads_stay_the_same() {
+    let fx = Fixture::new();
+    let tier_url = format!("file://{}/tier", fx.dir.path().display());
+    let open = || async {
+        let meta = MetaStore::open(&fx.meta_url()).await.unwrap();
+        let store = fx.store().with_tier(&tier_url).unwrap();
+        let opts = LogOptions {
+            tail_cache_bytes: 0,
+            segment_bytes: 1000,
+            ..opts()
+        };
+        Log::open(meta, store, opts).await.unwrap()
+    };
+    // Without a tier store, tiering is refused as Kafka refuses it.
+    let plain = fx.open(opts()).await;
+    let tiered_cfg = BTreeMap::from([
+        ("remote.storage.enable".to_string(), "true".to_string()),
+        ("local.retention.ms".to_string(), "60000".to_string()),
+    ]);
+    let refused = plain.create_topic("x", None, tiered_cfg.clone(), false).await;
+    assert!(matches!(refused, Err(LogError::InvalidConfig(m)) if m.contains("Tiered Storage")));
+    drop(plain);
+
+    let log = open().await;
+    let t = log.create_topic("t", None, tiered_cfg, false).await.unwrap();
+    let now = sluice_meta::now_ms();
+    // Ten old batches (2 hours old), then three recent ones: one flush object each.
+    for i in 0..13 {
+        let ts = if i < 10 { now - 7_200_000 + i } else { now };
+        log.append(&t, 0, make_batch(5, -1, 0, ts, Compression::None))
+            .await
+            .unwrap();
+    }
+    let before = values(&log.read(&t, 0, 0, 1 << 20).await.unwrap().batches, 0);
+    assert_eq!(before.len(), 65);
+    assert_eq!(log.local_log_start(&t, 0).await.unwrap(), (0, None));
+
+    let report = log.tier().await.unwrap();
+    assert_eq!(report.batches, 10);
+    assert!(report.segments >= 2, "segment_bytes splits the move: {report:?}");
+    assert_eq!(log.tier().await.unwrap(), TierReport::default());
+    assert_eq!(log.local_log_start(&t, 0).await.unwrap(), (50, Some(49)));
+    log.enforce_retention().await.unwrap();
+    // The moved flush objects are collected; the recent three stay in the main store.
+    assert_eq!(fx.store().list("data").await.unwrap().len(), 3);
+    let tier = DataStore::open(&tier_url).unwrap();
+    let tier_objects = tier.list("tier").await.unwrap();
+    assert_eq!(tier_objects.len(), report.segments);
+    let sizes = log.partition_sizes(&t).await.unwrap()[&0];
+    assert!(sizes.tier > 0 && sizes.local > 0, "{sizes:?}");
+    let read_all = |log: Log, t: Arc<Topic>| async move {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < 65 {
+            let r = log.read(&t, 0, at, 1 << 20).await.unwrap();
+            let v = values(&r.batches, at);
+            at = v.last().unwrap().0 + 1;
+            out.extend(v);
+        }
+        out
+    };
+    assert_eq!(read_all(log.clone(), t.clone()).await, before);
+    // An orphan in the tier store (a crash between its PUT and its commit) is swept.
+    tier.put("tier/stray.segment", Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(log.collect_orphans(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(tier.list("tier").await.unwrap().len(), report.segments);
+    drop(log);
+
+    // After a restart, reads go on across both stores.
+    let log = open().await;
+    let t = log.topic("t").unwrap();
+    assert_eq!(read_all(log.clone(), t.clone()).await, before);
+
+    // Damage one byte of a tier object: its reads fail, they never return other data.
+    let victim = &tier_objects[0].key;
+    let path = fx.dir.path().join("tier").join(victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[70] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let damaged = log.read(&t, 0, 0, 1 << 20).await;
+    assert!(
+        matches!(&damaged, Err(LogError::Storage(m)) if m.contains("damaged")),
+        "{damaged:?}"
+    );
+
+    // Retention bounds the whole log: expired tier segments go from the tier store.
+    let cfg = BTreeMap::from([
+        ("remote.storage.enable".to_string(), "true".to_string()),
+        ("retention.ms".to_string(), "3600000".to_string()),
+        ("local.retention.ms".to_string(), "60000".to_string()),
+    ]);
+    log.set_topic_configs("t", cfg, false).await.unwrap();
+    log.enforce_retention().await.unwrap();
+    assert_eq!(t.partition(0).unwrap().offsets().log_start, 50);
+    assert!(tier.list("tier").await.unwrap().is_empty());
+    assert_eq!(
+        values(&log.read(&t, 0, 50, 1 << 20).await.unwrap().batches, 50).len(),
+        15
+    );
+}
+
 /// Runs of `compaction_keep_run_bytes` or more in a flush object stay where they are (moving them
 /// would write a busy partition's history twice); the small runs between them are gathered
 /// into segments, and a lone small object between kept runs is left and not looked at again.

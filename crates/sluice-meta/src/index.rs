@@ -27,6 +27,13 @@ pub struct BatchRow {
     pub length: i32,
 }
 
+/// A partition's bytes in each store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionSize {
+    pub local: i64,
+    pub tier: i64,
+}
+
 /// A partition's new high watermark, fenced on the leader epoch that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatermarkUpdate {
@@ -250,14 +257,40 @@ impl MetaStore {
     }
 
     /// Total stored bytes per partition of a topic.
-    pub async fn partition_sizes(&self, topic_id: Uuid) -> Result<BTreeMap<i32, i64>> {
+    /// Bytes of each partition's batches, in the main store and in the tier store (the
+    /// objects under `tier/`).
+    pub async fn partition_sizes(&self, topic_id: Uuid) -> Result<BTreeMap<i32, PartitionSize>> {
         let rows = sqlx::query(
-            "SELECT partition, COALESCE(SUM(length), 0) FROM batches WHERE topic_id = $1 GROUP BY partition",
+            "SELECT partition,
+                 COALESCE(SUM(CASE WHEN object_key LIKE 'tier/%' THEN 0 ELSE length END), 0),
+                 COALESCE(SUM(CASE WHEN object_key LIKE 'tier/%' THEN length ELSE 0 END), 0)
+             FROM batches WHERE topic_id = $1 GROUP BY partition",
         )
         .bind(topic_id.to_string())
         .fetch_all(&self.readers)
         .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| {
+                let size = PartitionSize {
+                    local: r.try_get(1)?,
+                    tier: r.try_get(2)?,
+                };
+                Ok((r.try_get(0)?, size))
+            })
+            .collect()
+    }
+
+    /// The last offset of a partition's batches in the tier store, if any are there.
+    pub async fn tiered_end(&self, topic_id: Uuid, partition: i32) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MAX(last_offset) FROM batches
+             WHERE topic_id = $1 AND partition = $2 AND object_key LIKE 'tier/%'",
+        )
+        .bind(topic_id.to_string())
+        .bind(partition)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Where size retention moves a partition's log start to: past every batch

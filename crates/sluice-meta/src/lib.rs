@@ -28,7 +28,7 @@ pub use acls::AclRow;
 pub use cluster::{group_shard, BrokerRegistration, BrokerRow, Leadership, LeaseRow, Slot, GROUP_SHARDS};
 pub use dialect::Backend;
 pub use groups::{CommittedOffset, GroupRow};
-pub use index::{BatchRow, FlushCommit, WatermarkUpdate};
+pub use index::{BatchRow, FlushCommit, PartitionSize, WatermarkUpdate};
 pub use producers::{AbortedTxnRow, ProducerStateRow, SeqEntry};
 pub use topics::{PartitionRow, TopicRow};
 pub use txn::{new_txn, TxnRow, TxnState};

@@ -26,6 +26,7 @@ pub struct Config {
     pub registry_listen: String,
     pub mqtt_listen: String,
     pub store: Option<String>,
+    pub tier_store: Option<String>,
     pub meta: Option<String>,
     pub node_id: i32,
     pub auto_create_topics: bool,
@@ -117,6 +118,7 @@ impl Default for Config {
             registry_listen: "0.0.0.0:8081".into(),
             mqtt_listen: "0.0.0.0:1883".into(),
             store: None,
+            tier_store: None,
             meta: None,
             node_id: 0,
             auto_create_topics: true,
@@ -183,6 +185,10 @@ pub struct StorageArgs {
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// Tier store for cold data (KIP-405's remote storage), a URL as for --store: topics with remote.storage.enable=true move batches past local.retention.ms / local.retention.bytes there, and reads stay transparent. [default: none; tiering off]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_store: Option<String>,
     /// Metadata store. [default: sqlite://<data-dir>/meta.db]
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -411,6 +417,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt_allow_anonymous",
     "mqtt_inflight_bytes",
     "store",
+    "tier_store",
     "meta",
     "node_id",
     "auto_create_topics",

@@ -121,8 +121,20 @@ fn run() -> Result<()> {
 
 async fn open_stores(cfg: &Config) -> Result<(MetaStore, DataStore)> {
     let meta = MetaStore::open(&cfg.meta_url()?).await?;
-    let store = DataStore::open(&cfg.store_url()?)?.with_direct_io(cfg.direct_io);
+    let mut store = DataStore::open(&cfg.store_url()?)?.with_direct_io(cfg.direct_io);
+    if let Some(url) = &cfg.tier_store {
+        store = store.with_tier(url).context("opening the tier store")?;
+    }
     Ok((meta, store))
+}
+
+/// A pause in milliseconds from the environment, for crash tests; none when unset.
+fn test_pause(var: &str) -> std::time::Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+        .unwrap_or_default()
 }
 
 async fn serve(cfg: Config) -> Result<()> {
@@ -139,12 +151,10 @@ async fn serve(cfg: Config) -> Result<()> {
         segment_bytes: cfg.segment_bytes,
         compaction_keep_run_bytes: cfg.compaction_keep_run_bytes,
         compaction_memory: cfg.compaction_memory,
-        // A test-only hook: a pause between a rewrite's object and its commit.
-        cleaner_commit_pause: std::env::var("SLUICE_TEST_CLEANER_PAUSE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_millis)
-            .unwrap_or_default(),
+        // Test-only hooks: a pause between a rewrite's object and its commit, and between
+        // a tier move's verified copy and its commit.
+        cleaner_commit_pause: test_pause("SLUICE_TEST_CLEANER_PAUSE_MS"),
+        tier_commit_pause: test_pause("SLUICE_TEST_TIER_PAUSE_MS"),
         journal: cfg.journal_dir()?,
         upload_interval: cfg.upload_interval,
         defaults: TopicDefaults {

@@ -1,5 +1,5 @@
-//! Admin calls: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs and
-//! IncrementalAlterConfigs.
+//! Admin calls: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
+//! IncrementalAlterConfigs and DescribeLogDirs.
 
 use anyhow::{anyhow, Result};
 use kafka_protocol::messages::{
@@ -7,8 +7,9 @@ use kafka_protocol::messages::{
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
     delete_topics_request::DeleteTopicState,
     describe_configs_request::DescribeConfigsResource,
+    describe_log_dirs_request::DescribableLogDirTopic,
     incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig},
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeLogDirsRequest,
     IncrementalAlterConfigsRequest,
 };
 use uuid::Uuid;
@@ -214,6 +215,37 @@ impl Client {
                 is_sensitive: c.is_sensitive,
             })
             .collect())
+    }
+
+    /// A topic's partition sizes in each log dir of the bootstrap broker: (dir, sizes by
+    /// partition). A Sluice broker's dirs are its stores: the main one, and the tier store.
+    pub async fn describe_log_dirs(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<(String, Vec<(i32, i64)>)>> {
+        let conn = self.bootstrap_conn().await?;
+        let version = conn.version::<DescribeLogDirsRequest>()?;
+        let req = DescribeLogDirsRequest::default().with_topics(Some(vec![DescribableLogDirTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(partitions.to_vec())]));
+        let resp = conn.request(&req, version).await?;
+        check(resp.error_code, None, || format!("describe log dirs of {topic:?}"))?;
+        resp.results
+            .iter()
+            .map(|dir| {
+                check(dir.error_code, None, || {
+                    format!("describe log dir {}", dir.log_dir.as_str())
+                })?;
+                let sizes = dir
+                    .topics
+                    .iter()
+                    .filter(|t| t.name.as_str() == topic)
+                    .flat_map(|t| t.partitions.iter().map(|p| (p.partition_index, p.partition_size)))
+                    .collect();
+                Ok((dir.log_dir.to_string(), sizes))
+            })
+            .collect()
     }
 
     /// Set and delete topic configs (IncrementalAlterConfigs).

@@ -6,7 +6,9 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use kafka_protocol::error::ResponseError;
 use sluice_client::error::response_error;
-use sluice_client::{AlterConfigOp, Client, IsolationLevel, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use sluice_client::{
+    AlterConfigOp, Client, IsolationLevel, EARLIEST_LOCAL_TIMESTAMP, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+};
 
 use super::{parse_key_value, ConnArgs};
 
@@ -149,18 +151,32 @@ pub async fn run_topic(args: TopicArgs) -> Result<()> {
                 rf,
                 shown.join(",")
             )?;
+            // Bytes per store: the first log dir is the main store, a second the tier store.
+            let indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition).collect();
+            let dirs = client.describe_log_dirs(&name, &indexes).await?;
+            let bytes = |dir: usize, partition: i32| {
+                dirs.get(dir)
+                    .and_then(|(_, sizes)| sizes.iter().find(|(i, _)| *i == partition))
+                    .map_or(0, |(_, size)| *size)
+            };
             for p in &t.partitions {
                 let start = client.list_offsets(&name, p.partition, EARLIEST_TIMESTAMP).await?;
+                let local_start = client
+                    .list_offsets(&name, p.partition, EARLIEST_LOCAL_TIMESTAMP)
+                    .await?;
                 let end = client.list_offsets(&name, p.partition, LATEST_TIMESTAMP).await?;
                 writeln!(
                     out,
-                    "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLogStartOffset: {}\tHighWatermark: {}",
+                    "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLogStartOffset: {}\tLocalLogStartOffset: {}\tHighWatermark: {}\tLocalBytes: {}\tTierBytes: {}",
                     p.partition,
                     p.leader,
                     join_ids(&p.replicas),
                     join_ids(&p.isr),
                     start,
-                    end
+                    local_start,
+                    end,
+                    bytes(0, p.partition),
+                    bytes(1, p.partition),
                 )?;
             }
         }
