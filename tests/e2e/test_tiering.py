@@ -98,7 +98,7 @@ def test_tiered_topic_moves_old_data_and_reads_stay_transparent(make_broker, tmp
     # Bytes per tier: in the CLI (DescribeLogDirs: the main store, then the tier store) and
     # in the metrics.
     parts = describe_partitions(broker, topic)
-    assert [(r["LogStartOffset"], r["LocalLogStartOffset"]) for r in parts] == [("0", "2000"), ("0", "2000")]
+    assert all(r["LogStartOffset"] == "0" and int(r["LocalLogStartOffset"]) >= 2000 for r in parts), parts
     # (The recent records may have passed local retention too by now, on a slow machine.)
     assert all(int(r["TierBytes"]) > 400_000 and int(r["LocalBytes"]) < 100_000 for r in parts), parts
     assert metric(broker, "sluice_log_tier_bytes_total") >= 800_000
