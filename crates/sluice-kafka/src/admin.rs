@@ -230,16 +230,14 @@ pub(crate) async fn describe_log_dirs(
     // The log dirs are the stores: the main one, and the tier store where there is one
     // (Kafka's DescribeLogDirs counts local segments only; the tier store's bytes are
     // reported as a dir of their own rather than not at all).
-    let mut local = (Vec::new(), 0i16);
-    let mut tier = (Vec::new(), 0i16);
+    let (mut local, mut tier, mut error) = (Vec::new(), Vec::new(), 0i16);
     for (name, parts) in wanted {
         let Some(topic) = broker.log.topic(&name) else { continue };
         let sizes = match broker.log.partition_sizes(&topic).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "describe log dirs");
-                local.1 = ResponseError::KafkaStorageError.code();
-                tier.1 = ResponseError::KafkaStorageError.code();
+                error = ResponseError::KafkaStorageError.code();
                 continue;
             }
         };
@@ -262,10 +260,10 @@ pub(crate) async fn describe_log_dirs(
                 .with_partitions(partitions)
         };
         let of = |i: i32| sizes.get(&i).copied().unwrap_or_default();
-        local.0.push(dir_topic(&|i| of(i).local));
-        tier.0.push(dir_topic(&|i| of(i).tier));
+        local.push(dir_topic(&|i| of(i).local));
+        tier.push(dir_topic(&|i| of(i).tier));
     }
-    let dir = |url: &str, (topics, error): (Vec<DescribeLogDirsTopic>, i16)| {
+    let dir = |url: &str, topics: Vec<DescribeLogDirsTopic>| {
         DescribeLogDirsResult::default()
             .with_log_dir(errors::str(url))
             .with_error_code(error)

@@ -15,13 +15,14 @@ use crate::{DataStore, Inner, Partition, METRICS};
 
 const DATA_PREFIX: &str = "data";
 
-/// The prefixes objects are listed under: the main store's, and the tier store's if any.
-fn prefixes(store: &DataStore) -> Vec<&'static str> {
-    let mut p = vec![DATA_PREFIX];
+/// Every stored data object: the main store's (`data/`), and the tier store's (`tier/`) if
+/// there is one.
+async fn list_objects(store: &DataStore) -> Result<Vec<crate::store::ObjectInfo>> {
+    let mut listed = store.list(DATA_PREFIX).await?;
     if store.tier_url().is_some() {
-        p.push(crate::store::TIER_PREFIX.trim_end_matches('/'));
+        listed.extend(store.list(crate::store::TIER_PREFIX.trim_end_matches('/')).await?);
     }
-    p
+    Ok(listed)
 }
 
 pub(crate) async fn run(inner: Arc<Inner>) {
@@ -162,11 +163,7 @@ async fn delete_unreferenced(inner: &Inner) -> Result<()> {
 pub(crate) async fn collect_orphans(inner: &Inner, grace: Duration) -> Result<usize> {
     let cutoff = now_ms() - grace.as_millis() as i64;
     let mut deleted = 0;
-    let mut listed = Vec::new();
-    for prefix in prefixes(&inner.store) {
-        listed.extend(inner.store.list(prefix).await?);
-    }
-    for obj in listed {
+    for obj in list_objects(&inner.store).await? {
         let referenced = inner.unindexed.lock().unwrap().contains(&obj.key);
         if obj.last_modified_ms <= cutoff && !referenced && !inner.meta.object_known(&obj.key).await? {
             inner.store.delete(&obj.key).await?;
@@ -196,11 +193,7 @@ pub async fn rebuild_index(meta: &MetaStore, store: &DataStore) -> Result<Rebuil
     let mut topics: BTreeMap<Uuid, (String, i32)> = BTreeMap::new();
     let mut objects = Vec::new();
     let mut rows: Vec<BatchRow> = Vec::new();
-    let mut listed = Vec::new();
-    for prefix in prefixes(store) {
-        listed.extend(store.list(prefix).await.context("listing data objects")?);
-    }
-    for obj in listed {
+    for obj in list_objects(store).await.context("listing data objects")? {
         let data = store
             .get(&obj.key)
             .await

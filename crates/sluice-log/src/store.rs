@@ -153,10 +153,7 @@ impl DataStore {
 
     /// The objects whose keys start with `prefix`, from the store that holds them.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let backend = match &self.tier {
-            Some(tier) if in_tier(&format!("{}/", prefix.trim_end_matches('/'))) => tier,
-            _ => &self.main,
-        };
+        let backend = self.route(&format!("{}/", prefix.trim_end_matches('/')));
         let p = Path::from(prefix);
         let metas: Vec<_> = backend.inner.list(Some(&p)).try_collect().await?;
         Ok(metas
